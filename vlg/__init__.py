@@ -1,0 +1,1 @@
+"""vlg: vision-and-language pretraining for fine-grained understanding."""

@@ -1,0 +1,222 @@
+"""The grain input pipeline and the batch contract.
+
+Chain (grain Dataset API, top-level ``import grain``)::
+
+  source (one per entry of config.input.data, bad-input policy applied)
+    → per-process slice [process_index::process_count]
+    → seed / shuffle / repeat
+    → weighted mixture of sources (``weight`` of each entry)
+    → random_map: numpy/PIL example transform (crop keeping boxes, flip that
+      swaps left/right words and mirrors boxes, brightness jitter, caption
+      normalisation, tokenisation, MLM masking)
+    → batch (per-process batch = global batch / process count)
+    → to_iter_dataset → mp_prefetch (``input.num_workers`` > 0)
+  and, in the train loop, :func:`to_global` → global jax arrays.
+
+Batch contract (caption kind, ``input.kind='caption'``; numpy, leading dim
+is the per-process batch B)::
+
+  image      uint8 [B, R, R, 3]  raw pixels; the model normalises them
+  image_id   int32 [B]           equal ids = same image (never ITM negatives)
+  text_ids   int32 [B, L]        [CLS] pieces [SEP] [PAD]...
+  text_mask  int32 [B, L]        1 on real tokens
+  mlm_ids    int32 [B, L]        text_ids with 15% of tokens masked (80/10/10)
+  mlm_labels int32 [B, L]        original id where masked, -100 elsewhere
+  _num_bad   int32 [B]           bad examples skipped to produce this one
+
+Evaluation streams add ``_mask`` (1 real, 0 padding). Later data kinds
+(boxes, regions, scene-graph relations) add their own slots
+(``boxes``, ``box_mask``, ``region_text_ids``, ``rel_subject_box``, ...);
+each objective reads only the slots it needs.
+
+The iterator is checkpointable (``get_state``/``set_state``, saved by orbax
+with ``grain.checkpoint.CheckpointSave``): restoring it reproduces the next
+batches bit for bit, with or without worker processes, because every random
+draw comes from grain's per-index generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from vlg.data import ops
+from vlg.data import sources as sources_lib
+from vlg.data import tokenizer as tokenizer_lib
+
+AUGMENTATIONS = ('crop', 'flip', 'brightness')
+KINDS = ('caption',)
+
+
+def _int32_id(image_id: int) -> np.int32:
+  return np.int32(int(image_id) % (2**31 - 1))
+
+
+class CaptionTransform(grain.transforms.RandomMap):
+  """Record → one (image, caption) training example of the batch contract."""
+
+  def __init__(self, tokenizer: tokenizer_lib.Tokenizer,
+               input_cfg: ml_collections.ConfigDict):
+    unknown = set(input_cfg.augment) - set(AUGMENTATIONS)
+    if unknown:
+      raise ValueError(f'input.augment names unknown ops {sorted(unknown)}; '
+                       f'valid: {list(AUGMENTATIONS)}')
+    self.tokenizer = tokenizer
+    self.resolution = int(input_cfg.resolution)
+    self.max_len = int(input_cfg.max_text_len)
+    self.max_words = int(input_cfg.max_words)
+    self.augment = tuple(input_cfg.augment)
+    self.crop_scale = tuple(input_cfg.crop_scale)
+    self.mlm_probability = float(input_cfg.mlm_probability)
+
+  def random_map(self, record: dict[str, Any],
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    from vlg.objectives import masking  # pylint: disable=g-import-not-at-top
+    image = ops.to_square(record['image'])
+    caption = record['captions'][rng.integers(len(record['captions']))]
+    # Boxes of every object, so a crop never cuts away what a caption names.
+    boxes = np.array([o['box'] for o in record.get('objects', [])],
+                     np.float32).reshape(-1, 4)
+    if 'crop' in self.augment:
+      image, boxes, _ = ops.random_square_crop(image, boxes, rng,
+                                               self.crop_scale)
+    texts = [caption]
+    if 'flip' in self.augment and rng.random() < 0.5:
+      image, boxes, texts = ops.hflip(image, boxes, texts)
+    image = ops.resize(image, self.resolution)
+    if 'brightness' in self.augment:
+      image = ops.brightness(image, rng)
+    text = ops.pre_caption(texts[0], self.max_words)
+    ids, mask = self.tokenizer.encode(text, self.max_len)
+    mlm_ids, mlm_labels = masking.mask_tokens(
+        ids, rng, vocab_size=self.tokenizer.vocab_size,
+        mask_id=tokenizer_lib.MASK_ID, special_ids=tokenizer_lib.SPECIAL_IDS,
+        pad_id=tokenizer_lib.PAD_ID, p=self.mlm_probability)
+    return {
+        'image': image,
+        'image_id': _int32_id(record['image_id']),
+        'text_ids': ids,
+        'text_mask': mask,
+        'mlm_ids': mlm_ids.astype(np.int32),
+        'mlm_labels': mlm_labels.astype(np.int32),
+        '_num_bad': np.int32(record.get('_num_bad', 0)),
+    }
+
+
+TRANSFORMS = {'caption': CaptionTransform}
+
+
+def build_sources(input_cfg: ml_collections.ConfigDict):
+  """``{name: (CheckedSource, weight)}`` for every entry of input.data."""
+  if not input_cfg.data:
+    raise ValueError('config.input.data names no source')
+  out = {}
+  for name, cfg in input_cfg.data.items():
+    weight = float(cfg.get('weight', 1.0))
+    if weight <= 0:
+      raise ValueError(f'input.data.{name}.weight must be > 0, got {weight}')
+    out[name] = (sources_lib.build_source(name, cfg, input_cfg), weight)
+  return out
+
+
+def make_dataset(input_cfg: ml_collections.ConfigDict,
+                 tokenizer: tokenizer_lib.Tokenizer, *, global_batch: int,
+                 seed: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  """The training stream of this process: infinite, shuffled, batched."""
+  if input_cfg.kind not in TRANSFORMS:
+    raise ValueError(f'input.kind={input_cfg.kind!r}; valid: '
+                     f'{sorted(TRANSFORMS)}')
+  if global_batch % process_count:
+    raise ValueError(f'batch_size {global_batch} is not divisible by the '
+                     f'{process_count} processes')
+  transform = TRANSFORMS[input_cfg.kind](tokenizer, input_cfg)
+  parts, weights = [], []
+  for k, (name, (source, weight)) in enumerate(
+      sorted(build_sources(input_cfg).items())):
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if len(ds) == 0:
+      raise ValueError(f'source {name!r} has no examples for process '
+                       f'{process_index} of {process_count}')
+    ds = ds.seed(seed + 1000 * k).shuffle().repeat()
+    parts.append(ds)
+    weights.append(weight)
+  ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+  ds = ds.random_map(transform, seed=seed)
+  ds = ds.batch(global_batch // process_count, drop_remainder=True)
+  it = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=int(input_cfg.get('num_threads', 2)),
+      prefetch_buffer_size=int(input_cfg.get('prefetch', 2))))
+  workers = int(input_cfg.get('num_workers', 0))
+  if workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return it
+
+
+# Tokenizer
+# ---------------------------------------------------------------------------
+
+
+def training_texts(input_cfg: ml_collections.ConfigDict,
+                   max_records: int) -> list[str]:
+  """Normalised texts of the first records of each source, for the tokenizer.
+
+  Only text fields are read; sources decode images on access, so file-backed
+  sources read their image too — keep ``max_records`` modest.
+  """
+  texts = []
+  for name, (source, _) in sorted(build_sources(input_cfg).items()):
+    for i in range(min(len(source), max_records)):
+      rec = source[i]
+      raw = list(rec['captions']) + [r['text'] for r in rec['regions']]
+      raw += [o['label'] for o in rec['objects']]
+      raw += [r['predicate'] for r in rec['relations']]
+      if rec['paragraph']:
+        raw.append(rec['paragraph'])
+      for t in raw:
+        try:
+          texts.append(ops.pre_caption(t, 10_000))
+        except ops.BadExampleError:
+          continue
+    del name
+  return texts
+
+
+def get_tokenizer(input_cfg: ml_collections.ConfigDict,
+                  cache_dir: str) -> tokenizer_lib.Tokenizer:
+  """Loads ``input.tokenizer.path`` or trains one and caches it."""
+  tcfg = input_cfg.tokenizer
+  if tcfg.get('path'):
+    return tokenizer_lib.Tokenizer.load(tcfg.path)
+  spec = json.dumps(input_cfg.data.to_dict(), sort_keys=True, default=str)
+  key = hashlib.sha256(
+      f'{spec}|{tcfg.num_texts}'.encode()).hexdigest()[:16]
+  return tokenizer_lib.load_or_train(
+      os.path.join(cache_dir, 'tokenizer'),
+      lambda: training_texts(input_cfg, int(tcfg.num_texts)),
+      int(tcfg.vocab_size), key=key)
+
+
+# Host → device
+# ---------------------------------------------------------------------------
+
+
+def to_global(batch: dict[str, np.ndarray], mesh, rules) -> dict[str, Any]:
+  """Stitches each process's local batch into global jax arrays.
+
+  The leading dimension is sharded by the ``batch`` rule; every process
+  passes its own slice (``jax.make_array_from_process_local_data``).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from vlg import sharding  # pylint: disable=g-import-not-at-top
+  return {
+      k: jax.make_array_from_process_local_data(
+          sharding.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v))
+      for k, v in batch.items()
+  }

@@ -1,0 +1,142 @@
+"""Data sources: random-access record readers, one per format.
+
+Every source returns *records* with one contract (see ``vlg/data/pipeline.py``
+for the batch contract built from them)::
+
+  {'image': uint8 [H, W, 3], 'image_id': int, 'captions': [str, ...],
+   'objects': [{'label', 'box'}...], 'regions': [{'text', 'box'}...],
+   'relations': [{'subject', 'object', 'predicate', ...}...],
+   'paragraph': str, 'has_graph': bool, 'has_boxes': bool}
+
+Sources are named in ``config.input.data.<name>.source``; :data:`SOURCES`
+lists the valid names. :class:`CheckedSource` applies the bad-input policy:
+by default an unreadable example raises an error naming it; with
+``input.skip_bad_examples`` it is skipped (the next index is read instead) and
+counted in the record's ``_num_bad`` field, which the loop sums and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from vlg.data import ops
+
+Record = dict[str, Any]
+
+
+class AlbefJsonSource:
+  """ALBEF-style caption json: a list of ``{"image": path, "caption": ...}``.
+
+  ``caption`` is a string or a list of strings; ``image`` is relative to
+  ``image_root`` (or absolute). Images are decoded on access.
+  """
+
+  def __init__(self, path: str, image_root: str = ''):
+    self.path, self.image_root = path, image_root
+    try:
+      with open(path) as f:
+        entries = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}: not valid JSON ({e})') from e
+    if not isinstance(entries, list):
+      raise ValueError(f'{path}: expected a JSON list of '
+                       '{"image", "caption"} objects')
+    self._entries = entries
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def __getitem__(self, index: int) -> Record:
+    entry = self._entries[index]
+    where = f'{self.path} entry {index}'
+    if not isinstance(entry, dict) or 'image' not in entry or (
+        'caption' not in entry):
+      raise ops.BadExampleError(f'{where}: needs "image" and "caption"')
+    captions = entry['caption']
+    captions = [captions] if isinstance(captions, str) else list(captions)
+    if not captions or not all(isinstance(c, str) for c in captions):
+      raise ops.BadExampleError(f'{where}: "caption" must be a string or a '
+                                'non-empty list of strings')
+    image_path = os.path.join(self.image_root, entry['image'])
+    try:
+      with open(image_path, 'rb') as f:
+        data = f.read()
+    except OSError as e:
+      raise ops.BadExampleError(f'{where}: cannot read image {image_path} '
+                                f'({e.strerror})') from e
+    image = ops.decode_image(data, image_path)
+    return {'image': image, 'image_id': index, 'captions': captions,
+            'objects': [], 'regions': [], 'relations': [], 'paragraph': '',
+            'has_graph': False, 'has_boxes': False}
+
+  def __repr__(self) -> str:
+    return f'AlbefJsonSource({self.path!r}, {len(self)} entries)'
+
+
+class CheckedSource:
+  """Applies the bad-input policy around a source (see module docstring)."""
+
+  def __init__(self, source, name: str, skip_bad: bool, max_tries: int = 100):
+    self.source, self.name = source, name
+    self.skip_bad, self.max_tries = skip_bad, max_tries
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> Record:
+    num_bad = 0
+    for attempt in range(self.max_tries):
+      i = (index + attempt) % len(self.source)
+      try:
+        record = self.source[i]
+      except ops.BadExampleError as e:
+        if not self.skip_bad:
+          raise ops.BadExampleError(
+              f'[source {self.name!r}] {e} (set input.skip_bad_examples=True '
+              'to skip and count bad examples)') from e
+        logging.warning('[source %r] skipping bad example: %s', self.name, e)
+        num_bad += 1
+        continue
+      record['_num_bad'] = num_bad
+      return record
+    raise ops.BadExampleError(
+        f'[source {self.name!r}] {self.max_tries} bad examples in a row from '
+        f'index {index}; the data looks broken')
+
+  def __repr__(self) -> str:
+    return f'CheckedSource({self.source!r}, skip_bad={self.skip_bad})'
+
+
+def _synthetic(cfg: ml_collections.ConfigDict, input_cfg) -> Any:
+  from vlg.data import synthetic  # pylint: disable=g-import-not-at-top
+  world = synthetic.WorldConfig(**dict(cfg.get('world', {})))
+  return synthetic.SyntheticSource(cfg.get('split', 'train'), world,
+                                   num_examples=cfg.get('num_examples',
+                                                        100_000))
+
+
+def _albef_json(cfg: ml_collections.ConfigDict, input_cfg) -> Any:
+  return AlbefJsonSource(cfg.path, cfg.get('image_root', ''))
+
+
+SOURCES: dict[str, Callable[..., Any]] = {
+    'synthetic': _synthetic,
+    'albef_json': _albef_json,
+}
+
+
+def build_source(name: str, cfg: ml_collections.ConfigDict,
+                 input_cfg: ml_collections.ConfigDict) -> CheckedSource:
+  """Builds the source named by ``cfg.source`` wrapped in the bad-input policy."""
+  kind = cfg.get('source')
+  if kind not in SOURCES:
+    raise ValueError(f'input.data.{name}.source={kind!r} is not a known '
+                     f'source; valid: {sorted(SOURCES)}')
+  return CheckedSource(SOURCES[kind](cfg, input_cfg), name,
+                       bool(input_cfg.get('skip_bad_examples', False)))

@@ -1,0 +1,56 @@
+r"""vlg's command-line entry point: flags, distributed set-up, then train.
+
+  python -m vlg.main --config=configs/albef.py:tiny --workdir=workdirs/tiny
+
+``--config`` names a config file and its argument (``file.py:arg``);
+``--config.field=value`` overrides any field (an unknown field is an error).
+Running the same command again resumes from the last checkpoint in
+``--workdir``. Multi-process jobs: see ``launch/README.md``.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file and argument, e.g. configs/albef.py:tiny.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Directory for checkpoints, metrics.jsonl and '
+    'TensorBoard events; an existing run there is resumed.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 for multi-process '
+    'runs on bare machines; leave unset on TPU pods/SLURM (auto-detected).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Number of processes (bare machines).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'This process index (bare machines).')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() with '
+    'auto-detection (TPU pods, SLURM).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value:
+    # Only affects the CPU backend (multi-process CPU runs need gloo); must be
+    # set before any device is touched.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.info('JAX %s, process %d/%d, %d local / %d global devices',
+               jax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  from vlg import train  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

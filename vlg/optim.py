@@ -1,0 +1,44 @@
+"""The optimizer: AdamW with linear warm-up and cosine decay (optax).
+
+Weight decay applies to matrices only: biases, LayerNorm parameters, the
+temperature and other 1-D/scalar parameters are not decayed (ALBEF decays
+temp, pos_embed and cls_token; vlg does not decay scalars/vectors, and
+position embeddings are decayed as matrices — see spec §2.4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+
+def make_schedule(cfg: ml_collections.ConfigDict,
+                  total_steps: int) -> optax.Schedule:
+  """Linear warm-up from ``warmup_init_lr`` to ``lr``, cosine to ``min_lr``."""
+  warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=float(cfg.warmup_init_lr), peak_value=float(cfg.lr),
+      warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+      end_value=float(cfg.min_lr))
+
+
+def decay_mask(params: Any) -> Any:
+  """True for parameters that get weight decay (ndim >= 2)."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict,
+                   total_steps: int) -> tuple[optax.GradientTransformation,
+                                              optax.Schedule]:
+  """AdamW (+ optional global-norm clipping) and its learning-rate schedule."""
+  schedule = make_schedule(cfg, total_steps)
+  parts = []
+  if cfg.get('grad_clip_norm'):
+    parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))
+  parts.append(optax.adamw(
+      schedule, b1=float(cfg.b1), b2=float(cfg.b2), eps=float(cfg.eps),
+      weight_decay=float(cfg.weight_decay), mask=decay_mask))
+  return optax.chain(*parts), schedule

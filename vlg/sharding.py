@@ -1,0 +1,136 @@
+"""Device mesh, logical-axis rules and shardings.
+
+Parameters carry *logical* axis names (``embed``, ``mlp``, ``heads``, ``kv``,
+``vocab``, ``patches``, ...) in their ``out_sharding`` metadata (set with
+``nnx.with_partitioning``). The config maps logical names to mesh axes with a
+list of ``(logical_name, mesh_axes)`` rules, T5X/MaxText style, e.g.::
+
+  config.sharding_rules = [('batch', ('data', 'fsdp')), ('embed', 'fsdp'),
+                           ('mlp', 'tensor'), ('heads', 'tensor'),
+                           ('vocab', 'tensor'), ('kv', None)]
+
+A logical name without a rule is replicated. Activations are constrained with
+:func:`constrain`, which maps names through the same rules (set once per run
+with :func:`set_rules`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+Rules = Sequence[tuple[str, Any]]
+
+_RULES: list[tuple[str, Any]] = []
+
+
+def make_mesh(sizes: Sequence[int], devices=None) -> jax.sharding.Mesh:
+  """A mesh over ('data', 'fsdp', 'tensor'); one size may be -1 (fill)."""
+  sizes = list(sizes)
+  if len(sizes) != len(MESH_AXES):
+    raise ValueError(f'config.mesh must give {len(MESH_AXES)} sizes for '
+                     f'{MESH_AXES}, got {sizes}')
+  devices = jax.devices() if devices is None else list(devices)
+  n = len(devices)
+  if sizes.count(-1) > 1:
+    raise ValueError(f'At most one mesh size may be -1, got {sizes}')
+  if -1 in sizes:
+    known = 1
+    for s in sizes:
+      if s != -1:
+        known *= s
+    if n % known:
+      raise ValueError(f'{n} devices do not divide into mesh {sizes}')
+    sizes[sizes.index(-1)] = n // known
+  total = 1
+  for s in sizes:
+    total *= s
+  if total != n:
+    raise ValueError(f'Mesh {sizes} needs {total} devices but {n} are '
+                     'available; use -1 for one axis to fill the rest.')
+  return jax.make_mesh(tuple(sizes), MESH_AXES,
+                       axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def set_rules(rules: Rules) -> None:
+  """Sets the logical→mesh rules used by :func:`constrain`."""
+  _RULES[:] = [(str(k), _as_axes(v)) for k, v in rules]
+
+
+@contextlib.contextmanager
+def rules_context(rules: Rules):
+  old = list(_RULES)
+  set_rules(rules)
+  try:
+    yield
+  finally:
+    _RULES[:] = old
+
+
+def _as_axes(v):
+  if v is None or isinstance(v, str):
+    return v
+  v = tuple(v)
+  return v if v else None
+
+
+def logical_to_spec(names: Sequence[str | None] | None,
+                    rules: Rules | None = None) -> P:
+  """Maps a tuple of logical names to a PartitionSpec through ``rules``."""
+  if names is None:
+    return P()
+  table = dict((k, _as_axes(v)) for k, v in (_RULES if rules is None else rules))
+  out, used = [], set()
+  for name in names:
+    axes = table.get(name) if name is not None else None
+    flat = (axes,) if isinstance(axes, str) else (axes or ())
+    # A mesh axis may shard only one dimension of an array.
+    if any(a in used for a in flat):
+      axes, flat = None, ()
+    used.update(flat)
+    out.append(axes)
+  return P(*out)
+
+
+def _is_var(x):
+  return isinstance(x, nnx.Variable)
+
+
+def param_specs(abstract_state: nnx.State, rules: Rules) -> Any:
+  """PartitionSpecs (pure-dict tree) for an ``nnx.split`` state's variables."""
+  specs = jax.tree.map(
+      lambda v: logical_to_spec(v.get_metadata().get('out_sharding'), rules),
+      abstract_state, is_leaf=_is_var)
+  return nnx.to_pure_dict(specs)
+
+
+def named(mesh: jax.sharding.Mesh, specs: Any) -> Any:
+  """Turns a tree of PartitionSpecs into NamedShardings on ``mesh``."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 1,
+                   rules: Rules | None = None) -> NamedSharding:
+  """Shards the leading (batch) dimension by the ``batch`` rule."""
+  spec = logical_to_spec(('batch',) + (None,) * (ndim - 1), rules)
+  return NamedSharding(mesh, spec)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Constrains an activation's sharding by logical names (no-op off-mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or not _RULES:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(names))

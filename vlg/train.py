@@ -1,0 +1,345 @@
+"""The vlg training loop: one readable function, top to bottom.
+
+``train_and_evaluate(config, workdir)`` sets up the mesh, data, model and
+optimizer, resumes from ``WORKDIR/checkpoints`` if a checkpoint is there, and
+trains. The train state is a plain pytree::
+
+  {'params', 'ema', 'opt', 'queues': {'image', 'text', 'ptr'}, 'step', 'rng',
+   'nonfinite': {'count', 'first_step'}, 'num_bad_examples'}
+
+and one jitted, donated ``train_step(state, batch)`` updates it: EMA first,
+then the online model's loss and gradients, AdamW, temperature clamp, and the
+queue update with the momentum features. Every random draw is derived from
+``fold_in(rng, step)``, and the grain iterator state is checkpointed, so an
+interrupted-and-resumed run logs the same losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import periodic_actions
+from flax import nnx
+
+from vlg import checkpointing
+from vlg import config_lib
+from vlg import optim
+from vlg import sharding
+from vlg import writers
+from vlg.data import pipeline
+from vlg.models import create_model
+from vlg.objectives import albef as albef_objective
+from vlg.objectives import itc
+
+PyTree = Any
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when the loss or gradients become NaN/Inf."""
+
+
+# Model and state construction
+# ---------------------------------------------------------------------------
+
+
+def abstract_model(model_cfg: ml_collections.ConfigDict, rules):
+  """(graphdef, abstract params, PartitionSpecs) without allocating weights."""
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: create_model(model_cfg, nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract, nnx.Param)
+  specs = sharding.param_specs(state, rules)
+  return graphdef, nnx.to_pure_dict(state), specs
+
+
+def init_params(model_cfg, seed: int, shardings) -> PyTree:
+  """Creates the parameters directly in their shardings."""
+  def init():
+    with nnx.use_eager_sharding(False):
+      model = create_model(model_cfg, nnx.Rngs(seed))
+    return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
+  return jax.jit(init, out_shardings=shardings)()
+
+
+def state_shardings(mesh, param_shardings, abstract_state, tx) -> PyTree:
+  """Shardings of the whole train state (optimizer state follows params)."""
+  rep = sharding.replicated(mesh)
+  opt = optax.tree_map_params(
+      tx, lambda _, s: s, abstract_state['opt'], param_shardings,
+      transform_non_params=lambda _: rep)
+  out = jax.tree.map(lambda _: rep, abstract_state)
+  out['params'] = param_shardings
+  out['ema'] = param_shardings
+  out['opt'] = opt
+  return out
+
+
+def init_state(config, params, tx) -> PyTree:
+  """The train state around freshly initialised ``params`` (jittable)."""
+  rng = jax.random.PRNGKey(config.seed)
+  dim = config.model.embed_dim
+  image_q = itc.init_queue(jax.random.fold_in(rng, 1), config.queue_size, dim)
+  text_q = itc.init_queue(jax.random.fold_in(rng, 2), config.queue_size, dim)
+  return {
+      'params': params,
+      'ema': jax.tree.map(jnp.copy, params),
+      'opt': tx.init(params),
+      'queues': {'image': image_q, 'text': text_q,
+                 'ptr': jnp.zeros((), jnp.int32)},
+      'step': jnp.zeros((), jnp.int32),
+      'rng': jax.random.fold_in(rng, 3),
+      'nonfinite': {'count': jnp.zeros((), jnp.int32),
+                    'first_step': jnp.full((), -1, jnp.int32)},
+      'num_bad_examples': jnp.zeros((), jnp.int32),
+  }
+
+
+# The train step
+# ---------------------------------------------------------------------------
+
+
+def make_train_step(config, graphdef, tx, schedule):
+  """Returns the pure ``train_step(state, batch) -> (state, metrics)``."""
+  weights = dict(itc=config.loss.itc, itm=config.loss.itm, mlm=config.loss.mlm)
+  momentum = float(config.loss.momentum)
+  use_dropout = float(config.model.get('dropout', 0.0)) > 0
+
+  def train_step(state, batch):
+    step = state['step']
+    rng = jax.random.fold_in(state['rng'], step)
+    itm_rng, dropout_rng = jax.random.split(rng)
+    alpha = itc.alpha_at(step, config.loss.alpha, config.alpha_warmup_steps)
+
+    # EMA first, then the momentum forward (spec §2.1 step 2).
+    ema = jax.tree.map(lambda e, p: momentum * e + (1 - momentum) * p,
+                       state['ema'], state['params'])
+    mom = albef_objective.momentum_outputs(nnx.merge(graphdef, ema), batch)
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params)
+      rngs = nnx.Rngs(dropout=dropout_rng) if use_dropout else None
+      return albef_objective.albef_loss(
+          model, batch, mom, state['queues'], rng=itm_rng, alpha=alpha,
+          weights=weights, dropout_rngs=rngs)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'])
+    updates, opt = tx.update(grads, state['opt'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    params['temp'] = itc.clamp_temp(params['temp'])
+
+    image_q, ptr = itc.update_queue(state['queues']['image'], mom['image_feat'],
+                                state['queues']['ptr'])
+    text_q, _ = itc.update_queue(state['queues']['text'], mom['text_feat'],
+                             state['queues']['ptr'])
+
+    grad_norm = optax.global_norm(grads)
+    bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+    nonfinite = {
+        'count': state['nonfinite']['count'] + bad.astype(jnp.int32),
+        'first_step': jnp.where(
+            bad & (state['nonfinite']['first_step'] < 0), step + 1,
+            state['nonfinite']['first_step']),
+    }
+    num_bad = state['num_bad_examples'] + jnp.sum(batch['_num_bad'])
+    metrics.update(lr=schedule(step), grad_norm=grad_norm,
+                   param_norm=optax.global_norm(params),
+                   num_bad_examples_total=num_bad.astype(jnp.float32))
+    new_state = {
+        'params': params, 'ema': ema, 'opt': opt,
+        'queues': {'image': image_q, 'text': text_q, 'ptr': ptr},
+        'step': step + 1, 'rng': state['rng'], 'nonfinite': nonfinite,
+        'num_bad_examples': num_bad,
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+# The loop
+# ---------------------------------------------------------------------------
+
+
+def _split_for_checkpoint(state):
+  params = {'params': state['params'], 'ema': state['ema']}
+  rest = {k: v for k, v in state.items() if k not in ('params', 'ema')}
+  return params, rest
+
+
+def _metadata(config, workdir, tokenizer, step) -> dict[str, Any]:
+  return {
+      'config': json.loads(config.to_json_best_effort()),
+      'meta': {
+          'step': int(step), 'workdir': os.path.abspath(workdir),
+          'tokenizer_fingerprint': tokenizer.fingerprint,
+          'tokenizer_vocab_size': tokenizer.vocab_size,
+          'image_resolution': int(config.input.resolution),
+          'image_mean': list(config.model.image_mean),
+          'image_std': list(config.model.image_std),
+          'jax_version': jax.__version__,
+          'process_count': jax.process_count(),
+      },
+  }
+
+
+def _format_progress(step, total, metrics, steps_per_sec, eta_s):
+  eta = time.strftime('%H:%M:%S', time.gmtime(max(eta_s, 0)))
+  parts = [f'step {step}/{total}']
+  for key in ('loss', 'itc_loss', 'itm_loss', 'mlm_loss', 'itm_acc'):
+    if key in metrics:
+      parts.append(f'{key} {metrics[key]:.4f}')
+  parts.append(f'{steps_per_sec:.2f} steps/s')
+  parts.append(f'ETA {eta}')
+  return ' | '.join(parts)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, float]:
+  """Trains ``config`` in ``workdir`` (resuming if a checkpoint exists).
+
+  Returns:
+    The last logged training metrics.
+  """
+  # --- Set up: mesh, rules, writer -----------------------------------------
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = [tuple(r) for r in config.sharding_rules]
+  sharding.set_rules(rules)
+  jax.set_mesh(mesh)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  writer = writers.create_writer(workdir, process_index)
+  if process_index == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  logging.info('Mesh %s over %d devices', dict(mesh.shape), mesh.size)
+
+  # --- Input pipeline ---------------------------------------------------------
+  tokenizer = pipeline.get_tokenizer(config.input, workdir)
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise ValueError(f'Tokenizer has {tokenizer.vocab_size} pieces but '
+                     f'model.vocab_size is {config.model.vocab_size}')
+  if config.batch_size % mesh.size and config.batch_size % (
+      mesh.shape['data'] * mesh.shape['fsdp']):
+    raise ValueError(f'batch_size {config.batch_size} does not divide over '
+                     f'the data axes of mesh {dict(mesh.shape)}')
+  dataset = pipeline.make_dataset(
+      config.input, tokenizer, global_batch=config.batch_size,
+      seed=config.seed, process_index=process_index,
+      process_count=process_count)
+  data_iter = iter(dataset)
+
+  # --- Model, optimizer and sharded state -------------------------------------
+  graphdef, abstract_params, specs = abstract_model(config.model, rules)
+  param_shardings = sharding.named(mesh, specs)
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  abstract_state = jax.eval_shape(
+      lambda p: init_state(config, p, tx), abstract_params)
+  shardings = state_shardings(mesh, param_shardings, abstract_state, tx)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      abstract_params))
+  logging.info('Model %s: %.2fM parameters', config.model.name, n_params / 1e6)
+
+  batch_spec = None  # Shardings of the batch are set by pipeline.to_global.
+  train_step = jax.jit(
+      make_train_step(config, graphdef, tx, schedule),
+      in_shardings=(shardings, batch_spec),
+      out_shardings=(shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+
+  # --- Resume or initialise ----------------------------------------------------
+  ckpt = checkpointing.Checkpointer(
+      workdir, ckpt_steps=config.ckpt_steps,
+      keep_every_steps=config.get('keep_every_steps'),
+      keep_latest=config.get('keep_latest', 2))
+  latest = ckpt.latest_step()
+  abstract_with_shardings = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, shardings)
+  if latest is not None:
+    a_params, a_rest = _split_for_checkpoint(abstract_with_shardings)
+    params, rest, meta = ckpt.restore(
+        latest, abstract_params=a_params, abstract_train_state=a_rest,
+        data_iter=data_iter)
+    saved_fp = meta.get('meta', {}).get('tokenizer_fingerprint')
+    if saved_fp and saved_fp != tokenizer.fingerprint:
+      raise ValueError('The checkpoint was trained with another tokenizer '
+                       f'({saved_fp} != {tokenizer.fingerprint})')
+    state = {**params, **rest}
+    logging.info('Resumed from step %d (%s)', latest, meta.get('meta'))
+  else:
+    params = init_params(config.model, config.seed, param_shardings)
+    state = jax.jit(lambda p: init_state(config, p, tx),
+                    out_shardings=shardings)(params)
+    logging.info('Initialised from scratch (seed %d)', config.seed)
+  first_step = int(jax.device_get(state['step']))
+
+  # --- Preemption: SIGTERM asks for a checkpoint and a clean exit -----------
+  stop_requested = []
+  previous_handler = signal.signal(
+      signal.SIGTERM, lambda *_: stop_requested.append(True))
+
+  # --- Train loop ---------------------------------------------------------------
+  total = int(config.total_steps)
+  report = periodic_actions.ReportProgress(
+      num_train_steps=total, writer=writer if process_index == 0 else None,
+      every_steps=config.log_training_steps)
+  last_metrics: dict[str, float] = {}
+  window_start, window_steps = time.time(), 0
+  step = first_step
+  try:
+    while step < total:
+      batch = pipeline.to_global(next(data_iter), mesh, rules)
+      state, metrics = train_step(state, batch)
+      step += 1
+      window_steps += 1
+      report(step)
+      log_now = config_lib.itstime(step, config.log_training_steps, total,
+                                   first=True)
+      save_now = ckpt.should_save(step) or bool(stop_requested)
+      if log_now or save_now:
+        nonfinite = jax.device_get(state['nonfinite'])
+        if int(nonfinite['count']):
+          raise NonFiniteLossError(
+              f'Non-finite loss or gradients at step '
+              f'{int(nonfinite["first_step"])}; stopping without saving. '
+              f'Last good checkpoint: step {ckpt.latest_step()} in '
+              f'{ckpt.directory}.')
+      if log_now:
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        elapsed = time.time() - window_start
+        sps = window_steps / max(elapsed, 1e-9)
+        writer.write_scalars(step, {f'train/{k}': v for k, v in host.items()})
+        logging.info(_format_progress(step, total, host, sps,
+                                      (total - step) / max(sps, 1e-9)))
+        window_start, window_steps = time.time(), 0
+        last_metrics = host
+      if save_now:
+        p, rest = _split_for_checkpoint(state)
+        ckpt.save(step, params=p, train_state=rest, data_iter=data_iter,
+                  config=_metadata(config, workdir, tokenizer, step),
+                  force=bool(stop_requested))
+      if stop_requested:
+        logging.warning('SIGTERM: saved step %d, exiting', step)
+        break
+    if step == total and total not in ckpt.all_steps():
+      p, rest = _split_for_checkpoint(state)
+      ckpt.save(step, params=p, train_state=rest, data_iter=data_iter,
+                config=_metadata(config, workdir, tokenizer, step), force=True)
+  finally:
+    ckpt.close()
+    writer.flush()
+    signal.signal(signal.SIGTERM, previous_handler)
+    close = getattr(data_iter, 'close', None)
+    if close is not None:
+      close()
+  return last_metrics

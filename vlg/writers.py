@@ -1,0 +1,94 @@
+"""Metric writers: CLU's default writer plus ``WORKDIR/metrics.jsonl``.
+
+The JSONL file holds one JSON object per write, ``{"step": s, name: value,
+...}`` with flat metric names (``train/loss``, ``valse/acc_r``, ...), so
+colabs and analysis tools read it without TensorFlow. Only process 0 writes
+files; other processes only log (CLU's ``just_logging``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from clu import metric_writers
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, (str, bool)) or value is None:
+    return value
+  arr = np.asarray(value)
+  if arr.ndim == 0:
+    v = arr.item()
+    if isinstance(v, float) and not math.isfinite(v):
+      return str(v)  # JSON has no NaN/Inf; keep them visible as strings.
+    return v
+  return arr.tolist()
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends ``{"step": step, **scalars}`` lines to a file."""
+
+  def __init__(self, path: str):
+    self.path = path
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    self._f = open(path, 'a', buffering=1)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    self._write(step, scalars)
+
+  def write_summaries(self, step, values, metadata=None):
+    self._write(step, values)
+
+  def write_texts(self, step: int, texts: Mapping[str, str]):
+    self._write(step, texts)
+
+  def _write(self, step, values):
+    record = {'step': int(step)}
+    record.update({k: _plain(v) for k, v in values.items()})
+    self._f.write(json.dumps(record) + '\n')
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    pass
+
+  def flush(self):
+    self._f.flush()
+
+  def close(self):
+    if not self._f.closed:
+      self._f.close()
+
+
+def create_writer(workdir: str, process_index: int) -> metric_writers.MetricWriter:
+  """CLU default writer (TensorBoard + log) and JSONL, on process 0 only."""
+  clu_writer = metric_writers.create_default_writer(
+      workdir, just_logging=process_index > 0, asynchronous=False)
+  if process_index > 0:
+    return clu_writer
+  jsonl = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
+  return metric_writers.MultiWriter([clu_writer, jsonl])
+
+
+def read_metrics(workdir_or_path: str) -> list[dict[str, Any]]:
+  """Reads ``metrics.jsonl`` (a workdir or the file) into a list of dicts."""
+  path = workdir_or_path
+  if os.path.isdir(path):
+    path = os.path.join(path, 'metrics.jsonl')
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
