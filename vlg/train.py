@@ -166,6 +166,43 @@ def make_train_step(config, graphdef, tx, schedule):
   return train_step
 
 
+def build_step(config, mesh, rules) -> dict[str, Any]:
+  """Model, optimizer, state shardings and the jitted step for ``config``.
+
+  Returns a dict with ``graphdef``, ``tx``, ``schedule``, ``shardings``
+  (of the train state), ``abstract_state``, ``init_fn`` (creates a fresh
+  sharded state) and ``train_step`` (jitted with explicit shardings and the
+  state donated). The batch's shardings come with the batch arrays
+  (``pipeline.to_global``).
+  """
+  graphdef, abstract_params, specs = abstract_model(config.model, rules)
+  param_shardings = sharding.named(mesh, specs)
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  abstract_state = jax.eval_shape(
+      lambda p: init_state(config, p, tx), abstract_params)
+  shardings = state_shardings(mesh, param_shardings, abstract_state, tx)
+  n_params = sum(int(np.prod(x.shape))
+                 for x in jax.tree.leaves(abstract_params))
+  logging.info('Model %s: %.2fM parameters', config.model.name,
+               n_params / 1e6)
+
+  def init_fn():
+    params = init_params(config.model, config.seed, param_shardings)
+    return jax.jit(lambda p: init_state(config, p, tx),
+                   out_shardings=shardings)(params)
+
+  train_step = jax.jit(
+      make_train_step(config, graphdef, tx, schedule),
+      in_shardings=(shardings, None),
+      out_shardings=(shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+  return dict(graphdef=graphdef, tx=tx, schedule=schedule,
+              shardings=shardings, abstract_state=abstract_state,
+              init_fn=init_fn, train_step=train_step, num_params=n_params)
+
+
+
+
 # The loop
 # ---------------------------------------------------------------------------
 
@@ -239,22 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   data_iter = iter(dataset)
 
   # --- Model, optimizer and sharded state -------------------------------------
-  graphdef, abstract_params, specs = abstract_model(config.model, rules)
-  param_shardings = sharding.named(mesh, specs)
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  abstract_state = jax.eval_shape(
-      lambda p: init_state(config, p, tx), abstract_params)
-  shardings = state_shardings(mesh, param_shardings, abstract_state, tx)
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-      abstract_params))
-  logging.info('Model %s: %.2fM parameters', config.model.name, n_params / 1e6)
-
-  batch_spec = None  # Shardings of the batch are set by pipeline.to_global.
-  train_step = jax.jit(
-      make_train_step(config, graphdef, tx, schedule),
-      in_shardings=(shardings, batch_spec),
-      out_shardings=(shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
+  built = build_step(config, mesh, rules)
+  train_step, shardings = built['train_step'], built['shardings']
 
   # --- Resume or initialise ----------------------------------------------------
   ckpt = checkpointing.Checkpointer(
@@ -264,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   latest = ckpt.latest_step()
   abstract_with_shardings = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract_state, shardings)
+      built['abstract_state'], shardings)
   if latest is not None:
     a_params, a_rest = _split_for_checkpoint(abstract_with_shardings)
     params, rest, meta = ckpt.restore(
@@ -277,9 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state = {**params, **rest}
     logging.info('Resumed from step %d (%s)', latest, meta.get('meta'))
   else:
-    params = init_params(config.model, config.seed, param_shardings)
-    state = jax.jit(lambda p: init_state(config, p, tx),
-                    out_shardings=shardings)(params)
+    state = built['init_fn']()
     logging.info('Initialised from scratch (seed %d)', config.seed)
   first_step = int(jax.device_get(state['step']))
 
