@@ -35,9 +35,11 @@ from flax import nnx
 from vlg import checkpointing
 from vlg import config_lib
 from vlg import optim
+from vlg import predict
 from vlg import sharding
 from vlg import writers
 from vlg.data import pipeline
+from vlg.evaluators import common as eval_common
 from vlg.models import create_model
 from vlg.objectives import albef as albef_objective
 from vlg.objectives import itc
@@ -303,6 +305,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state = built['init_fn']()
     logging.info('Initialised from scratch (seed %d)', config.seed)
   first_step = int(jax.device_get(state['step']))
+  total = int(config.total_steps)
+
+  # --- Evaluators (config.evals), built once ---------------------------------
+  evaluators = eval_common.from_config(
+      config.get('evals', {}), predict_fns=predict.make_predict_fns(
+          built['graphdef']), tokenizer=tokenizer, mesh=mesh, rules=rules,
+      defaults=dict(resolution=int(config.input.resolution),
+                    max_text_len=int(config.get('eval_max_text_len', 30)),
+                    batch_size=int(config.get('eval_batch_size',
+                                              config.batch_size))))
+
+  def run_evals(step, force=False):
+    for name, (evaluator, log_steps) in evaluators.items():
+      if force or config_lib.itstime(step, log_steps, total):
+        t = time.time()
+        results = evaluator.run(state['params'])
+        results['seconds'] = time.time() - t
+        writer.write_scalars(step, {f'{name}/{k}': v
+                                    for k, v in results.items()})
+        logging.info('eval %s at step %d: %s', name, step,
+                     {k: round(v, 4) for k, v in results.items()
+                      if '/' not in k})
 
   # --- Preemption: SIGTERM asks for a checkpoint and a clean exit -----------
   stop_requested = []
@@ -310,7 +334,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       signal.SIGTERM, lambda *_: stop_requested.append(True))
 
   # --- Train loop ---------------------------------------------------------------
-  total = int(config.total_steps)
   report = periodic_actions.ReportProgress(
       num_train_steps=total, writer=writer if process_index == 0 else None,
       every_steps=config.log_training_steps)
@@ -344,6 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                       (total - step) / max(sps, 1e-9)))
         window_start, window_steps = time.time(), 0
         last_metrics = host
+      run_evals(step)
       if save_now:
         p, rest = _split_for_checkpoint(state)
         ckpt.save(step, params=p, train_state=rest, data_iter=data_iter,

@@ -92,3 +92,19 @@ def read_metrics(workdir_or_path: str) -> list[dict[str, Any]]:
     path = os.path.join(path, 'metrics.jsonl')
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def metric_curves(workdir_or_path: str) -> dict[str, dict[int, Any]]:
+  """``{metric: {step: value}}``; a resumed run's later record of a step wins.
+
+  After a crash, the steps between the last checkpoint and the crash are
+  trained and logged again on resume; they reproduce the same values, and
+  keeping the last record makes the curve the resumed run's.
+  """
+  curves: dict[str, dict[int, Any]] = {}
+  for record in read_metrics(workdir_or_path):
+    step = record['step']
+    for key, value in record.items():
+      if key != 'step':
+        curves.setdefault(key, {})[step] = value
+  return curves
