@@ -56,12 +56,24 @@ class NonFiniteLossError(RuntimeError):
 
 
 def abstract_model(model_cfg: ml_collections.ConfigDict, rules):
-  """(graphdef, abstract params, PartitionSpecs) without allocating weights."""
-  with nnx.use_eager_sharding(False):
-    abstract = nnx.eval_shape(lambda: create_model(model_cfg, nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract, nnx.Param)
+  """(graphdef, abstract params, PartitionSpecs) without allocating weights.
+
+  Uses ``jax.eval_shape`` (not ``nnx.eval_shape``, which would try to turn
+  the logical names into shardings of the current mesh) and keeps the
+  variables' ``out_sharding`` metadata for :func:`vlg.sharding.param_specs`.
+  """
+  graphdefs = []
+
+  def build():
+    with nnx.use_eager_sharding(False):
+      model = create_model(model_cfg, nnx.Rngs(0))
+    graphdef, state = nnx.split(model, nnx.Param)
+    graphdefs.append(graphdef)
+    return state
+
+  state = jax.eval_shape(build)
   specs = sharding.param_specs(state, rules)
-  return graphdef, nnx.to_pure_dict(state), specs
+  return graphdefs[0], nnx.to_pure_dict(state), specs
 
 
 def init_params(model_cfg, seed: int, shardings) -> PyTree:

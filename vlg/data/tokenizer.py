@@ -55,6 +55,7 @@ class Tokenizer:
     if os.path.isdir(path) or not path.endswith('.model'):
       os.makedirs(path, exist_ok=True)
       path = os.path.join(path, MODEL_FILE)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + '.tmp'
     with open(tmp, 'wb') as f:
       f.write(self._proto)
