@@ -1,0 +1,338 @@
+"""Tests of the ALBEF model: outputs, masking, tying, sharding, sizes.
+
+The tiny model is built once (eagerly: on CPU each new op shape costs a
+compilation, so a module fixture shares them) and used functionally, as the
+trainer does: ``nnx.split(model, nnx.Param)`` then ``nnx.merge`` inside
+``jax.jit``.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from vlg import sharding
+from vlg.models import albef
+from vlg.models import create_model
+from vlg.models import sizes
+
+B, L = 4, 12
+LOGICAL = {None, 'batch', 'length', 'embed', 'mlp', 'heads', 'kv', 'vocab',
+           'patches'}
+RULES = [('embed', 'fsdp'), ('mlp', 'tensor'), ('heads', 'tensor'),
+         ('vocab', 'tensor')]
+
+
+def _batch(cfg, seed=0):
+  rng = np.random.RandomState(seed)
+  size = cfg.image_size
+  mask = np.ones((B, L), np.int32)
+  mask[1, 7:] = 0
+  mask[3, 4:] = 0
+  return {
+      'image': rng.randint(0, 256, (B, size, size, 3)).astype(np.uint8),
+      'text_ids': rng.randint(5, cfg.vocab_size, (B, L)).astype(np.int32),
+      'text_mask': mask,
+  }
+
+
+def _forward_fn(graphdef, params, batch):
+  model = nnx.merge(graphdef, params)
+  img = model.embed_image(batch['image'])
+  txt = model.embed_text(batch['text_ids'], batch['text_mask'])
+  fused = model.fuse(txt['text_embeds'], batch['text_mask'],
+                     img['image_embeds'], batch.get('image_mask'))
+  return {**img, **txt, **fused,
+          'itm_logits': model.itm_logits(fused['fused_cls']),
+          'mlm_logits': model.mlm_logits(fused['fused_embeds'])}
+
+
+_forward = jax.jit(_forward_fn, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _fuse(graphdef, params, text_embeds, text_mask, image_embeds, image_mask):
+  return nnx.merge(graphdef, params).fuse(text_embeds, text_mask,
+                                          image_embeds, image_mask)
+
+
+def random_params(make, seed=0):
+  """(graphdef, params) of ``make()`` with numpy-drawn parameter values.
+
+  Initialising through XLA costs a compilation per parameter shape (tens of
+  seconds for the tiny model on a busy 2-core CPU); tests of the forward
+  pass only need some parameters. The real initialisers are exercised by
+  :func:`test_sharded_init_and_forward_match_unsharded`.
+  """
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(make)
+  graphdef, state = nnx.split(abstract, nnx.Param)
+  rng = np.random.RandomState(seed)
+
+  def draw(path, x):
+    name = path[-1].key
+    if name == 'temp':
+      return jnp.full(x.shape, 0.07, x.dtype)
+    v = rng.randn(*x.shape) * (0.1 if name == 'scale' else 0.05)
+    return jnp.asarray(v + (name == 'scale'), x.dtype)
+
+  pure = jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(state))
+  return graphdef, pure
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  cfg = sizes.model_config('tiny')
+  graphdef, params = random_params(lambda: create_model(cfg, nnx.Rngs(0)))
+  batch = _batch(cfg)
+  return cfg, graphdef, params, batch, _forward(graphdef, params, batch)
+
+
+def test_tiny_outputs_shapes_dtypes_and_unit_features(tiny):
+  cfg, _, _, _, out = tiny
+  n = (cfg.image_size // cfg.patch_size) ** 2
+  want = {
+      'image_embeds': (B, 1 + n, cfg.vision_width),
+      'image_feat': (B, cfg.embed_dim),
+      'text_embeds': (B, L, cfg.text_width),
+      'text_feat': (B, cfg.embed_dim),
+      'fused_embeds': (B, L, cfg.text_width),
+      'fused_cls': (B, cfg.text_width),
+      'itm_logits': (B, 2),
+      'mlm_logits': (B, L, cfg.vocab_size),
+  }
+  assert {k: v.shape for k, v in out.items()} == want
+  for k in ('image_feat', 'text_feat', 'itm_logits', 'mlm_logits'):
+    assert out[k].dtype == jnp.float32, k
+  for k, v in out.items():
+    assert np.isfinite(np.asarray(v)).all(), k
+  for k in ('image_feat', 'text_feat'):
+    np.testing.assert_allclose(np.linalg.norm(out[k], axis=-1), 1.0,
+                               rtol=1e-5)
+  # Different images and texts give different features.
+  assert np.abs(out['image_feat'][0] - out['image_feat'][1]).max() > 1e-3
+  assert np.abs(out['text_feat'][0] - out['text_feat'][1]).max() > 1e-3
+
+
+def test_image_mask_hides_image_tokens_from_fusion(tiny):
+  _, graphdef, params, batch, out = tiny
+  text, mask = out['text_embeds'], batch['text_mask']
+  image = np.asarray(out['image_embeds'])
+  image_mask = np.ones(image.shape[:2], bool)
+  image_mask[:, 20:] = False
+  base = _fuse(graphdef, params, text, mask, image, image_mask)
+  all_visible = _fuse(graphdef, params, text, mask, image,
+                      np.ones_like(image_mask))
+  np.testing.assert_allclose(all_visible['fused_embeds'],
+                             out['fused_embeds'], atol=1e-5)
+
+  hidden = image.copy()
+  hidden[:, 20:] += np.random.RandomState(0).randn(*hidden[:, 20:].shape)
+  changed = _fuse(graphdef, params, text, mask, hidden, image_mask)
+  np.testing.assert_allclose(changed['fused_embeds'], base['fused_embeds'],
+                             atol=1e-6)
+  visible = image.copy()
+  visible[:, 5] += 1.0
+  changed = _fuse(graphdef, params, text, mask, visible, image_mask)
+  assert np.abs(changed['fused_cls'] - base['fused_cls']).max() > 1e-4
+
+
+def test_text_padding_is_ignored(tiny):
+  cfg, graphdef, params, batch, out = tiny
+  mask = batch['text_mask'].astype(bool)
+  ids = batch['text_ids'].copy()
+  ids[~mask] = (ids[~mask] + 17) % cfg.vocab_size
+  out2 = _forward(graphdef, params, dict(batch, text_ids=ids))
+  for k in ('text_feat', 'fused_cls', 'itm_logits'):
+    np.testing.assert_allclose(out2[k], out[k], atol=1e-5, err_msg=k)
+  np.testing.assert_allclose(np.asarray(out2['fused_embeds'])[mask],
+                             np.asarray(out['fused_embeds'])[mask], atol=1e-5)
+  ids[1, 2] = (ids[1, 2] + 1) % cfg.vocab_size  # a real token this time
+  out3 = _forward(graphdef, params, dict(batch, text_ids=ids))
+  assert np.abs(out3['text_feat'][1] - out['text_feat'][1]).max() > 1e-4
+
+
+def test_mlm_decoder_is_the_word_embedding_matrix(tiny):
+  cfg, graphdef, pure, batch, out = tiny
+  head = pure['text']['mlm_head']
+  assert set(head) == {'dense', 'norm', 'bias'}  # No decoder matrix.
+  fused = out['fused_embeds']
+
+  @jax.jit
+  def mlm(p):
+    return nnx.merge(graphdef, p).mlm_logits(fused)
+
+  # Editing one row of the word embeddings moves that vocabulary column of
+  # the MLM logits, and only that one.
+  v = 7
+  edited = jax.tree.map(lambda x: x, pure)
+  edited['text']['embeddings']['word'] = pure['text']['embeddings'][
+      'word'].at[v, 0].add(1.0)
+  delta = np.abs(np.asarray(mlm(edited)) - np.asarray(mlm(pure)))
+  assert delta[..., v].min() > 0
+  assert np.delete(delta, v, axis=-1).max() == 0
+
+  # Gradients reach the matrix from the decoder (only the rows of the
+  # vocabulary entries in the loss) and from the input embedding (only the
+  # rows of the ids used), both into the one array.
+  ids, mask = batch['text_ids'], batch['text_mask']
+
+  @jax.jit
+  def word_grads(word):
+    def losses(word):
+      p = dict(pure, text=dict(pure['text'], embeddings=dict(
+          pure['text']['embeddings'], word=word)))
+      m = nnx.merge(graphdef, p)
+      return jnp.stack([jnp.sum(m.mlm_logits(fused)[..., :5]),
+                        jnp.sum(m.embed_text(ids, mask)['text_feat'][:, 0])])
+    return jax.jacrev(losses)(word)
+
+  g_dec, g_in = np.asarray(word_grads(pure['text']['embeddings']['word']))
+  assert np.abs(g_dec[:5]).min() > 0 and np.abs(g_dec[5:]).max() == 0
+  used = np.unique(ids[mask.astype(bool)])
+  assert np.abs(g_in[used]).sum(-1).min() > 0
+  unused = np.setdiff1d(np.arange(cfg.vocab_size), ids.ravel())
+  assert np.abs(g_in[unused]).max() == 0
+
+
+@pytest.mark.parametrize('itm_head', ['linear', 'mlp'])
+def test_every_param_has_logical_axis_names(itm_head):
+  cfg = sizes.model_config('tiny', itm_head=itm_head)
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(0)))
+  assert isinstance(abstract, albef.Model)
+  state = nnx.state(abstract, nnx.Param)
+  leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x,
+                                                               nnx.Variable))
+  assert len(leaves) > 50
+  for var in leaves:
+    names = var.get_metadata().get('out_sharding')
+    assert names is not None and len(names) == len(var.shape), (var, names)
+    assert set(names) <= LOGICAL, names
+    assert var.dtype == jnp.float32
+  # Parameters are the only state: nothing else to carry through jit.
+  assert not jax.tree.leaves(nnx.state(abstract, nnx.Not(nnx.Param)))
+  assert abstract.temp.shape == ()
+
+
+def test_model_config_sizes():
+  cfg = sizes.model_config('tiny')
+  assert cfg.name == 'albef' and cfg.patch_size == 8 and cfg.embed_dim == 64
+  assert (cfg.text_layers, cfg.fusion_layers, cfg.vocab_size) == (2, 2, 1024)
+  with pytest.raises(KeyError, match='vision_widht'):
+    sizes.model_config('tiny', vision_widht=3)
+  with pytest.raises(ValueError, match='huge'):
+    sizes.model_config('huge')
+  base = sizes.model_config('base', vocab_size=32_000, name='xvlm')
+  assert (base.vocab_size, base.name, base.image_size) == (32_000, 'xvlm', 256)
+
+
+def test_bfloat16_compute_matches_float32(tiny):
+  cfg, _, params, batch, out = tiny
+  cfg16 = sizes.model_config('tiny', dtype='bfloat16')
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: create_model(cfg16, nnx.Rngs(0)))
+  graphdef16 = nnx.graphdef(abstract)
+  out16 = _forward(graphdef16, params, batch)  # The float32 parameters.
+  assert out16['image_embeds'].dtype == jnp.bfloat16
+  assert out16['mlm_logits'].dtype == jnp.float32
+  for k in ('image_feat', 'text_feat'):
+    cos = np.sum(np.asarray(out16[k]) * np.asarray(out[k]), -1)
+    assert cos.min() > 0.98, (k, cos)
+
+
+def test_sharded_init_and_forward_match_unsharded():
+  cfg = sizes.model_config('tiny', vision_depth=1, text_layers=1,
+                           fusion_layers=1)
+  mesh = sharding.make_mesh([2, 2, 2])
+
+  def init():
+    with nnx.use_eager_sharding(False):
+      model = albef.Model(cfg, rngs=nnx.Rngs(0))
+    return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
+
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: albef.Model(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  specs = sharding.param_specs(abstract_params, RULES)
+  # Optimisation level 0 only to compile faster here: an init runs once.
+  params = jax.jit(init, out_shardings=sharding.named(mesh, specs),
+                   compiler_options={'xla_backend_optimization_level': 0})()
+
+  word = params['text']['embeddings']['word']
+  assert word.sharding.spec == P('tensor', 'fsdp')
+  assert len(word.sharding.device_set) == 8
+  query = params['text']['layers'][0]['attn']['query']['kernel']
+  assert query.sharding.spec == P('fsdp', 'tensor', None)
+  fc1 = params['vision']['blocks'][0]['mlp']['fc1']['kernel']
+  assert fc1.sharding.spec == P('fsdp', 'tensor')
+
+  # The initialisers: BERT normal(0.02), timm trunc_normal(0.02) within 2
+  # std, zero biases, unit LayerNorm scales, temp 0.07.
+  local = jax.device_get(params)
+  assert np.std(local['text']['embeddings']['word']) == pytest.approx(
+      0.02, rel=0.05)
+  assert np.abs(local['vision']['pos_embed']).max() <= 0.04
+  assert np.std(local['vision']['blocks'][0]['attn']['query']['kernel']) > 0.01
+  assert not np.any(local['text']['fusion'][0]['cross']['key']['bias'])
+  np.testing.assert_array_equal(local['vision']['norm']['scale'], 1.0)
+  assert float(local['temp']) == pytest.approx(0.07)
+
+  batch = _batch(cfg, seed=1)
+  want = _forward(graphdef, local, batch)
+  rules = RULES + [('batch', ('data', 'fsdp'))]
+  with jax.set_mesh(mesh), sharding.rules_context(rules):
+    batch_sh = {k: sharding.batch_sharding(mesh, v.ndim, rules)
+                for k, v in batch.items()}
+    fwd = jax.jit(functools.partial(_forward_fn, graphdef),
+                  in_shardings=(sharding.named(mesh, specs), batch_sh))
+    got = fwd(params, batch)
+  assert got['mlm_logits'].sharding.spec[0] == ('data', 'fsdp')
+  # float32; sharded reductions only reorder sums.
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], atol=2e-5, rtol=2e-5,
+                               err_msg=k)
+
+
+def _analytic_counts(res=256, vocab=30_522, positions=512, embed=256):
+  """Counts from the published shapes, derived independently of vlg."""
+  d, mlp, p = 768, 3072, 16
+  linear = lambda i, o: i * o + o  # noqa: E731
+  ln = 2 * d
+  # timm Block: 2 LNs, qkv (with bias), proj, fc1, fc2.
+  layer = 2 * ln + linear(d, 3 * d) + linear(d, d) + linear(d, mlp) + linear(
+      mlp, d)
+  vit = (linear(p * p * 3, d) + d + (1 + (res // p) ** 2) * d + 12 * layer
+         + ln)
+  # BERT-base (109,482,240 with pooler and token types, published), minus
+  # the pooler and the token-type embeddings that ALBEF does not use.
+  bert = (vocab * d + positions * d + 2 * d + ln) + 12 * layer + linear(d, d)
+  text = bert - linear(d, d) - 2 * d
+  cross = 6 * (4 * linear(d, d) + ln)  # Q, K, V (from the 768 vision width), O.
+  mlm = linear(d, d) + ln + vocab  # Transform + LN + decoder bias (tied).
+  heads = 2 * linear(d, embed) + linear(d, 2) + 1  # Projections, ITM, temp.
+  return dict(vit=vit, bert=bert, total=vit + text + cross + mlm + heads)
+
+
+def _count(cfg):
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(0)))
+  state = nnx.state(abstract, nnx.Param)
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
+
+
+def test_base_parameter_count_matches_published_shapes(tiny):
+  counts = {'tiny': sum(x.size for x in jax.tree.leaves(tiny[2])),
+            'base': _count(sizes.model_config('base'))}
+  print('parameters:', counts)
+  analytic = _analytic_counts()
+  assert analytic['bert'] == 109_482_240  # bert-base-uncased, published.
+  # timm vit_base_patch16_224: 86,567,656 with its 1000-class head.
+  assert (_analytic_counts(res=224)['vit'] + 768 * 1000 + 1000
+          == 86_567_656)
+  assert counts['base'] == analytic['total'] == 209_936_189
+  assert counts['tiny'] == 1_934_467

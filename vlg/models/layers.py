@@ -1,0 +1,303 @@
+"""Transformer building blocks shared by the vision and text encoders.
+
+Every parameter is created float32 and carries logical axis names in its
+``out_sharding`` metadata (``nnx.with_partitioning``), which
+``vlg.sharding.param_specs`` maps to mesh axes. Computation runs in the
+module's ``dtype`` (float32 or bfloat16); matmuls accumulate in float32 and
+softmax and LayerNorm always run in float32.
+
+The modules are written to be used functionally (``nnx.split`` once,
+``nnx.merge`` inside ``jax.jit``): no shared submodules, no state other than
+``nnx.Param``, and dropout randomness is passed at call time as
+``rngs: nnx.Rngs | None`` (None means deterministic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlg import sharding
+
+Initializer = Callable[..., jax.Array]
+Names = tuple[str | None, ...]
+
+INIT_STD = 0.02  # BERT's initializer_range and timm's ViT trunc_normal std.
+
+
+def normal_init(std: float = INIT_STD) -> Initializer:
+  return nnx.initializers.normal(std)
+
+
+def trunc_normal_init(std: float = INIT_STD) -> Initializer:
+  return nnx.initializers.truncated_normal(std, lower=-2.0, upper=2.0)
+
+
+def make_param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int],
+               names: Names) -> nnx.Param:
+  """A float32 ``nnx.Param`` annotated with logical axis ``names``."""
+  if len(names) != len(shape):
+    raise ValueError(f'{len(names)} axis names {names} for shape {shape}')
+  init = nnx.with_partitioning(init, tuple(names))
+  return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32))
+
+
+def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
+  """Inverted dropout; the identity when ``rngs`` is None or ``rate`` is 0."""
+  if rngs is None or rate <= 0.0:
+    return x
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(rngs.dropout(), keep, x.shape)
+  return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """The exact (erf) GELU of BERT and timm's ViT."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """``x / max(|x|, eps)`` in float32, as torch's ``F.normalize``."""
+  x = x.astype(jnp.float32)
+  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+def _tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+  return (int(x),) if isinstance(x, int) else tuple(int(d) for d in x)
+
+
+class Dense(nnx.Module):
+  """A linear map contracting the trailing ``in_shape`` dims of its input.
+
+  The kernel has shape ``in_shape + out_shape`` with one logical name per
+  dimension (``names``), so attention projections can keep a separate
+  ``heads`` axis: ``Dense(768, (12, 64), ('embed', 'heads', 'kv'))``.
+  """
+
+  def __init__(self, in_shape: int | Sequence[int],
+               out_shape: int | Sequence[int], names: Names, *,
+               use_bias: bool = True, dtype: jnp.dtype = jnp.float32,
+               kernel_init: Initializer | None = None, rngs: nnx.Rngs):
+    self.in_shape = _tuple(in_shape)
+    self.out_shape = _tuple(out_shape)
+    self.dtype = dtype
+    self.kernel = make_param(rngs, kernel_init or normal_init(),
+                             self.in_shape + self.out_shape, names)
+    if use_bias:
+      self.bias = make_param(rngs, nnx.initializers.zeros, self.out_shape,
+                             names[len(self.in_shape):])
+    else:
+      self.bias = nnx.data(None)
+
+  def __call__(self, x: jax.Array, out_dtype: jnp.dtype | None = None
+               ) -> jax.Array:
+    n = len(self.in_shape)
+    lhs = tuple(range(x.ndim - n, x.ndim))
+    y = jax.lax.dot_general(
+        x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+        ((lhs, tuple(range(n))), ((), ())),
+        preferred_element_type=jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...]
+    return y.astype(out_dtype or self.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis, computed in float32."""
+
+  def __init__(self, dim: int, *, eps: float, dtype: jnp.dtype = jnp.float32,
+               name: str = 'embed', rngs: nnx.Rngs):
+    self.eps = eps
+    self.dtype = dtype
+    self.scale = make_param(rngs, nnx.initializers.ones, (dim,), (name,))
+    self.bias = make_param(rngs, nnx.initializers.zeros, (dim,), (name,))
+
+  def __call__(self, x: jax.Array, out_dtype: jnp.dtype | None = None
+               ) -> jax.Array:
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * self.scale[...] + self.bias[...]
+    return y.astype(out_dtype or self.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with a boolean key mask.
+
+  Query, key and value kernels are ``(embed, heads, kv)``; the output kernel
+  is ``(heads, kv, embed)``. Keys and values may come from a context of a
+  different width (``kv_dim``), as in cross-attention from text to image
+  tokens. Masked keys get the most negative float32 before a float32
+  softmax, so a query whose keys are all masked attends uniformly instead of
+  producing NaNs.
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, kv_dim: int | None = None,
+               use_bias: bool = True, dropout_rate: float = 0.0,
+               dtype: jnp.dtype = jnp.float32,
+               kernel_init: Initializer | None = None, rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ValueError(f'width {dim} is not divisible by {num_heads} heads')
+    head_dim = dim // num_heads
+    kv_dim = kv_dim or dim
+    self.dropout_rate = dropout_rate
+    self.head_dim = head_dim
+    qkv = ('embed', 'heads', 'kv')
+    kw = dict(use_bias=use_bias, dtype=dtype, kernel_init=kernel_init,
+              rngs=rngs)
+    self.query = Dense(dim, (num_heads, head_dim), qkv, **kw)
+    self.key = Dense(kv_dim, (num_heads, head_dim), qkv, **kw)
+    self.value = Dense(kv_dim, (num_heads, head_dim), qkv, **kw)
+    self.out = Dense((num_heads, head_dim), dim, ('heads', 'kv', 'embed'),
+                     **kw)
+
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               mask: jax.Array | None = None, *,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Attends from ``x`` [B, Lq, D] to ``context`` [B, Lk, Dkv] (or ``x``).
+
+    Args:
+      x: queries' input.
+      context: keys' and values' input; None for self-attention.
+      mask: [B, Lk] key mask, True (or nonzero) where a key is visible;
+        None for all visible.
+      rngs: dropout randomness for the attention probabilities.
+
+    Returns:
+      [B, Lq, D] in the module's dtype.
+    """
+    context = x if context is None else context
+    names = ('batch', 'length', 'heads', 'kv')
+    q = sharding.constrain(self.query(x), names)
+    k = sharding.constrain(self.key(context), names)
+    v = sharding.constrain(self.value(context), names)
+    q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k,
+                        preferred_element_type=jnp.float32)
+    if mask is not None:
+      visible = mask.astype(bool)[:, None, None, :]
+      logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = dropout(probs, self.dropout_rate, rngs).astype(v.dtype)
+    y = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+    return self.out(y)
+
+
+class Mlp(nnx.Module):
+  """Dense → GELU → (dropout) → Dense; kernels (embed, mlp) and (mlp, embed)."""
+
+  def __init__(self, dim: int, hidden: int, *, dropout_rate: float = 0.0,
+               dtype: jnp.dtype = jnp.float32,
+               kernel_init: Initializer | None = None, rngs: nnx.Rngs):
+    self.dropout_rate = dropout_rate
+    kw = dict(dtype=dtype, kernel_init=kernel_init, rngs=rngs)
+    self.fc1 = Dense(dim, hidden, ('embed', 'mlp'), **kw)
+    self.fc2 = Dense(hidden, dim, ('mlp', 'embed'), **kw)
+
+  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None
+               ) -> jax.Array:
+    h = gelu(self.fc1(x))
+    h = sharding.constrain(h, ('batch', 'length', 'mlp'))
+    h = dropout(h, self.dropout_rate, rngs)
+    return self.fc2(h)
+
+
+class MlpHead(nnx.Module):
+  """X-VLM's ``build_mlp``: Dense(d→2d) → LayerNorm → GELU → Dense(2d→out).
+
+  Used as X-VLM's ITM head (out 2) and box head (out 4); the output is
+  float32 by default (logits or box coordinates).
+  """
+
+  def __init__(self, dim: int, out_dim: int, *, eps: float = 1e-5,
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.fc1 = Dense(dim, 2 * dim, ('embed', 'mlp'), dtype=dtype, rngs=rngs)
+    self.norm = LayerNorm(2 * dim, eps=eps, dtype=dtype, name='mlp',
+                          rngs=rngs)
+    self.fc2 = Dense(2 * dim, out_dim, ('mlp', None), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, out_dtype: jnp.dtype = jnp.float32
+               ) -> jax.Array:
+    return self.fc2(gelu(self.norm(self.fc1(x))), out_dtype=out_dtype)
+
+
+class ViTBlock(nnx.Module):
+  """Pre-LN block (timm ``Block``): x += attn(LN(x)); x += mlp(LN(x))."""
+
+  def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float,
+               dropout_rate: float = 0.0, dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    init = trunc_normal_init()
+    self.dropout_rate = dropout_rate
+    self.norm1 = LayerNorm(dim, eps=eps, dtype=dtype, rngs=rngs)
+    self.attn = Attention(dim, num_heads, dtype=dtype, kernel_init=init,
+                          rngs=rngs)
+    self.norm2 = LayerNorm(dim, eps=eps, dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(dim, mlp_dim, dtype=dtype, kernel_init=init,
+                   dropout_rate=dropout_rate, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None
+               ) -> jax.Array:
+    r = self.dropout_rate
+    x = x + dropout(self.attn(self.norm1(x), rngs=rngs), r, rngs)
+    x = x + dropout(self.mlp(self.norm2(x), rngs=rngs), r, rngs)
+    return sharding.constrain(x, ('batch', 'length', 'embed'))
+
+
+class BertLayer(nnx.Module):
+  """Post-LN BERT layer, optionally with cross-attention (ALBEF fusion).
+
+  x = LN(x + SelfAttn(x)); [x = LN(x + CrossAttn(x, image))];
+  x = LN(x + FFN(x)). Dropout (BERT's hidden and attention-probability
+  dropout) uses the same rate everywhere. Cross-attention keys and values
+  are computed from the context width ``context_dim`` (the vision width).
+  """
+
+  def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float,
+               context_dim: int | None = None, dropout_rate: float = 0.0,
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.dropout_rate = dropout_rate
+    kw = dict(dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
+    self.attn = Attention(dim, num_heads, **kw)
+    self.attn_norm = LayerNorm(dim, eps=eps, dtype=dtype, rngs=rngs)
+    if context_dim is not None:
+      self.cross = Attention(dim, num_heads, kv_dim=context_dim, **kw)
+      self.cross_norm = LayerNorm(dim, eps=eps, dtype=dtype, rngs=rngs)
+    else:
+      self.cross = nnx.data(None)
+      self.cross_norm = nnx.data(None)
+    self.mlp = Mlp(dim, mlp_dim, dtype=dtype, rngs=rngs)
+    self.mlp_norm = LayerNorm(dim, eps=eps, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+               context: jax.Array | None = None,
+               context_mask: jax.Array | None = None, *,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Self-attention over ``x`` with key ``mask``; cross-attends ``context``.
+
+    Args:
+      x: [B, L, D] hidden states.
+      mask: [B, L] text key mask (None: all visible).
+      context: [B, N, Dc] image tokens; required iff the layer has
+        cross-attention.
+      context_mask: [B, N] image key mask (None: all visible).
+      rngs: dropout randomness (None: deterministic).
+
+    Returns:
+      [B, L, D] hidden states in the module's dtype.
+    """
+    r = self.dropout_rate
+    x = self.attn_norm(x + dropout(self.attn(x, mask=mask, rngs=rngs), r,
+                                   rngs))
+    if self.cross is not None:
+      if context is None:
+        raise ValueError('A fusion layer needs image tokens as context.')
+      c = self.cross(x, context, context_mask, rngs=rngs)
+      x = self.cross_norm(x + dropout(c, r, rngs))
+    x = self.mlp_norm(x + dropout(self.mlp(x, rngs=rngs), r, rngs))
+    return sharding.constrain(x, ('batch', 'length', 'embed'))

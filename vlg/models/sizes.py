@@ -1,0 +1,75 @@
+"""Model sizes (spec §1) and the model config built from them.
+
+``model_config('tiny', name='albef')`` returns an unlocked ConfigDict with
+every field the models read; experiment configs override fields afterwards
+(e.g. ``vocab_size`` to fit the tokenizer). ``tiny`` runs on CPU in tests and
+minutes-long smoke runs; ``small`` is a one-GPU model; ``base`` has the
+published ALBEF shapes (ViT-B/16 at 256 px + BERT-base split 6 + 6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+# CLIP's normalisation (spec §1); the ViT applies it to 0..255 pixels.
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+SIZES: dict[str, dict[str, Any]] = {
+    'tiny': dict(
+        image_size=64, patch_size=8, vision_width=128, vision_depth=4,
+        vision_heads=4, vision_mlp=512,
+        text_width=128, text_layers=2, fusion_layers=2, text_heads=4,
+        text_mlp=512, vocab_size=1024, max_positions=128, embed_dim=64,
+        dropout=0.0),
+    'small': dict(
+        image_size=128, patch_size=16, vision_width=384, vision_depth=6,
+        vision_heads=6, vision_mlp=1536,
+        text_width=384, text_layers=4, fusion_layers=4, text_heads=6,
+        text_mlp=1536, vocab_size=32_000, max_positions=256, embed_dim=128,
+        dropout=0.1),
+    'base': dict(
+        image_size=256, patch_size=16, vision_width=768, vision_depth=12,
+        vision_heads=12, vision_mlp=3072,
+        text_width=768, text_layers=6, fusion_layers=6, text_heads=12,
+        text_mlp=3072, vocab_size=30_522, max_positions=512, embed_dim=256,
+        dropout=0.1),
+}
+
+_COMMON = dict(
+    name='albef',
+    itm_head='linear',  # 'linear' (ALBEF) | 'mlp' (X-VLM: d→2d→LN→GELU→2).
+    temp_init=0.07,
+    dtype='float32',  # Compute dtype; parameters are always float32.
+    image_mean=IMAGE_MEAN,
+    image_std=IMAGE_STD,
+    vision_ln_eps=1e-6,
+    text_ln_eps=1e-12,
+    vision_dropout=0.0,  # ALBEF's ViT has no dropout; `dropout` is BERT's.
+)
+
+
+def model_config(size: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """The model config of ``size`` ('tiny' | 'small' | 'base') plus overrides.
+
+  Args:
+    size: a key of :data:`SIZES`.
+    **overrides: values for existing fields (a misspelt field is an error;
+      add genuinely new fields to the returned ConfigDict).
+
+  Returns:
+    An unlocked ConfigDict.
+  """
+  if size not in SIZES:
+    raise ValueError(f'Unknown model size {size!r}; valid: {sorted(SIZES)}')
+  fields = dict(_COMMON, **SIZES[size])
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise KeyError(f'Unknown model config fields {unknown}')
+  fields.update(overrides)
+  if fields['itm_head'] not in ('linear', 'mlp'):
+    raise ValueError(f"itm_head must be 'linear' or 'mlp', got "
+                     f"{fields['itm_head']!r}")
+  return ml_collections.ConfigDict(fields)

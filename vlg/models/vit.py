@@ -1,0 +1,145 @@
+"""Vision Transformer (ViT / DeiT, as in ALBEF's ``models/vit.py``).
+
+Images come in as pixels in 0..255 (uint8 or float), so the data pipeline
+can ship uint8; the model scales them to [0, 1] and normalises with the
+config's mean and std. Patches are embedded by a linear map (a stride-p
+convolution), a [CLS] token is prepended, position embeddings are added
+(interpolated bicubically when the input grid differs from the one the
+model was built for), then pre-LN blocks and a final LayerNorm. The output
+keeps every token, [CLS] first, so later models (X-VLM) can pool patch
+subsets with a mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from vlg import sharding
+from vlg.models import layers
+
+
+def _grid(g: int | Sequence[int]) -> tuple[int, int]:
+  if isinstance(g, int):
+    return (g, g)
+  h, w = g
+  return (int(h), int(w))
+
+
+def interpolate_pos_embed(pos_embed: jax.Array,
+                          new_grid: int | Sequence[int],
+                          old_grid: int | Sequence[int] | None = None
+                          ) -> jax.Array:
+  """Resizes ViT position embeddings to a new patch grid (bicubic).
+
+  The [CLS] position (row 0) is kept; the patch rows, laid out row-major on
+  a square ``old_grid`` (inferred when None), are resized with
+  ``jax.image.resize(..., 'bicubic', antialias=False)``, i.e. pixel-centre
+  aligned (torch ``align_corners=False``). Keys' cubic (a = -0.5) differs
+  slightly from torch's a = -0.75 used by ALBEF's own interpolation.
+
+  Args:
+    pos_embed: [1 + N, D] or [1, 1 + N, D] (the PyTorch layout).
+    new_grid: patches per side, or (rows, cols).
+    old_grid: the grid of ``pos_embed``; None: sqrt(N), which must be whole.
+
+  Returns:
+    Position embeddings of the same rank for ``1 + rows * cols`` tokens.
+  """
+  if pos_embed.ndim == 3:
+    return interpolate_pos_embed(pos_embed[0], new_grid, old_grid)[None]
+  n, dim = pos_embed.shape[0] - 1, pos_embed.shape[1]
+  if old_grid is None:
+    side = int(round(n ** 0.5))
+    if side * side != n:
+      raise ValueError(f'{n} patch positions are not a square grid; '
+                       'pass old_grid')
+    old_grid = side
+  old_h, old_w = _grid(old_grid)
+  new_h, new_w = _grid(new_grid)
+  if old_h * old_w != n:
+    raise ValueError(f'old_grid {old_grid} does not match {n} positions')
+  cls, patches = pos_embed[:1], pos_embed[1:]
+  patches = patches.reshape(old_h, old_w, dim).astype(jnp.float32)
+  patches = jax.image.resize(patches, (new_h, new_w, dim), 'bicubic',
+                             antialias=False)
+  patches = patches.reshape(new_h * new_w, dim).astype(pos_embed.dtype)
+  return jnp.concatenate([cls, patches], axis=0)
+
+
+class VisionTransformer(nnx.Module):
+  """ViT image encoder: pixels [B, H, W, 3] → tokens [B, 1 + N, D].
+
+  Config fields: ``image_size``, ``patch_size``, ``vision_width``,
+  ``vision_depth``, ``vision_heads``, ``vision_mlp``, ``vision_ln_eps``,
+  ``vision_dropout``, ``image_mean``, ``image_std``, ``dtype``.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.dtype = jnp.dtype(config.dtype)
+    self.patch_size = p = int(config.patch_size)
+    self.grid = int(config.image_size) // p
+    self.mean = tuple(float(m) for m in config.image_mean)
+    self.std = tuple(float(s) for s in config.image_std)
+    self.dropout_rate = float(config.get('vision_dropout', 0.0))
+    dim = int(config.vision_width)
+    eps = float(config.vision_ln_eps)
+    # A (p, p, 3, D) kernel: the PyTorch conv weight [D, 3, p, p] transposed.
+    self.patch_embed = layers.Dense(
+        (p, p, 3), dim, (None, None, None, 'embed'), dtype=self.dtype,
+        kernel_init=nnx.initializers.lecun_normal(in_axis=(0, 1, 2),
+                                                  out_axis=3),
+        rngs=rngs)
+    init = layers.trunc_normal_init()
+    # 1-D so that weight decay, which skips vectors, skips it (spec §2.4).
+    self.cls_token = layers.make_param(rngs, init, (dim,), ('embed',))
+    self.pos_embed = layers.make_param(rngs, init, (1 + self.grid ** 2, dim),
+                                       (None, 'embed'))
+    self.blocks = nnx.List([
+        layers.ViTBlock(dim, int(config.vision_heads),
+                        int(config.vision_mlp), eps=eps,
+                        dropout_rate=self.dropout_rate, dtype=self.dtype,
+                        rngs=rngs)
+        for _ in range(int(config.vision_depth))])
+    self.norm = layers.LayerNorm(dim, eps=eps, dtype=self.dtype, rngs=rngs)
+
+  def normalize(self, image: jax.Array) -> jax.Array:
+    """Pixels in 0..255 → (x / 255 - mean) / std, float32."""
+    x = image.astype(jnp.float32) / 255.0
+    mean = jnp.asarray(self.mean, jnp.float32)
+    std = jnp.asarray(self.std, jnp.float32)
+    return (x - mean) / std
+
+  def __call__(self, image: jax.Array, *, rngs: nnx.Rngs | None = None
+               ) -> jax.Array:
+    """Encodes ``image`` [B, H, W, 3] (0..255); H and W multiples of the patch.
+
+    Returns:
+      [B, 1 + (H/p)(W/p), D] tokens after the final LayerNorm, [CLS] first,
+      in the compute dtype.
+    """
+    b, h, w, c = image.shape
+    p = self.patch_size
+    if h % p or w % p or c != 3:
+      raise ValueError(f'image {image.shape} is not [B, H, W, 3] with H, W '
+                       f'multiples of the patch size {p}')
+    gh, gw = h // p, w // p
+    x = self.normalize(image).reshape(b, gh, p, gw, p, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p, p, c)
+    x = self.patch_embed(x)
+    cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype),
+                           (b, 1, x.shape[-1]))
+    x = jnp.concatenate([cls, x], axis=1)
+    pos = self.pos_embed[...]
+    if (gh, gw) != (self.grid, self.grid):
+      pos = interpolate_pos_embed(pos, (gh, gw), self.grid)
+    x = x + pos.astype(x.dtype)
+    x = sharding.constrain(x, ('batch', 'length', 'embed'))
+    x = layers.dropout(x, self.dropout_rate, rngs)
+    for block in self.blocks:
+      x = block(x, rngs=rngs)
+    return self.norm(x)
