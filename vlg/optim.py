@@ -1,9 +1,8 @@
 """The optimizer: AdamW with linear warm-up and cosine decay (optax).
 
-Weight decay applies to matrices only: biases, LayerNorm parameters, the
-temperature and other 1-D/scalar parameters are not decayed (ALBEF decays
-temp, pos_embed and cls_token; vlg does not decay scalars/vectors, and
-position embeddings are decayed as matrices — see spec §2.4).
+Weight decay applies to weight matrices only: biases, LayerNorm parameters,
+the temperature, the [CLS] token and position embeddings are not decayed
+(ALBEF decays temp, pos_embed and cls_token; vlg does not — spec §2.4).
 """
 
 from __future__ import annotations
@@ -25,9 +24,18 @@ def make_schedule(cfg: ml_collections.ConfigDict,
       end_value=float(cfg.min_lr))
 
 
+NO_DECAY_NAMES = ('pos_embed', 'position', 'cls_token', 'temp')
+
+
 def decay_mask(params: Any) -> Any:
-  """True for parameters that get weight decay (ndim >= 2)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """True for parameters that get weight decay (matrices, not embeddings of
+  positions or the [CLS] token)."""
+  def decays(path, p):
+    names = [str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path]
+    # Attention biases are 2-D (heads, kv): the name decides, not the rank.
+    return p.ndim >= 2 and names[-1] not in ('bias', 'scale') and not any(
+        n.startswith(NO_DECAY_NAMES) for n in names)
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict,
