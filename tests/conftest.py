@@ -12,3 +12,23 @@ from absl import flags  # noqa: E402
 # grain reads absl flags in worker set-up; mark them parsed outside app.run.
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
+
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Tests build the same tiny train step several times (fresh run, resumed run,
+# single-device reference); a session-wide persistent cache compiles it once.
+jax.config.update('jax_compilation_cache_dir',
+                  tempfile.mkdtemp(prefix='vlg_test_jax_cache_'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+@pytest.fixture
+def fast_compile():
+  """Turns off most XLA optimisations (compile time dominates tiny tests)."""
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', False)
