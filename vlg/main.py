@@ -8,9 +8,10 @@ Running the same command again resumes from the last checkpoint in
 ``--workdir``. Multi-process jobs: see ``launch/README.md``.
 """
 
+import logging
+
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,6 +36,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Libraries that log through absl (orbax, grain) print several INFO lines
+  # per checkpoint; keep their warnings, and vlg's own progress lines.
+  logging.getLogger('absl').setLevel(logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
   if _COORDINATOR.value:
     # Only affects the CPU backend (multi-process CPU runs need gloo); must be

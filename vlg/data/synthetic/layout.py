@@ -288,6 +288,9 @@ def path_is_drawable(objects: Sequence[world.SceneObject], i: int, j: int,
       path, [objects[i].box, objects[j].box], others, resolution)
 
 
+_MAX_SCENE_DRAWS = 20
+
+
 def generate_scene(split: str, index: int,
                    cfg: world.WorldConfig = world.WorldConfig()) -> world.Scene:
   """The scene of image ``index`` of ``split``, fully determined by
@@ -295,17 +298,27 @@ def generate_scene(split: str, index: int,
 
   The 'train' split never shows a composition in ``cfg.heldout``.
   """
-  rng = world.scene_rng(split, index, cfg)
-  res = cfg.resolution
-  background = sample_background(rng, cfg)
-  n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-  specs = _sample_specs(rng, split, cfg, n)
-  specs, constructs = _sample_plan(rng, split, cfg, specs)
-  sides = _sides(specs, constructs, rng, res)
-  units = _units(len(specs), sides, constructs, rng, res)
-  pos = _place(units, res, rng)
-  objects, actions, _ = _assemble(specs, sides, units, pos, constructs, rng,
-                                  res)
+  # A crowded draw can fail to place every unit; redraw (from streams
+  # disjoint from the text/flag streams) so a scene always has an object.
+  for attempt in range(_MAX_SCENE_DRAWS):
+    rng = world.scene_rng(split, index, cfg,
+                          stream=0 if attempt == 0 else 100 + attempt)
+    res = cfg.resolution
+    background = sample_background(rng, cfg)
+    n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    specs = _sample_specs(rng, split, cfg, n)
+    specs, constructs = _sample_plan(rng, split, cfg, specs)
+    sides = _sides(specs, constructs, rng, res)
+    units = _units(len(specs), sides, constructs, rng, res)
+    pos = _place(units, res, rng)
+    objects, actions, _ = _assemble(specs, sides, units, pos, constructs,
+                                    rng, res)
+    if objects:
+      break
+  else:
+    raise world.PlacementError(
+        f'No object could be placed in {split} scene {index} after '
+        f'{_MAX_SCENE_DRAWS} draws')
   return world.Scene(res, tuple(objects), tuple(actions),
                      geometry.scene_graph(objects, actions, rng,
                                           cfg.comparative_rate),
