@@ -75,8 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 32
     c.total_steps = 600 if arg.variant == 'tiny' else 2_000
     c.input = _input(res, max_text_len=25)
-    c.optim = dict(lr=3e-4, warmup_init_lr=1e-5, min_lr=1e-5,
-                   warmup_steps=50, weight_decay=0.02, b1=0.9, b2=0.999,
+    c.optim = dict(lr=1e-3, warmup_init_lr=1e-5, min_lr=1e-5,
+                   warmup_steps=20, weight_decay=0.02, b1=0.9, b2=0.999,
                    eps=1e-8, grad_clip_norm=0.0)
     c.queue_size = 256
     c.alpha_warmup_steps = 100

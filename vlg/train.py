@@ -375,8 +375,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         elapsed = time.time() - window_start
         sps = window_steps / max(elapsed, 1e-9)
         writer.write_scalars(step, {f'train/{k}': v for k, v in host.items()})
-        logging.info(_format_progress(step, total, host, sps,
-                                      (total - step) / max(sps, 1e-9)))
+        line = _format_progress(step, total, host, sps,
+                                (total - step) / max(sps, 1e-9))
+        if step == first_step + 1:
+          line += ' (first step: includes compilation)'
+        logging.info(line)
         window_start, window_steps = time.time(), 0
         last_metrics = host
       run_evals(step)
