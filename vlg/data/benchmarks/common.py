@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 T = TypeVar('T')
 
@@ -176,6 +176,20 @@ def iter_jsonl(collector: Collector) -> Iterator[tuple[str, Any]]:
         collector.bad(where, f'not valid JSON ({e.msg} at column {e.colno})')
         continue
       yield where, record
+
+
+def parse_jsonl(collector: Collector, parse: Callable[[Any], T]
+                ) -> Iterator[tuple[str, T]]:
+  """Yields ``(where, parse(record))`` for each JSONL record that parses.
+
+  A record whose ``parse`` raises ``FieldError`` is reported through
+  ``collector.bad`` (which raises unless skipping) and not yielded.
+  """
+  for where, record in iter_jsonl(collector):
+    try:
+      yield where, parse(record)
+    except FieldError as e:
+      collector.bad(where, str(e))
 
 
 def _type_name(value: Any) -> str:

@@ -206,12 +206,7 @@ def _load_jsonl(path: str, split: str, skip_bad: bool
                 ) -> common.Loaded[RefExample]:
   collector = common.Collector(path, skip_bad)
   examples, num_filtered = [], 0
-  for where, record in common.iter_jsonl(collector):
-    try:
-      example = _jsonl_example(record)
-    except common.FieldError as e:
-      collector.bad(where, str(e))
-      continue
+  for _, example in common.parse_jsonl(collector, _jsonl_example):
     if example.split and example.split != split:
       num_filtered += 1
       continue

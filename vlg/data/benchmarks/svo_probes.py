@@ -182,10 +182,5 @@ def load_svo_probes(path: str | os.PathLike, skip_bad: bool = False,
   if _is_csv(collector.path):
     examples = _read_csv(collector, image_template)
   else:
-    examples = []
-    for where, record in common.iter_jsonl(collector):
-      try:
-        examples.append(_parse_jsonl(record))
-      except common.FieldError as e:
-        collector.bad(where, str(e))
+    examples = [ex for _, ex in common.parse_jsonl(collector, _parse_jsonl)]
   return common.make_loaded(examples, [collector])

@@ -128,12 +128,7 @@ def load_vsr(jsonl_path: str | os.PathLike, skip_bad: bool = False
       record with a missing or wrongly typed field; names file and line.
   """
   collector = common.Collector(os.fspath(jsonl_path), skip_bad)
-  examples = []
-  for where, record in common.iter_jsonl(collector):
-    try:
-      examples.append(_parse(record))
-    except common.FieldError as e:
-      collector.bad(where, str(e))
+  examples = [ex for _, ex in common.parse_jsonl(collector, _parse)]
   return common.make_loaded(examples, [collector])
 
 

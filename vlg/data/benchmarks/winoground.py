@@ -131,12 +131,7 @@ def load_winoground(root: str | os.PathLike, skip_bad: bool = False
   """
   collector = common.Collector(examples_file(root), skip_bad)
   examples, seen = [], {}
-  for where, record in common.iter_jsonl(collector):
-    try:
-      example = _parse(record)
-    except common.FieldError as e:
-      collector.bad(where, str(e))
-      continue
+  for where, example in common.parse_jsonl(collector, _parse):
     if example.id in seen:
       collector.fail(where, f'duplicate id {example.id} (first at '
                      f'{seen[example.id]})')
