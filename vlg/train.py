@@ -340,6 +340,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                      {k: round(v, 4) for k, v in results.items()
                       if '/' not in k})
 
+  def save(step, force):
+    params, rest = _split_for_checkpoint(state)
+    ckpt.save(step, params=params, train_state=rest, data_iter=data_iter,
+              config=_metadata(config, workdir, tokenizer, step), force=force)
+
   # --- Preemption: SIGTERM asks for a checkpoint and a clean exit -----------
   stop_requested = []
   previous_handler = signal.signal(
@@ -384,17 +389,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         last_metrics = host
       run_evals(step)
       if save_now:
-        p, rest = _split_for_checkpoint(state)
-        ckpt.save(step, params=p, train_state=rest, data_iter=data_iter,
-                  config=_metadata(config, workdir, tokenizer, step),
-                  force=bool(stop_requested))
+        save(step, force=bool(stop_requested))
       if stop_requested:
         logging.warning('SIGTERM: saved step %d, exiting', step)
         break
     if step == total and total not in ckpt.all_steps():
-      p, rest = _split_for_checkpoint(state)
-      ckpt.save(step, params=p, train_state=rest, data_iter=data_iter,
-                config=_metadata(config, workdir, tokenizer, step), force=True)
+      save(step, force=True)
   finally:
     ckpt.close()
     writer.flush()
