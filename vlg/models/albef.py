@@ -15,7 +15,16 @@ functionally inside ``jax.jit``::
 
 Parameter tree: ``vision`` (ViT), ``text`` (``embeddings``, ``layers``,
 ``fusion``, ``mlm_head``), ``vision_proj``, ``text_proj``, ``itm_head`` and
-the scalar ``temp``.
+the scalar ``temp``; with ``config.box_head`` (the X-VLM family) a
+``box_head`` and with ``config.mrc_classes > 0`` (the relation models) an
+``mrc_head``. The same class serves ALBEF, X-VLM, ReALBEF and ReX-VLM: they
+differ in heads and objectives, not in the encoders.
+
+Visual concepts of a box (X-VLM, spec §3.1) come from one image-encoder pass
+per image: :meth:`embed_concept` gathers each pair's image tokens, replaces
+[CLS] by the mean of the in-box patch tokens and returns the patch mask,
+which is then the cross-attention mask of :meth:`fuse` — patches outside the
+box are invisible to the concept.
 """
 
 from __future__ import annotations
@@ -50,17 +59,26 @@ class Model(nnx.Module):
       self.itm_head = layers.MlpHead(text_width, 2, dtype=dtype, rngs=rngs)
     else:
       raise ValueError(f'Unknown itm_head {config.itm_head!r}')
+    if config.get('box_head', False):
+      self.box_head = layers.MlpHead(text_width, 4, dtype=dtype, rngs=rngs)
+    num_relations = int(config.get('mrc_classes', 0))
+    if num_relations > 0:
+      hidden = int(config.get('mrc_hidden', 0)) or 4 * text_width
+      self.mrc_head = MrcHead(text_width, hidden, num_relations, dtype=dtype,
+                              rngs=rngs)
     temp = float(config.temp_init)
     self.temp = layers.make_param(
         rngs, lambda key, shape, dtype: jnp.full(shape, temp, dtype), (), ())
 
-  def embed_image(self, image: jax.Array, *, rngs: nnx.Rngs | None = None
-                  ) -> dict[str, jax.Array]:
+  def embed_image(self, image: jax.Array, token_mask: jax.Array | None = None,
+                  *, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
     """Encodes images.
 
     Args:
       image: [B, H, W, 3] pixels in 0..255 (uint8 or float). H, W may differ
         from ``config.image_size`` (position embeddings are interpolated).
+      token_mask: [B, 1 + N] optional self-attention mask of the ViT (see
+        ``VisionTransformer``); None: every token sees every token.
       rngs: dropout randomness (None: deterministic).
 
     Returns:
@@ -68,7 +86,7 @@ class Model(nnx.Module):
       ``image_feat`` [B, E], the L2-normalised ``vision_proj`` of [CLS]
       (float32).
     """
-    x = self.vision(image, rngs=rngs)
+    x = self.vision(image, token_mask, rngs=rngs)
     feat = layers.l2_normalize(self.vision_proj(x[:, 0],
                                                 out_dtype=jnp.float32))
     return {'image_embeds': x, 'image_feat': feat}
@@ -111,6 +129,44 @@ class Model(nnx.Module):
                        rngs=rngs)
     return {'fused_embeds': x, 'fused_cls': x[:, 0]}
 
+  def embed_concept(self, image_embeds: jax.Array, image_index: jax.Array,
+                    patch_mask: jax.Array) -> dict[str, jax.Array]:
+    """Visual concepts of boxes from per-image tokens (spec §3.1).
+
+    Args:
+      image_embeds: [Bi, 1 + N, Dv] from :meth:`embed_image` (one pass per
+        distinct image).
+      image_index: [P] int, the image of each (box, text) pair.
+      patch_mask: [P, 1 + N], 1 on [CLS] and the patches the box covers
+        (all ones for a whole-image pair).
+
+    Returns:
+      ``concept_embeds`` [P, 1 + N, Dv] (the image's tokens with [CLS]
+      replaced by the mean of the in-box patch tokens), ``concept_mask``
+      [P, 1 + N] (the cross-attention mask for :meth:`fuse`) and
+      ``concept_feat`` [P, E] (L2-normalised ``vision_proj`` of that [CLS]).
+    """
+    tokens = image_embeds[image_index]
+    m = patch_mask.astype(jnp.float32)[:, 1:, None]
+    pooled = (jnp.sum(tokens[:, 1:].astype(jnp.float32) * m, axis=1) /
+              jnp.maximum(jnp.sum(m, axis=1), 1.0)).astype(tokens.dtype)
+    tokens = tokens.at[:, 0].set(pooled)
+    feat = layers.l2_normalize(self.vision_proj(pooled,
+                                                out_dtype=jnp.float32))
+    return {'concept_embeds': tokens, 'concept_mask': patch_mask,
+            'concept_feat': feat}
+
+  def predict_box(self, fused_cls: jax.Array) -> jax.Array:
+    """[B, Dt] fused [CLS] of (full image, box text) → [B, 4] float32
+    normalised (cx, cy, w, h) in (0, 1) (X-VLM's box head, spec §3.2)."""
+    return jax.nn.sigmoid(self.box_head(fused_cls, out_dtype=jnp.float32))
+
+  def mrc_logits(self, subject_cls: jax.Array, object_cls: jax.Array
+                 ) -> jax.Array:
+    """Fused [CLS] of subject and object concepts ([B, Dt] each) → [B, V]
+    float32 relation logits (spec §5)."""
+    return self.mrc_head(jnp.concatenate([subject_cls, object_cls], -1))
+
   def itm_logits(self, fused_cls: jax.Array) -> jax.Array:
     """[B, Dt] fused [CLS] → [B, 2] float32 logits; index 1 is "match"."""
     return self.itm_head(fused_cls, out_dtype=jnp.float32)
@@ -118,3 +174,19 @@ class Model(nnx.Module):
   def mlm_logits(self, fused_embeds: jax.Array) -> jax.Array:
     """[B, L, Dt] fused states → [B, L, V] float32 MLM logits."""
     return self.text.mlm_logits(fused_embeds)
+
+
+class MrcHead(nnx.Module):
+  """Masked relation classification head: [h_s; h_o] (2D) → hidden → ReLU →
+  V logits, two layers (spec §5; hidden 4·D by default, which at D = 768 and
+  V = 310 is the paper's 5.7M parameters)."""
+
+  def __init__(self, dim: int, hidden: int, num_relations: int, *,
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.fc1 = layers.Dense(2 * dim, hidden, ('embed', 'mlp'), dtype=dtype,
+                            rngs=rngs)
+    self.fc2 = layers.Dense(hidden, num_relations, ('mlp', None),
+                            dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.relu(self.fc1(x)), out_dtype=jnp.float32)

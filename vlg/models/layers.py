@@ -241,10 +241,11 @@ class ViTBlock(nnx.Module):
     self.mlp = Mlp(dim, mlp_dim, dtype=dtype, kernel_init=init,
                    dropout_rate=dropout_rate, rngs=rngs)
 
-  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None
-               ) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """x [B, N, D]; ``mask`` [B, N] restricts every token's keys (None: all)."""
     r = self.dropout_rate
-    x = x + dropout(self.attn(self.norm1(x), rngs=rngs), r, rngs)
+    x = x + dropout(self.attn(self.norm1(x), mask=mask, rngs=rngs), r, rngs)
     x = x + dropout(self.mlp(self.norm2(x), rngs=rngs), r, rngs)
     return sharding.constrain(x, ('batch', 'length', 'embed'))
 

@@ -48,6 +48,9 @@ _COMMON = dict(
     vision_ln_eps=1e-6,
     text_ln_eps=1e-12,
     vision_dropout=0.0,  # ALBEF's ViT has no dropout; `dropout` is BERT's.
+    box_head=False,  # X-VLM's box head (d→2d→LN→GELU→4, sigmoid).
+    mrc_classes=0,  # > 0: the MRC head over this many relations.
+    mrc_hidden=0,  # MRC head hidden width; 0 means 4 × text_width.
 )
 
 

@@ -114,9 +114,14 @@ class VisionTransformer(nnx.Module):
     std = jnp.asarray(self.std, jnp.float32)
     return (x - mean) / std
 
-  def __call__(self, image: jax.Array, *, rngs: nnx.Rngs | None = None
-               ) -> jax.Array:
+  def __call__(self, image: jax.Array, token_mask: jax.Array | None = None,
+               *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Encodes ``image`` [B, H, W, 3] (0..255); H and W multiples of the patch.
+
+    ``token_mask`` [B, 1 + N] (optional) restricts self-attention to the
+    marked tokens in every block: with [CLS] and a box's patches marked, the
+    marked tokens depend only on the pixels of those patches (patch
+    embedding is per patch), which is how a box concept hides its context.
 
     Returns:
       [B, 1 + (H/p)(W/p), D] tokens after the final LayerNorm, [CLS] first,
@@ -141,5 +146,5 @@ class VisionTransformer(nnx.Module):
     x = sharding.constrain(x, ('batch', 'length', 'embed'))
     x = layers.dropout(x, self.dropout_rate, rngs)
     for block in self.blocks:
-      x = block(x, rngs=rngs)
+      x = block(x, token_mask, rngs=rngs)
     return self.norm(x)
