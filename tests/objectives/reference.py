@@ -176,3 +176,63 @@ def numerical_grad(fn, x, eps=1e-6):
     x[idx] = orig
     grad[idx] = (hi - lo) / (2 * eps)
   return grad
+
+
+# ---------------------------------------------------------------------------
+# X-VLM box regression (§3.2) and MRC (§5).
+
+
+def xyxy(box_cxcywh):
+  """(cx, cy, w, h) → (x1, y1, x2, y2) of one box."""
+  cx, cy, w, h = (float(v) for v in box_cxcywh)
+  return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+
+
+def iou_giou(a, b, eps=1e-7):
+  """§3.2 of two (x1, y1, x2, y2) boxes, corners first made valid
+  (x2 ≥ x1, y2 ≥ y1) and areas floored at ``eps`` in the divisions:
+  GIoU = IoU − (|C| − |A∪B|)/|C|. Returns (iou, giou) as floats."""
+  ax1, ay1, ax2, ay2 = (float(v) for v in a)
+  bx1, by1, bx2, by2 = (float(v) for v in b)
+  ax2, ay2 = max(ax2, ax1), max(ay2, ay1)
+  bx2, by2 = max(bx2, bx1), max(by2, by1)
+  area_a = (ax2 - ax1) * (ay2 - ay1)
+  area_b = (bx2 - bx1) * (by2 - by1)
+  iw = min(ax2, bx2) - max(ax1, bx1)
+  ih = min(ay2, by2) - max(ay1, by1)
+  inter = iw * ih if iw > 0 and ih > 0 else 0.0
+  union = area_a + area_b - inter
+  iou = inter / max(union, eps)
+  c_area = (max(ax2, bx2) - min(ax1, bx1)) * (max(ay2, by2) - min(ay1, by1))
+  return iou, iou - (c_area - union) / max(c_area, eps)
+
+
+def box_losses(pred_cxcywh, target_cxcywh, weights):
+  """§3.2: (L_bbox, L_giou, mean IoU, N) over the rows with weight > 0;
+  L1 summed over the 4 coordinates, every sum divided by max(Σw, 1)."""
+  n = max(float(np.sum(weights)), 1.0)
+  l1 = giou_loss = iou_sum = 0.0
+  for p, t, w in zip(_f64(pred_cxcywh), _f64(target_cxcywh), _f64(weights)):
+    if w == 0:
+      continue
+    l1 += w * float(np.sum(np.abs(p - t)))
+    iou, giou = iou_giou(xyxy(p), xyxy(t))
+    giou_loss += w * (1.0 - giou)
+    iou_sum += w * iou
+  return l1 / n, giou_loss / n, iou_sum / n, float(np.sum(weights))
+
+
+def weighted_ce(logits, labels, weights):
+  """§5: (Σ w·CE / max(Σw, 1), weighted accuracy, majority-class rate)."""
+  logits = _f64(logits)
+  n = max(float(np.sum(weights)), 1.0)
+  ce = correct = 0.0
+  per_class = {}
+  for row, y, w in zip(logits, labels, _f64(weights)):
+    if w == 0:
+      continue
+    ce -= w * log_softmax_row(row)[int(y)]
+    correct += w * float(np.argmax(row) == int(y))
+    per_class[int(y)] = per_class.get(int(y), 0.0) + w
+  majority = max(per_class.values()) if per_class else 0.0
+  return ce / n, correct / n, majority / n
