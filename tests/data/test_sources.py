@@ -73,5 +73,5 @@ def test_malformed_entry_and_json(tmp_path):
 
 def test_unknown_source_lists_valid_names():
   cfg = ml_collections.ConfigDict(dict(source='cocoo'))
-  with pytest.raises(ValueError, match=r"valid: \['albef_json', 'synthetic'"):
+  with pytest.raises(ValueError, match=r"valid: \['albef_json', 'prepared', 'synthetic'"):
     sources.build_source('x', cfg, _input_cfg(False))

@@ -125,9 +125,15 @@ def _albef_json(cfg: ml_collections.ConfigDict, input_cfg) -> Any:
   return AlbefJsonSource(cfg.path, cfg.get('image_root', ''))
 
 
+def _prepared(cfg: ml_collections.ConfigDict, input_cfg) -> Any:
+  from vlg.data import prepared_source  # pylint: disable=g-import-not-at-top
+  return prepared_source.PreparedSource(cfg.dir, cfg.get('image_dirs'))
+
+
 SOURCES: dict[str, Callable[..., Any]] = {
     'synthetic': _synthetic,
     'albef_json': _albef_json,
+    'prepared': _prepared,
 }
 
 
