@@ -43,6 +43,7 @@ from vlg.evaluators import common as eval_common
 from vlg.models import create_model
 from vlg.objectives import albef as albef_objective
 from vlg.objectives import itc
+from vlg.objectives import pretrain
 
 PyTree = Any
 
@@ -122,10 +123,43 @@ def init_state(config, params, tx) -> PyTree:
 # ---------------------------------------------------------------------------
 
 
+def loss_weights(config) -> dict[str, float]:
+  """Inner loss weights (``config.loss``); absent terms weigh 1."""
+  return {k: float(config.loss.get(k, 1.0))
+          for k in ('itc', 'itm', 'mlm', 'bbox', 'giou', 'mrc')}
+
+
+def part_ratios(config) -> dict[str, float]:
+  """``{part: ratio}`` of the enabled typed parts of ``config.input``."""
+  return {name: float(cfg.get('ratio', 1.0)) for name, cfg in
+          pipeline.enabled_parts(config.input).items()}
+
+
+def check_parts(config) -> None:
+  """Fails early when the typed parts do not fit the model."""
+  for name, part in pipeline.enabled_parts(config.input).items():
+    patch = part.get('patch_size')
+    if patch is not None and int(patch) != int(config.model.patch_size):
+      raise ValueError(f'input.parts.{name}.patch_size={patch} differs from '
+                       f'model.patch_size={config.model.patch_size}')
+    if name == 'entity' and not config.model.get('box_head', False):
+      raise ValueError('input.parts.entity needs model.box_head=True')
+    if name == 'mrc':
+      n = len(pipeline.relation_vocab(part))
+      if int(config.model.get('mrc_classes', 0)) != n:
+        raise ValueError(f'input.parts.mrc has {n} relations but '
+                         f'model.mrc_classes={config.model.mrc_classes}')
+
+
 def make_train_step(config, graphdef, tx, schedule):
   """Returns the pure ``train_step(state, batch) -> (state, metrics)``."""
-  weights = dict(itc=config.loss.itc, itm=config.loss.itm, mlm=config.loss.mlm)
+  check_parts(config)
+  weights = loss_weights(config)
+  ratios = part_ratios(config)
   momentum = float(config.loss.momentum)
+  distill = bool(config.loss.get('momentum_distill', True))
+  mrc_concept = str((config.input.get('parts') or {}).get('mrc', {}).get(
+      'concept', 'masked'))
   use_dropout = float(config.model.get('dropout', 0.0)) > 0
 
   def train_step(state, batch):
@@ -137,14 +171,16 @@ def make_train_step(config, graphdef, tx, schedule):
     # EMA first, then the momentum forward (spec §2.1 step 2).
     ema = jax.tree.map(lambda e, p: momentum * e + (1 - momentum) * p,
                        state['ema'], state['params'])
-    mom = albef_objective.momentum_outputs(nnx.merge(graphdef, ema), batch)
+    mom = (albef_objective.momentum_outputs(nnx.merge(graphdef, ema), batch)
+           if distill else None)
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
       rngs = nnx.Rngs(dropout=dropout_rng) if use_dropout else None
-      return albef_objective.albef_loss(
-          model, batch, mom, state['queues'], rng=itm_rng, alpha=alpha,
-          weights=weights, dropout_rngs=rngs)
+      return pretrain.pretrain_loss(
+          model, batch, momentum=mom, queues=state['queues'], rng=itm_rng,
+          alpha=alpha, weights=weights, part_ratios=ratios,
+          dropout_rngs=rngs, mrc_concept=mrc_concept)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state['params'])
@@ -152,12 +188,17 @@ def make_train_step(config, graphdef, tx, schedule):
     params = optax.apply_updates(state['params'], updates)
     params['temp'] = itc.clamp_temp(params['temp'])
 
-    image_q, ptr = itc.update_queue(state['queues']['image'], mom['image_feat'],
-                                state['queues']['ptr'])
-    text_q, _ = itc.update_queue(state['queues']['text'], mom['text_feat'],
-                             state['queues']['ptr'])
+    if distill:
+      image_q, ptr = itc.update_queue(state['queues']['image'],
+                                      mom['image_feat'],
+                                      state['queues']['ptr'])
+      text_q, _ = itc.update_queue(state['queues']['text'], mom['text_feat'],
+                                   state['queues']['ptr'])
+      queues = {'image': image_q, 'text': text_q, 'ptr': ptr}
+    else:
+      queues = state['queues']
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
     nonfinite = {
         'count': state['nonfinite']['count'] + bad.astype(jnp.int32),
@@ -165,13 +206,14 @@ def make_train_step(config, graphdef, tx, schedule):
             bad & (state['nonfinite']['first_step'] < 0), step + 1,
             state['nonfinite']['first_step']),
     }
-    num_bad = state['num_bad_examples'] + jnp.sum(batch['_num_bad'])
+    num_bad = state['num_bad_examples'] + sum(
+        jnp.sum(v) for k, v in batch.items() if k.startswith('_num_bad'))
     metrics.update(lr=schedule(step), grad_norm=grad_norm,
-                   param_norm=optax.global_norm(params),
+                   param_norm=optax.tree.norm(params),
                    num_bad_examples_total=num_bad.astype(jnp.float32))
     new_state = {
         'params': params, 'ema': ema, 'opt': opt,
-        'queues': {'image': image_q, 'text': text_q, 'ptr': ptr},
+        'queues': queues,
         'step': step + 1, 'rng': state['rng'], 'nonfinite': nonfinite,
         'num_bad_examples': num_bad,
     }
@@ -279,10 +321,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(f'Tokenizer has {tokenizer.vocab_size} pieces but '
                      f'model.vocab_size is {config.model.vocab_size}')
-  if config.batch_size % mesh.size and config.batch_size % (
-      mesh.shape['data'] * mesh.shape['fsdp']):
-    raise ValueError(f'batch_size {config.batch_size} does not divide over '
-                     f'the data axes of mesh {dict(mesh.shape)}')
+  data_shards = mesh.shape['data'] * mesh.shape['fsdp']
+  batch_sizes = {'batch_size': config.batch_size}
+  batch_sizes.update({f'input.parts.{k}.batch_size': v.batch_size for k, v in
+                      pipeline.enabled_parts(config.input).items()})
+  for name, size in batch_sizes.items():
+    if size % data_shards:
+      raise ValueError(f'{name}={size} does not divide over the '
+                       f'{data_shards} data shards of mesh {dict(mesh.shape)}')
   dataset = pipeline.make_dataset(
       config.input, tokenizer, global_batch=config.batch_size,
       seed=config.seed, process_index=process_index,

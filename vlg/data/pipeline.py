@@ -24,10 +24,12 @@ is the per-process batch B)::
   mlm_labels int32 [B, L]        original id where masked, -100 elsewhere
   _num_bad   int32 [B]           bad examples skipped to produce this one
 
-Evaluation streams add ``_mask`` (1 real, 0 padding). Later data kinds
-(boxes, regions, scene-graph relations) add their own slots
-(``boxes``, ``box_mask``, ``region_text_ids``, ``rel_subject_box``, ...);
-each objective reads only the slots it needs.
+Evaluation streams add ``_mask`` (1 real, 0 padding). The typed parts of
+``config.input.parts`` (entities for X-VLM, MRC triplets, VSG texts; see
+``vlg/data/parts.py`` for their slots) are separate streams with their own
+batch sizes, zipped into the same dict under the prefixes ``ent_``,
+``mrc_`` and ``vsg_`` (plus ``_num_bad_<part>``); each objective reads only
+the slots it needs.
 
 The iterator is checkpointable (``get_state``/``set_state``, saved by orbax
 with ``grain.checkpoint.CheckpointSave``): restoring it reproduces the next
@@ -47,6 +49,8 @@ import ml_collections
 import numpy as np
 
 from vlg.data import ops
+from vlg.data import parts as parts_lib
+from vlg.data import relations as relations_lib
 from vlg.data import sources as sources_lib
 from vlg.data import tokenizer as tokenizer_lib
 
@@ -79,6 +83,11 @@ class CaptionTransform(grain.transforms.RandomMap):
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
     from vlg.objectives import masking  # pylint: disable=g-import-not-at-top
     image = ops.to_square(record['image'])
+    if not record.get('captions'):
+      raise ops.BadExampleError(
+          f'record {record.get("image_id")} has no caption: box- or '
+          'graph-only data (coco_instances, vg_*, gqa, openimages) belongs in '
+          'input.parts.<part>.data, not in the caption mixture input.data')
     caption = record['captions'][rng.integers(len(record['captions']))]
     # Boxes of every object, so a crop never cuts away what a caption names.
     boxes = np.array([o['box'] for o in record.get('objects', [])],
@@ -110,14 +119,19 @@ class CaptionTransform(grain.transforms.RandomMap):
 
 
 TRANSFORMS = {'caption': CaptionTransform}
+PARTS = {'entity': parts_lib.EntityTransform, 'mrc': parts_lib.MrcTransform,
+         'vsg': parts_lib.VsgTransform}
 
 
-def build_sources(input_cfg: ml_collections.ConfigDict):
-  """``{name: (CheckedSource, weight)}`` for every entry of input.data."""
-  if not input_cfg.data:
+def build_sources(input_cfg: ml_collections.ConfigDict,
+                  data_cfg: ml_collections.ConfigDict | None = None):
+  """``{name: (CheckedSource, weight)}`` for every entry of ``data_cfg``
+  (default ``input.data``)."""
+  data_cfg = input_cfg.data if data_cfg is None else data_cfg
+  if not data_cfg:
     raise ValueError('config.input.data names no source')
   out = {}
-  for name, cfg in input_cfg.data.items():
+  for name, cfg in data_cfg.items():
     weight = float(cfg.get('weight', 1.0))
     if weight <= 0:
       raise ValueError(f'input.data.{name}.weight must be > 0, got {weight}')
@@ -125,31 +139,99 @@ def build_sources(input_cfg: ml_collections.ConfigDict):
   return out
 
 
-def make_dataset(input_cfg: ml_collections.ConfigDict,
-                 tokenizer: tokenizer_lib.Tokenizer, *, global_batch: int,
-                 seed: int, process_index: int = 0,
-                 process_count: int = 1) -> grain.IterDataset:
-  """The training stream of this process: infinite, shuffled, batched."""
-  if input_cfg.kind not in TRANSFORMS:
-    raise ValueError(f'input.kind={input_cfg.kind!r}; valid: '
-                     f'{sorted(TRANSFORMS)}')
-  if global_batch % process_count:
-    raise ValueError(f'batch_size {global_batch} is not divisible by the '
-                     f'{process_count} processes')
-  transform = TRANSFORMS[input_cfg.kind](tokenizer, input_cfg)
+def enabled_parts(input_cfg: ml_collections.ConfigDict
+                  ) -> dict[str, ml_collections.ConfigDict]:
+  """The typed parts (``input.parts``) that are enabled, by name."""
+  parts = input_cfg.get('parts') or {}
+  unknown = sorted(set(parts) - set(PARTS))
+  if unknown:
+    raise ValueError(f'input.parts names unknown parts {unknown}; valid: '
+                     f'{sorted(PARTS)}')
+  return {k: v for k, v in sorted(parts.items()) if v.get('enabled', True)}
+
+
+def _mixture(input_cfg, data_cfg, seed: int, process_index: int,
+             process_count: int, requires: tuple[str, ...] = ()
+             ) -> grain.MapDataset:
+  """This process's infinite, shuffled, weighted mixture of sources (of the
+  records having one of the ``requires`` fields, if given)."""
   parts, weights = [], []
   for k, (name, (source, weight)) in enumerate(
-      sorted(build_sources(input_cfg).items())):
+      sorted(build_sources(input_cfg, data_cfg).items())):
+    if requires:
+      source = parts_lib.RecordsWith(source, requires)
     ds = grain.MapDataset.source(source)[process_index::process_count]
     if len(ds) == 0:
       raise ValueError(f'source {name!r} has no examples for process '
                        f'{process_index} of {process_count}')
-    ds = ds.seed(seed + 1000 * k).shuffle().repeat()
-    parts.append(ds)
+    parts.append(ds.seed(seed + 1000 * k).shuffle().repeat())
     weights.append(weight)
-  ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
-  ds = ds.random_map(transform, seed=seed)
-  ds = ds.batch(global_batch // process_count, drop_remainder=True)
+  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+
+
+def _merge(batches: tuple[dict[str, np.ndarray], ...]) -> dict[str, Any]:
+  out = {}
+  for b in batches:
+    out.update(b)
+  return out
+
+
+def _part_transform(name, tokenizer, input_cfg, part_cfg):
+  if name == 'mrc':
+    return parts_lib.MrcTransform(tokenizer, input_cfg, part_cfg,
+                                  relation_vocab(part_cfg))
+  return PARTS[name](tokenizer, input_cfg, part_cfg)
+
+
+def relation_vocab(part_cfg: ml_collections.ConfigDict):
+  """The MRC relation vocabulary: ``vocab`` (a saved file) or the
+  synthetic world's relations."""
+  path = part_cfg.get('vocab', '')
+  if path:
+    return relations_lib.RelationVocab.load(path)
+  from vlg.data.synthetic import world  # pylint: disable=g-import-not-at-top
+  # world.RELATIONS's order is the class order.
+  return relations_lib.RelationVocab([(r, 1) for r in world.RELATIONS])
+
+
+def make_dataset(input_cfg: ml_collections.ConfigDict,
+                 tokenizer: tokenizer_lib.Tokenizer, *, global_batch: int,
+                 seed: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  """The training stream of this process: infinite, shuffled, batched.
+
+  The caption batch (``global_batch`` examples) and one batch per enabled
+  part of ``input.parts`` (each ``batch_size`` examples, from ``data`` or
+  ``input.data``) are zipped into one dict per step.
+  """
+  if input_cfg.kind not in TRANSFORMS:
+    raise ValueError(f'input.kind={input_cfg.kind!r}; valid: '
+                     f'{sorted(TRANSFORMS)}')
+  streams = []
+  sizes = {'caption': global_batch}
+  sizes.update({k: int(v.batch_size) for k, v in
+                enabled_parts(input_cfg).items()})
+  for name, size in sizes.items():
+    if size % process_count:
+      raise ValueError(f'{name} batch size {size} is not divisible by the '
+                       f'{process_count} processes')
+  caption = TRANSFORMS[input_cfg.kind](tokenizer, input_cfg)
+  ds = _mixture(input_cfg, None, seed, process_index, process_count)
+  streams.append(ds.random_map(caption, seed=seed).batch(
+      global_batch // process_count, drop_remainder=True))
+  for i, (name, part_cfg) in enumerate(enabled_parts(input_cfg).items()):
+    part_seed = seed + 7919 * (i + 1)
+    ds = _mixture(input_cfg, part_cfg.get('data') or None, part_seed,
+                  process_index, process_count, PARTS[name].requires)
+    transform = _part_transform(name, tokenizer, input_cfg, part_cfg)
+    streams.append(ds.random_map(transform, seed=part_seed).batch(
+        int(part_cfg.batch_size) // process_count, drop_remainder=True))
+  if len(streams) == 1:
+    ds = streams[0]
+  else:
+    n = min(len(s) for s in streams)
+    ds = grain.experimental.ZipMapDataset([s[:n] for s in streams]).map(
+        _merge)
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=int(input_cfg.get('num_threads', 2)),
       prefetch_buffer_size=int(input_cfg.get('prefetch', 2))))

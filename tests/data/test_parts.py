@@ -1,0 +1,156 @@
+"""Typed parts (entity, MRC, VSG): slots, box-aware augmentation, zipping."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from vlg import recipes
+from vlg.data import box_masks
+from vlg.data import ops
+from vlg.data import parts
+from vlg.data import pipeline
+from vlg.data import tokenizer as tok_lib
+from vlg.data.synthetic import source as synth_source
+
+
+def _input_cfg(family='rexvlm'):
+  c = recipes.family_config(family, 'tiny').input
+  c.data.synthetic.num_examples = 64
+  return c
+
+
+@pytest.fixture(scope='module')
+def tok():
+  return tok_lib.train_tokenizer(pipeline.training_texts(_input_cfg(), 100),
+                                 1024)
+
+
+def _decode(tok, ids):
+  return tok.decode([int(i) for i in ids if i > tok_lib.MASK_ID])
+
+
+def test_crop_keeping_anchor_keeps_anchor_and_drops_mostly_outside():
+  image = np.zeros((100, 100, 3), np.uint8)
+  boxes = np.array([[0.2, 0.2, 0.1, 0.1],    # anchor, top-left
+                    [0.85, 0.85, 0.2, 0.2],  # far corner
+                    [0.25, 0.25, 0.2, 0.2]], np.float32)
+  for seed in range(30):
+    rng = np.random.default_rng(seed)
+    crop, out, kept = parts.crop_keeping_anchor(image, boxes, 0, rng,
+                                                (0.1, 0.3))
+    assert kept[0]
+    x1, y1 = out[0, :2] - out[0, 2:] / 2
+    x2, y2 = out[0, :2] + out[0, 2:] / 2
+    assert x1 >= -1e-6 and y1 >= -1e-6 and x2 <= 1 + 1e-6 and y2 <= 1 + 1e-6
+    # The crop's side is at most sqrt(0.3) < 0.55 of the image, so the far
+    # box can never be mostly inside a crop that holds the anchor.
+    assert not kept[1]
+    assert crop.shape[0] == crop.shape[1]
+    # Kept boxes are clipped into the crop.
+    assert np.all(out[kept, 2:] <= 1 + 1e-6)
+
+
+def test_entity_transform_slots_and_masks(tok):
+  cfg = _input_cfg()
+  part_cfg = cfg.parts.entity
+  t = parts.EntityTransform(tok, cfg, part_cfg)
+  rec = synth_source.make_record('train', 3)
+  out = t.random_map(rec, np.random.default_rng(0))
+  m = part_cfg.max_pairs
+  assert out['ent_text_ids'].shape == (m, cfg.max_text_len)
+  g = cfg.resolution // part_cfg.patch_size
+  assert out['ent_patch_mask'].shape == (m, 1 + g * g)
+  valid = out['ent_valid'].astype(bool)
+  assert valid.sum() >= 2  # A whole-image caption plus at least one box.
+  # Pair 0 is the whole-image caption: all ones, not a box.
+  assert out['ent_is_box'][0] == 0 and out['ent_patch_mask'][0].all()
+  want = box_masks.box_patch_mask_np(out['ent_box'], g, part_cfg.patch_size,
+                                     cfg.resolution,
+                                     whole_image=out['ent_is_box'] == 0)
+  np.testing.assert_array_equal(out['ent_patch_mask'], want)
+  assert np.all(out['ent_mlm_labels'][~valid] == -100)
+  assert np.all(out['ent_text_mask'][~valid] == 0)
+  # Texts are the record's object labels / region texts (up to left/right).
+  texts = {ops.pre_caption(o['label']) for o in rec['objects']}
+  texts |= {ops.pre_caption(r['text']) for r in rec['regions']}
+  texts |= {ops.pre_caption(ops.swap_left_right(x)) for x in list(texts)}
+  for j in np.flatnonzero(out['ent_is_box']):
+    assert _decode(tok, out['ent_text_ids'][j]) in texts
+
+
+def test_flip_keeps_text_and_boxes_consistent(tok):
+  """After the entity transform, a region text saying 'left of' names a
+  subject box left of its object box, flipped or not."""
+  cfg = _input_cfg()
+  cfg.augment = ('flip',)
+  rng = np.random.default_rng(1)
+  rec = None
+  for i in range(200):
+    r = synth_source.make_record('train', i)
+    if any(x['predicate'] == 'left of' for x in r['relations']):
+      rec = r
+      break
+  assert rec is not None
+  rel = next(x for x in rec['relations'] if x['predicate'] == 'left of')
+  rec = dict(rec, objects=[], regions=[
+      {'text': 'subject', 'box': rel['subject_box']},
+      {'text': 'object', 'box': rel['object_box']}])
+  part_cfg = ml_collections.ConfigDict(cfg.parts.entity)
+  part_cfg.update(max_pairs=3, whole_image_caption=False)
+  t = parts.EntityTransform(tok, cfg, part_cfg)
+  flips = 0
+  for seed in range(16):
+    out = t.random_map(rec, np.random.default_rng(seed))
+    boxes = {_decode(tok, out['ent_text_ids'][j]): out['ent_box'][j]
+             for j in range(2)}
+    flipped = boxes['subject'][0] > boxes['object'][0]
+    flips += flipped
+    # The image is mirrored exactly when the boxes are.
+    orig = ops.resize(ops.to_square(rec['image']), cfg.resolution)
+    assert np.array_equal(out['ent_image'], orig[:, ::-1]) == bool(flipped)
+  assert 0 < flips < 16
+  del rng
+
+
+def test_mrc_transform_flip_swaps_left_right_labels(tok):
+  cfg = _input_cfg()
+  cfg.augment = ('flip',)
+  vocab = pipeline.relation_vocab(cfg.parts.mrc)
+  t = parts.MrcTransform(tok, cfg, cfg.parts.mrc, vocab)
+  rec = None
+  for i in range(200):
+    r = synth_source.make_record('train', i)
+    if any(x['predicate'] == 'left of' for x in r['relations']):
+      rec = r
+      break
+  rel = next(x for x in rec['relations'] if x['predicate'] == 'left of')
+  rec = dict(rec, relations=[rel])
+  seen = set()
+  for seed in range(16):
+    out = t.random_map(rec, np.random.default_rng(seed))
+    assert out['mrc_valid'].tolist() == [1, 0]
+    label = vocab.decode(int(out['mrc_label'][0]))
+    sx, ox = out['mrc_subject_box'][0, 0], out['mrc_object_box'][0, 0]
+    assert (label == 'left of') == (sx < ox)
+    seen.add(label)
+  assert seen == {'left of', 'right of'}
+
+
+def test_zipped_parts_batch(tok):
+  cfg = _input_cfg()
+  it = iter(pipeline.make_dataset(cfg, tok, global_batch=4, seed=0))
+  b = next(it)
+  assert b['image'].shape[0] == 4
+  assert b['ent_image'].shape[0] == cfg.parts.entity.batch_size
+  assert b['mrc_label'].shape == (cfg.parts.mrc.batch_size,
+                                  cfg.parts.mrc.num_relations)
+  assert b['vsg_text_ids'].shape == (cfg.parts.vsg.batch_size,
+                                     cfg.parts.vsg.max_text_len)
+  assert np.all(b['vsg_text_ids'][:, 0] == tok_lib.CLS_ID)
+  assert (b['vsg_text_ids'] == tok_lib.SEP_ID).sum(-1).min() >= 1
+  assert {k for k in b if k.startswith('_num_bad')} == {
+      '_num_bad', '_num_bad_ent', '_num_bad_mrc', '_num_bad_vsg'}
+  # Disabling a part removes its slots.
+  cfg.parts.mrc.enabled = False
+  b = next(iter(pipeline.make_dataset(cfg, tok, global_batch=4, seed=0)))
+  assert not any(k.startswith('mrc_') for k in b)

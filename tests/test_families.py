@@ -1,0 +1,79 @@
+"""X-VLM, ReALBEF and ReX-VLM train end to end with every part's metrics."""
+
+import numpy as np
+import pytest
+
+from vlg import recipes
+from vlg import train
+from vlg import writers
+
+
+def tiny_family_config(family):
+  """A family's tiny config shrunk so a step compiles in seconds."""
+  c = recipes.family_config(family, 'tiny')
+  c.model.update(image_size=48, patch_size=8, vision_width=32, vision_depth=1,
+                 vision_heads=2, vision_mlp=64, text_width=32, text_layers=1,
+                 fusion_layers=1, text_heads=2, text_mlp=64, embed_dim=16)
+  c.input.resolution = 48
+  c.input.data.synthetic.world = dict(resolution=48)
+  c.input.data.synthetic.num_examples = 2000
+  c.input.tokenizer.num_texts = 300
+  c.input.max_text_len = 16
+  for part in c.input.parts.values():
+    part.batch_size = 8
+  if 'vsg' in c.input.parts:
+    c.input.parts.vsg.max_text_len = 40
+  c.batch_size = 8
+  c.queue_size = 16
+  c.total_steps = 3
+  c.ckpt_steps = 3
+  c.log_training_steps = 1
+  c.optim.warmup_steps = 1
+  return c
+
+
+EXPECTED = {
+    'xvlm': ('train/box_itc_loss', 'train/box_itm_loss', 'train/box_mlm_loss',
+             'train/bbox_loss', 'train/giou_loss', 'train/box_mean_iou'),
+    'realbef': ('train/vsg_itc_loss', 'train/vsg_itm_loss',
+                'train/vsg_mlm_loss', 'train/mrc_loss', 'train/mrc_acc'),
+    'rexvlm': ('train/bbox_loss', 'train/giou_loss', 'train/box_itc_loss',
+               'train/vsg_itc_loss', 'train/mrc_loss', 'train/mrc_acc'),
+}
+
+
+@pytest.mark.parametrize('family', sorted(EXPECTED))
+def test_family_trains_and_logs_every_part(family, tmp_path, fast_compile):
+  cfg = tiny_family_config(family)
+  workdir = str(tmp_path / family)
+  train.train_and_evaluate(cfg, workdir)
+  last = [r for r in writers.read_metrics(workdir) if 'train/loss' in r][-1]
+  assert last['step'] == 3
+  for key in EXPECTED[family] + ('train/loss', 'train/itc_loss'):
+    assert key in last, key
+    assert np.isfinite(last[key]), key
+  # The total is the caption loss plus the ratio-weighted parts.
+  ratios = train.part_ratios(cfg)
+  want = last['train/caption_loss']
+  if 'entity' in ratios:
+    want += ratios['entity'] * last['train/entity_loss']
+  if 'vsg' in ratios:
+    want += ratios['vsg'] * last['train/vsg_loss']
+  if 'mrc' in ratios:
+    want += ratios['mrc'] * last['train/mrc_loss']
+  assert last['train/loss'] == pytest.approx(want, rel=1e-4)
+
+
+def test_parts_must_fit_the_model():
+  cfg = tiny_family_config('xvlm')
+  cfg.model.box_head = False
+  with pytest.raises(ValueError, match='box_head'):
+    train.check_parts(cfg)
+  cfg = tiny_family_config('realbef')
+  cfg.model.mrc_classes = 3
+  with pytest.raises(ValueError, match='mrc_classes'):
+    train.check_parts(cfg)
+  cfg = tiny_family_config('rexvlm')
+  cfg.input.parts.entity.patch_size = 16
+  with pytest.raises(ValueError, match='patch_size'):
+    train.check_parts(cfg)

@@ -1,0 +1,158 @@
+"""The four pretraining recipes of vlg: ALBEF, X-VLM, ReALBEF, ReX-VLM.
+
+``configs/{albef,xvlm,realbef,rexvlm}.py`` are thin ``get_config`` files
+over these builders, so the four share every default and differ only where
+the papers do (spec-objectives.md §2.4, §3.3, §5b):
+
+| | caption style | parts (batch, ratio) | AdamW betas (base) |
+| --- | --- | --- | --- |
+| ALBEF | momentum distillation + queues | — | (0.9, 0.999) (ALBEF 4M) |
+| ReALBEF | as ALBEF | mrc, vsg | (0.9, 0.995) |
+| X-VLM | in-batch ITC, plain MLM | entity | (0.9, 0.95) |
+| ReX-VLM | as X-VLM | entity, mrc, vsg | (0.9, 0.95) |
+
+A part's ``ratio`` is the paper's sampling ratio relative to captions
+(Table 4: captions 2, entities 1.5, MRC 1, VSG 1 → 0.75, 0.5, 0.5): vlg runs
+every part in every step and weights its loss by the ratio, the same
+objective in expectation as sampling one type per step (spec §3.3).
+Ablations are one override each: ``--config.input.parts.entity.objects=False``
+(w/o object), ``...entity.regions=False`` (w/o region),
+``--config.loss.bbox=0 --config.loss.giou=0`` (w/o bbox),
+``--config.input.parts.mrc.enabled=False`` (VSG only),
+``--config.input.parts.vsg.enabled=False`` (MRC only),
+``--config.input.parts.vsg.k=3`` (K = 3), ``...vsg.sort=False`` (unsorted).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vlg import config_lib
+from vlg.data.synthetic import world
+from vlg.models import sizes
+
+
+def _input(resolution: int, max_text_len: int) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      kind='caption',
+      data=dict(
+          synthetic=dict(source='synthetic', weight=1.0, split='train',
+                         num_examples=100_000,
+                         world=dict(resolution=resolution)),
+      ),
+      resolution=resolution,
+      max_text_len=max_text_len,
+      max_words=30,
+      augment=('crop', 'flip', 'brightness'),
+      crop_scale=(0.5, 1.0),
+      mlm_probability=0.15,
+      skip_bad_examples=False,
+      num_workers=0,
+      num_threads=2,
+      prefetch=2,
+      tokenizer=dict(path='', vocab_size=1024, num_texts=5000),
+  ))
+
+
+def albef_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The ALBEF config for ``variant`` (tiny by default); see configs/albef.py."""
+  arg = config_lib.parse_arg(arg, variant='tiny', runlocal=False)
+  if arg.variant not in sizes.SIZES:
+    raise ValueError(f'variant={arg.variant!r}; valid: {sorted(sizes.SIZES)}')
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = sizes.model_config(arg.variant, name='albef', itm_head='linear')
+  res = int(c.model.image_size)
+
+  if arg.variant == 'base':
+    c.batch_size = 512
+    c.total_steps = 30 * 7_800  # 30 epochs of the 4M set at batch 512.
+    c.input = _input(res, max_text_len=25)
+    c.input.tokenizer.vocab_size = 32_000
+    c.optim = dict(lr=1e-4, warmup_init_lr=1e-5, min_lr=1e-5,
+                   warmup_steps=2_000, weight_decay=0.02, b1=0.9, b2=0.999,
+                   eps=1e-8, grad_clip_norm=0.0)
+    c.queue_size = 65_536
+    c.alpha_warmup_steps = 7_800
+    c.ckpt_steps = 2_000
+    c.keep_every_steps = 10_000
+    c.log_training_steps = 50
+  else:
+    c.batch_size = 32
+    c.total_steps = 600 if arg.variant == 'tiny' else 2_000
+    c.input = _input(res, max_text_len=25)
+    c.optim = dict(lr=1e-3, warmup_init_lr=1e-5, min_lr=1e-5,
+                   warmup_steps=20, weight_decay=0.02, b1=0.9, b2=0.999,
+                   eps=1e-8, grad_clip_norm=0.0)
+    c.queue_size = 256
+    c.alpha_warmup_steps = 100
+    c.ckpt_steps = 50
+    c.keep_every_steps = 100
+    c.log_training_steps = 10
+  c.model.vocab_size = max(int(c.model.vocab_size),
+                           int(c.input.tokenizer.vocab_size))
+
+  c.loss = dict(itc=1.0, itm=1.0, mlm=1.0, alpha=0.4, momentum=0.995)
+  c.mesh = (-1, 1, 1)  # ('data', 'fsdp', 'tensor'); -1 fills.
+  c.sharding_rules = (
+      ('batch', ('data', 'fsdp')),
+      ('embed', 'fsdp'),
+      ('mlp', 'tensor'),
+      ('heads', 'tensor'),
+      ('vocab', 'tensor'),
+  )
+  c.keep_latest = 2
+  c.evals = ml_collections.ConfigDict()
+  if arg.runlocal:
+    c.batch_size = 8
+    c.total_steps = 20
+    c.queue_size = 64
+    c.ckpt_steps = 10
+    c.log_training_steps = 5
+  return c
+
+
+def _parts(variant: str, patch_size: int, names: tuple[str, ...]
+           ) -> ml_collections.ConfigDict:
+  """The typed parts ``names`` with tiny or base (Table 4) batch sizes."""
+  base = variant == 'base'
+  all_parts = dict(
+      entity=dict(enabled=True, batch_size=256 if base else 8, max_pairs=4,
+                  ratio=0.75, objects=True, regions=True,
+                  whole_image_caption=True, patch_size=patch_size, data={}),
+      mrc=dict(enabled=True, batch_size=64 if base else 8, num_relations=2,
+               ratio=0.5, max_text_len=12, vocab='', concept='masked',
+               patch_size=patch_size,
+               data={}),
+      vsg=dict(enabled=True, batch_size=128 if base else 16, k=8, sort=True,
+               max_text_len=112 if base else 64, ratio=0.5, data={}),
+  )
+  return ml_collections.ConfigDict({k: all_parts[k] for k in names})
+
+
+def family_config(family: str, arg: str | None = None
+                  ) -> ml_collections.ConfigDict:
+  """ALBEF's config turned into ``family`` ('xvlm' | 'realbef' | 'rexvlm')."""
+  c = albef_config(arg)
+  variant = config_lib.parse_arg(arg, variant='tiny', runlocal=False).variant
+  xvlm_style = family in ('xvlm', 'rexvlm')
+  relations = family in ('realbef', 'rexvlm')
+  names = (('entity',) if xvlm_style else ()) + (
+      ('mrc', 'vsg') if relations else ())
+  c.model.name = 'albef'  # One model class; heads come from the flags below.
+  c.model.box_head = xvlm_style
+  c.model.itm_head = 'mlp' if xvlm_style else 'linear'
+  c.model.mrc_classes = len(world.RELATIONS) if relations else 0
+  c.input.parts = _parts(variant, int(c.model.patch_size), names)
+  c.loss.momentum_distill = not xvlm_style
+  c.loss.bbox = 1.0
+  c.loss.giou = 1.0
+  c.loss.mrc = 1.0
+  if variant == 'base':
+    c.batch_size = 1024 if xvlm_style else 512
+    c.input.max_text_len = 36
+    c.optim.b2 = 0.95 if xvlm_style else 0.995
+    c.optim.lr = 1e-4
+    c.optim.warmup_steps = 5_000
+    c.total_steps = 200_000
+  return c
