@@ -300,15 +300,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming if a checkpoint exists).
 
+  The mesh is set for the duration of the call only (``jax.set_mesh`` as a
+  context), so a caller can evaluate on another mesh afterwards.
+
   Returns:
     The last logged training metrics.
   """
-  # --- Set up: mesh, rules, writer -----------------------------------------
-  os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
+  with jax.set_mesh(mesh):
+    return _train_and_evaluate(config, workdir, mesh)
+
+
+def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
+  """The body of :func:`train_and_evaluate`, under its mesh."""
+  # --- Set up: rules, writer -------------------------------------------------
+  os.makedirs(workdir, exist_ok=True)
   rules = [tuple(r) for r in config.sharding_rules]
   sharding.set_rules(rules)
-  jax.set_mesh(mesh)
   process_index, process_count = jax.process_index(), jax.process_count()
   writer = writers.create_writer(workdir, process_index)
   if process_index == 0:
