@@ -2,7 +2,7 @@ r"""Train-step throughput and FLOP/s of a config on this machine.
 
   python -m vlg.tools.bench --config=configs/albef.py:tiny [--steps=20]
   python -m vlg.tools.bench --config=configs/albef.py:base \
-      --config.batch_size=4 --steps=5
+      --config.batch_size=4 --steps=5 --mfu
 
 Builds the config's sharded train step, AOT-compiles it (printing XLA's
 per-device memory analysis), then times ``--steps`` steps on one fixed batch
@@ -10,7 +10,17 @@ from the real input pipeline (so input speed is excluded; see
 ``vlg.tools.bench_data`` for that). Prints examples/s, the median step time,
 the compiled step's FLOPs from XLA's cost analysis, the achieved FLOP/s, this
 machine's measured dense float32 matmul FLOP/s, and their ratio.
+
+``--mfu`` adds the model FLOPs per step counted analytically
+(``vlg.tools.flops``, matmuls only) beside XLA's count (every op, as
+compiled), the achieved model FLOP/s, and the model FLOPs utilisation
+(MFU): achieved model FLOP/s over the dense bf16 peak of the devices,
+looked up from ``jax.devices()[0].device_kind``. Devices without a known
+peak (CPUs) get no MFU; the achieved FLOP/s is compared with the measured
+matmul ceiling instead. ``--config.mesh=1,1,1`` benchmarks one device.
 """
+
+from __future__ import annotations
 
 import statistics
 import tempfile
@@ -20,6 +30,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vlg.tools import flops as flops_lib
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/albef.py:tiny.',
     lock_config=True)
@@ -27,6 +39,8 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after compiling).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
 _MATMUL = flags.DEFINE_integer('matmul_size', 2048,
                                'Side of the square matmul used as ceiling.')
+_MFU = flags.DEFINE_bool('mfu', False, 'Also print analytic model FLOPs, '
+                         'achieved model FLOP/s and MFU against the peak.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -47,13 +61,27 @@ def matmul_flops_per_sec(n: int, repeats: int = 10) -> float:
 
 
 def run(config, steps: int, warmup: int, matmul_size: int) -> dict:
-  """Measures the train step; returns the figures it prints."""
+  """Measures the train step; returns the figures :func:`report` prints.
+
+  ``flops_per_step`` is XLA's count (all devices), ``analytic_flops`` the
+  model FLOPs of ``vlg.tools.flops`` (None, with ``analytic_note``, for
+  configs it does not cover), ``mfu`` None where the device has no known
+  peak.
+  """
+  if steps < 1:
+    raise ValueError(f'--steps must be >= 1, got {steps}')
   import jax  # pylint: disable=g-import-not-at-top
   from vlg import sharding  # pylint: disable=g-import-not-at-top
   from vlg import train  # pylint: disable=g-import-not-at-top
   from vlg.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  mesh = sharding.make_mesh(config.mesh)
+  sizes = list(config.mesh)
+  n = 1
+  for size in sizes:
+    n *= size
+  # A mesh without a fill axis (-1) takes only the devices it names.
+  mesh = sharding.make_mesh(
+      sizes, devices=None if -1 in sizes else jax.devices()[:n])
   rules = [tuple(r) for r in config.sharding_rules]
   sharding.set_rules(rules)
   jax.set_mesh(mesh)
@@ -75,7 +103,7 @@ def run(config, steps: int, warmup: int, matmul_size: int) -> dict:
 
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
+    jax.block_until_ready(metrics)
   times = []
   for _ in range(steps):
     t = time.perf_counter()
@@ -93,6 +121,18 @@ def run(config, steps: int, warmup: int, matmul_size: int) -> dict:
       achieved_flops=total_flops / step_s, matmul_flops=matmul,
       ratio=(total_flops / step_s) / matmul,
       loss=float(jax.device_get(metrics['loss'])))
+  device_kind = jax.devices()[0].device_kind
+  peak = flops_lib.peak_bf16_flops(device_kind)
+  out.update(device_kind=device_kind, peak_flops=peak)
+  try:
+    analytic = flops_lib.train_step_flops(config)['total']
+  except ValueError as e:
+    out.update(analytic_flops=None, analytic_note=str(e))
+  else:
+    achieved = analytic / step_s
+    out.update(analytic_flops=analytic, model_flops=achieved,
+               model_ratio=achieved / matmul,
+               mfu=achieved / (peak * mesh.size) if peak else None)
   if mem is not None:
     out.update(arg_bytes=mem.argument_size_in_bytes,
                out_bytes=mem.output_size_in_bytes,
@@ -103,23 +143,56 @@ def run(config, steps: int, warmup: int, matmul_size: int) -> dict:
   return out
 
 
+def report(config, r: dict, steps: int, matmul_size: int,
+           mfu: bool) -> list[str]:
+  """The lines :func:`main` prints for the figures ``r`` of :func:`run`."""
+  lines = [
+      f'model {config.model.name} ({r["params_m"]:.1f}M params), batch '
+      f'{r["batch"]}, {r["devices"]} device(s) ({r["device_kind"]}), '
+      f'compile {r["compile_s"]:.1f}s']
+  if 'temp_bytes' in r:
+    lines.append(
+        f'memory per device: arguments {r["arg_bytes"] / 2**20:.1f} MiB, '
+        f'outputs {r["out_bytes"] / 2**20:.1f} MiB, temporaries '
+        f'{r["temp_bytes"] / 2**20:.1f} MiB')
+  lines += [
+      f'step time (median of {steps}): {r["step_s"] * 1e3:.1f} ms',
+      f'train examples/s: {r["examples_per_s"]:.1f}',
+      f'FLOPs per step (XLA cost analysis): {r["flops_per_step"] / 1e9:.2f} '
+      'GFLOP',
+      f'achieved: {r["achieved_flops"] / 1e9:.1f} GFLOP/s; dense f32 '
+      f'{matmul_size}^2 matmul here: {r["matmul_flops"] / 1e9:.1f} GFLOP/s; '
+      f'ratio {r["ratio"]:.2f}']
+  if not mfu:
+    return lines
+  if r['analytic_flops'] is None:
+    lines.append(f'model FLOPs per step (analytic): n/a — '
+                 f'{r["analytic_note"]}')
+    return lines
+  lines += [
+      f'model FLOPs per step (analytic, matmuls): '
+      f'{r["analytic_flops"] / 1e9:.2f} GFLOP; XLA counts '
+      f'{r["flops_per_step"] / r["analytic_flops"]:.2f}x that',
+      f'achieved model FLOP/s: {r["model_flops"] / 1e9:.1f} GFLOP/s']
+  if r['mfu'] is not None:
+    lines.append(
+        f'MFU: {100 * r["mfu"]:.1f}% of {r["devices"]} x '
+        f'{r["peak_flops"] / 1e12:g} TFLOP/s dense bf16 peak '
+        f'({r["device_kind"]})')
+  else:
+    lines.append(
+        f'MFU: no peak known for {r["device_kind"]!r}; model FLOP/s are '
+        f'{r["model_ratio"]:.2f}x the measured {matmul_size}^2 f32 matmul '
+        'ceiling')
+  return lines
+
+
 def main(argv):
   del argv
-  config = _CONFIG.value
-  r = run(config, _STEPS.value, _WARMUP.value, _MATMUL.value)
-  print(f'model {config.model.name} ({r["params_m"]:.1f}M params), batch '
-        f'{r["batch"]}, {r["devices"]} device(s), compile {r["compile_s"]:.1f}s')
-  if 'temp_bytes' in r:
-    print(f'memory per device: arguments {r["arg_bytes"] / 2**20:.1f} MiB, '
-          f'outputs {r["out_bytes"] / 2**20:.1f} MiB, temporaries '
-          f'{r["temp_bytes"] / 2**20:.1f} MiB')
-  print(f'step time (median of {_STEPS.value}): {r["step_s"] * 1e3:.1f} ms')
-  print(f'train examples/s: {r["examples_per_s"]:.1f}')
-  print(f'FLOPs per step (XLA cost analysis): {r["flops_per_step"] / 1e9:.2f} '
-        'GFLOP')
-  print(f'achieved: {r["achieved_flops"] / 1e9:.1f} GFLOP/s; dense f32 '
-        f'{_MATMUL.value}^2 matmul here: {r["matmul_flops"] / 1e9:.1f} '
-        f'GFLOP/s; ratio {r["ratio"]:.2f}')
+  r = run(_CONFIG.value, _STEPS.value, _WARMUP.value, _MATMUL.value)
+  for line in report(_CONFIG.value, r, _STEPS.value, _MATMUL.value,
+                     _MFU.value):
+    print(line)
 
 
 if __name__ == '__main__':
