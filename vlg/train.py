@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 from clu import periodic_actions
+from jax.experimental import multihost_utils
 from flax import nnx
 
 from vlg import checkpointing
@@ -420,7 +421,13 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
       report(step)
       log_now = config_lib.itstime(step, config.log_training_steps, total,
                                    first=True)
-      save_now = ckpt.should_save(step) or bool(stop_requested)
+      stop = bool(stop_requested)
+      if process_count > 1:
+        # Every process must stop at the same step, or one would enter the
+        # save (a collective) while another runs the next step.
+        stop = bool(np.any(multihost_utils.process_allgather(
+            np.int32(stop))))
+      save_now = ckpt.should_save(step) or stop
       if log_now or save_now:
         nonfinite = jax.device_get(state['nonfinite'])
         if int(nonfinite['count']):
@@ -443,8 +450,8 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
         last_metrics = host
       run_evals(step)
       if save_now:
-        save(step, force=bool(stop_requested))
-      if stop_requested:
+        save(step, force=stop)
+      if stop:
         logging.warning('SIGTERM: saved step %d, exiting', step)
         break
     if step == total and total not in ckpt.all_steps():
