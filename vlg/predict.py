@@ -1,11 +1,24 @@
 """Pure predict functions that evaluators receive (never the model class).
 
 Each is ``fn(params, batch) -> dict`` of per-example arrays, built once from
-the model's graphdef and jitted by the caller with replicated outputs:
+the model's graphdef and jitted by the caller with replicated outputs. Every
+row of a batch is computed independently of the others (``_mask`` marks
+padding rows, whose outputs the caller drops).
 
-- ``image_text_scores``: ``itm`` (ITM "match" probability, the default
-  image–text score s(i, t)) and ``itc`` (cosine similarity of the ITC
-  features) for aligned (image, text) rows of a batch.
+- ``image_text_scores`` (``image``, ``text_ids``, ``text_mask``): ``itm``
+  (ITM "match" probability, the default image–text score s(i, t)) and
+  ``itc`` (cosine similarity of the ITC features) of aligned rows.
+- ``image_features`` (``image``): ``image_feat`` [B, E] and
+  ``image_embeds`` [B, 1 + N, Dv], for retrieval's similarity matrix.
+- ``text_features`` (``text_ids``, ``text_mask``): ``text_feat`` [B, E]
+  and ``text_embeds`` [B, L, Dt].
+- ``itm_from_embeds`` (``image_embeds``, ``text_embeds``, ``text_mask``):
+  the fusion layers and ITM head on precomputed embeddings: ``itm_logit``
+  (the "match" logit, which ALBEF's retrieval ranks by) and ``itm`` (its
+  probability). Retrieval re-scores its top-k candidates with it.
+- ``predict_box`` (``image``, ``text_ids``, ``text_mask``; models with a box
+  head only): ``box`` [B, 4], normalised (cx, cy, w, h) of the region the
+  text names, from the fused [CLS] (X-VLM).
 """
 
 from __future__ import annotations
@@ -19,19 +32,61 @@ from flax import nnx
 PredictFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
 
 
-def make_predict_fns(graphdef) -> dict[str, PredictFn]:
-  """Predict functions for an ALBEF-family model's graphdef."""
+def make_predict_fns(graphdef, *, box_head: bool = False
+                     ) -> dict[str, PredictFn]:
+  """Predict functions for an ALBEF-family model's graphdef.
+
+  Args:
+    graphdef: the model's graphdef (``nnx.split``).
+    box_head: the model has a box head (``config.model.box_head``); adds
+      ``predict_box``.
+
+  Returns:
+    The predict functions by name (module docstring).
+  """
+
+  def itm_outputs(model, image_embeds, text_embeds, text_mask):
+    fused = model.fuse(text_embeds, text_mask, image_embeds)
+    logits = model.itm_logits(fused['fused_cls']).astype(jnp.float32)
+    return {'itm_logit': logits[:, 1],
+            'itm': jax.nn.softmax(logits, axis=-1)[:, 1]}
 
   def image_text_scores(params, batch):
     model = nnx.merge(graphdef, params)
     img = model.embed_image(batch['image'])
     txt = model.embed_text(batch['text_ids'], batch['text_mask'])
-    fused = model.fuse(txt['text_embeds'], batch['text_mask'],
-                       img['image_embeds'])
-    logits = model.itm_logits(fused['fused_cls']).astype(jnp.float32)
+    itm = itm_outputs(model, img['image_embeds'], txt['text_embeds'],
+                      batch['text_mask'])
     return {
-        'itm': jax.nn.softmax(logits, axis=-1)[:, 1],
+        'itm': itm['itm'],
         'itc': jnp.sum(img['image_feat'] * txt['text_feat'], axis=-1),
     }
 
-  return {'image_text_scores': image_text_scores}
+  def image_features(params, batch):
+    img = nnx.merge(graphdef, params).embed_image(batch['image'])
+    return {'image_feat': img['image_feat'],
+            'image_embeds': img['image_embeds']}
+
+  def text_features(params, batch):
+    txt = nnx.merge(graphdef, params).embed_text(batch['text_ids'],
+                                                 batch['text_mask'])
+    return {'text_feat': txt['text_feat'], 'text_embeds': txt['text_embeds']}
+
+  def itm_from_embeds(params, batch):
+    return itm_outputs(nnx.merge(graphdef, params), batch['image_embeds'],
+                       batch['text_embeds'], batch['text_mask'])
+
+  fns = {'image_text_scores': image_text_scores,
+         'image_features': image_features, 'text_features': text_features,
+         'itm_from_embeds': itm_from_embeds}
+
+  if box_head:
+    def predict_box(params, batch):
+      model = nnx.merge(graphdef, params)
+      img = model.embed_image(batch['image'])
+      txt = model.embed_text(batch['text_ids'], batch['text_mask'])
+      fused = model.fuse(txt['text_embeds'], batch['text_mask'],
+                         img['image_embeds'])
+      return {'box': model.predict_box(fused['fused_cls'])}
+    fns['predict_box'] = predict_box
+  return fns

@@ -1,22 +1,47 @@
-"""Shared evaluator machinery: the factory and a batched, padded pair scorer.
+"""Shared evaluator machinery: the factory and batched, padded runners.
 
 ``config.evals.<name> = dict(type='valse', log_steps=..., **kwargs)`` builds
-``vlg.evaluators.<type>.Evaluator(predict_fns, scorer_factory=..., **kwargs)``.
-Each evaluator's ``run(params)`` returns a flat dict of metrics (prefixed
-with ``<name>/`` by the loop), always including how many examples were
-evaluated out of how many are in the annotation file and the scorer used.
+``vlg.evaluators.<type>.Evaluator(scorer, **kwargs)``. Each evaluator's
+``run(params)`` returns a flat dict of metrics (prefixed with ``<name>/`` by
+the loop), always including how many examples were evaluated out of how many
+are in the annotation file (``num_evaluated`` / ``num_in_file``) and the
+chance level of its headline metrics under ``chance/<metric>``.
 
-:class:`PairScorer` scores (image, text) pairs: it loads every distinct image
-once, tokenises with the training tokenizer, pads the stream to a multiple of
-the global batch with a ``_mask`` so every host runs the same number of
-steps, and runs one jitted predict function over the mesh. Scores do not
-depend on the batch size or device count (each row is scored independently).
+The scorer an evaluator gets is a :class:`PairScorer` over the
+``image_text_scores`` predict function, unless its module defines
+``make_scorer(predict_fns, tokenizer, *, mesh, rules, **settings)`` (retrieval
+needs feature-level functions, RefCOCOg ``predict_box``).
+
+:class:`BatchRunner` runs one jitted predict function over a stream of rows:
+it pads the stream to a multiple of the global batch with a ``_mask`` so
+every host runs the same number of steps, builds each process's local rows
+and stitches them into global arrays over the mesh. :class:`PairScorer` uses
+it for (image file, text) pairs: it loads every distinct image once and
+tokenises with the training tokenizer. Every row is computed independently,
+so results do not depend on the batch size or device count.
+
+Synthetic sets: ``synthetic=True`` in an eval's config makes the factory
+write every synthetic benchmark set once (``vlg.data.synthetic_benchmarks.
+write_all``) into a cache folder keyed by (resolution, seed, num) and
+replace ``{synthetic}`` in the eval's string arguments by that folder::
+
+  config.evals.svo = dict(type='svo_probes', synthetic=True, log_steps=500,
+                          file='{synthetic}/svo_probes/svo_probes.jsonl',
+                          image_root='{synthetic}/svo_probes/images')
+
+Options: ``synthetic_num`` (200), ``synthetic_seed`` (0),
+``synthetic_resolution`` (the eval resolution) and ``synthetic_cache``
+(``$VLG_CACHE_DIR`` or ``~/.cache/vlg``).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -27,72 +52,126 @@ from PIL import Image
 from vlg import sharding
 from vlg.data import ops
 from vlg.data import pipeline
+from vlg.data import synthetic_benchmarks
 from vlg.data import tokenizer as tokenizer_lib
 
 SCORERS = ('itm', 'itc')
+# Eval options that configure the scorer rather than the evaluator.
+SCORER_SETTINGS = ('resolution', 'max_text_len', 'batch_size', 'max_words')
+SYNTHETIC_PLACEHOLDER = '{synthetic}'
+
+RowBuilder = Callable[[Sequence[int]], dict[str, np.ndarray]]
 
 
-class PairScorer:
-  """Scores aligned (image file, text) pairs with ``image_text_scores``."""
+class BatchRunner:
+  """Runs a jitted ``predict_fn(params, batch)`` over rows ``0..n-1``."""
 
-  def __init__(self, predict_fn, tokenizer: tokenizer_lib.Tokenizer, *,
-               resolution: int, max_text_len: int, batch_size: int, mesh,
-               rules):
-    self.tokenizer = tokenizer
-    self.resolution, self.max_text_len = resolution, max_text_len
+  def __init__(self, predict_fn, *, batch_size: int, mesh, rules):
     self.batch_size, self.mesh, self.rules = batch_size, mesh, rules
     n = mesh.shape['data'] * mesh.shape['fsdp']
     if batch_size % max(n, 1) or batch_size % jax.process_count():
       raise ValueError(f'eval batch_size {batch_size} must divide over '
                        f'{n} data shards and {jax.process_count()} processes')
-    self._fn = jax.jit(predict_fn,
-                       out_shardings=sharding.replicated(mesh))
-    self._images: dict[str, np.ndarray] = {}
+    self._fn = jax.jit(predict_fn, out_shardings=sharding.replicated(mesh))
 
-  def load_image(self, path: str) -> np.ndarray:
-    if path not in self._images:
-      try:
-        with Image.open(path) as img:
-          arr = np.asarray(img.convert('RGB'), np.uint8)
-      except (OSError, ValueError) as e:
-        raise ops.BadExampleError(f'Cannot read image {path}: {e}') from e
-      self._images[path] = ops.resize(ops.to_square(arr), self.resolution)
-    return self._images[path]
+  def run(self, params, n: int, build_rows: RowBuilder
+          ) -> dict[str, np.ndarray]:
+    """Returns the predict function's outputs for rows ``0..n-1``.
 
-  def score(self, params, images: Sequence[str | np.ndarray],
-            texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """Scores row i = (images[i], texts[i]); returns {'itm': [N], 'itc': [N]}."""
-    if len(images) != len(texts):
-      raise ValueError('images and texts must align')
-    n, bs = len(texts), self.batch_size
+    Args:
+      params: the model parameters.
+      n: the number of rows.
+      build_rows: maps row indices (this process's share of one global
+        batch; padding rows are given as index 0) to a dict of numpy arrays
+        with those rows stacked.
+
+    Returns:
+      Each output of the predict function, concatenated over the rows
+      (``[n, ...]``); an empty dict when ``n == 0``.
+    """
+    bs = self.batch_size
     total = -(-n // bs) * bs
     pc, pi = jax.process_count(), jax.process_index()
     local = bs // pc
     out: dict[str, list[np.ndarray]] = {}
     for start in range(0, total, bs):
       rows = range(start + pi * local, start + (pi + 1) * local)
-      batch = self._local_batch(images, texts, rows, n)
+      batch = dict(build_rows([r if r < n else 0 for r in rows]))
+      batch['_mask'] = np.asarray([int(r < n) for r in rows], np.int32)
       res = jax.device_get(self._fn(
           params, pipeline.to_global(batch, self.mesh, self.rules)))
       for k, v in res.items():
         out.setdefault(k, []).append(np.asarray(v))
     return {k: np.concatenate(v)[:n] for k, v in out.items()}
 
+
+class ImageCache:
+  """Loads each image file once, square-resized to ``resolution``."""
+
+  def __init__(self, resolution: int):
+    self.resolution = resolution
+    self._images: dict[str, np.ndarray] = {}
+
+  def __call__(self, image: str | np.ndarray) -> np.ndarray:
+    """The resized image of a file path (cached) or an HxWx3 uint8 array."""
+    if not isinstance(image, str):
+      return ops.resize(ops.to_square(np.asarray(image)), self.resolution)
+    if image not in self._images:
+      try:
+        with Image.open(image) as img:
+          arr = np.asarray(img.convert('RGB'), np.uint8)
+      except (OSError, ValueError) as e:
+        raise ops.BadExampleError(f'Cannot read image {image}: {e}') from e
+      self._images[image] = ops.resize(ops.to_square(arr), self.resolution)
+    return self._images[image]
+
+
+def encode_texts(tokenizer: tokenizer_lib.Tokenizer, texts: Sequence[str],
+                 max_text_len: int, max_words: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """``pre_caption`` then tokenise: ids and mask, int32 [len(texts), L]."""
+  ids, masks = [], []
+  for t in texts:
+    i, m = tokenizer.encode(ops.pre_caption(t, max_words), max_text_len)
+    ids.append(i)
+    masks.append(m)
+  if not ids:
+    return (np.zeros((0, max_text_len), np.int32),) * 2
+  return np.stack(ids), np.stack(masks)
+
+
+class PairScorer:
+  """Scores aligned (image file, text) rows with one predict function."""
+
+  def __init__(self, predict_fn, tokenizer: tokenizer_lib.Tokenizer, *,
+               resolution: int, max_text_len: int, batch_size: int, mesh,
+               rules, max_words: int = 30):
+    self.tokenizer = tokenizer
+    self.resolution, self.max_text_len = resolution, max_text_len
+    self.max_words = max_words
+    self.batch_size, self.mesh, self.rules = batch_size, mesh, rules
+    self.runner = BatchRunner(predict_fn, batch_size=batch_size, mesh=mesh,
+                              rules=rules)
+    self.load_image = ImageCache(resolution)
+
+  def score(self, params, images: Sequence[str | np.ndarray],
+            texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Row i = (images[i], texts[i]); returns the predict fn's outputs,
+    e.g. {'itm': [N], 'itc': [N]} (an empty dict for no rows)."""
+    if len(images) != len(texts):
+      raise ValueError('images and texts must align')
+    n = len(texts)
+    return self.runner.run(
+        params, n, lambda rows: self._local_batch(images, texts, rows, n))
+
   def _local_batch(self, images, texts, rows, n) -> dict[str, np.ndarray]:
-    imgs, ids, masks, valid = [], [], [], []
-    for r in rows:
-      real = r < n
-      j = r if real else 0  # Padding repeats row 0 and is masked out.
-      img = images[j]
-      imgs.append(self.load_image(img) if isinstance(img, str) else
-                  ops.resize(ops.to_square(img), self.resolution))
-      t_ids, t_mask = self.tokenizer.encode(ops.pre_caption(texts[j]),
-                                            self.max_text_len)
-      ids.append(t_ids)
-      masks.append(t_mask)
-      valid.append(int(real))
-    return {'image': np.stack(imgs), 'text_ids': np.stack(ids),
-            'text_mask': np.stack(masks),
+    rows = list(rows)
+    valid = [int(r < n) for r in rows]
+    rows = [r if r < n else 0 for r in rows]  # Padding repeats row 0.
+    ids, masks = encode_texts(self.tokenizer, [texts[r] for r in rows],
+                              self.max_text_len, self.max_words)
+    return {'image': np.stack([self.load_image(images[r]) for r in rows]),
+            'text_ids': ids, 'text_mask': masks,
             '_mask': np.asarray(valid, np.int32)}
 
 
@@ -117,12 +196,103 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
   return float(u / (len(pos) * len(neg)))
 
 
+def mean_or_nan(values) -> float:
+  """The mean of ``values`` as a float; NaN (not a warning) when empty."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()) if values.size else float('nan')
+
+
+def check_scorer_name(scorer_name: str, benchmark: str) -> None:
+  """Raises a clear error for an unknown ``scorer_name``."""
+  if scorer_name not in SCORERS:
+    raise ValueError(f'{benchmark}: scorer_name={scorer_name!r}; valid: '
+                     f'{SCORERS}')
+
+
+# Synthetic benchmark sets
+# ---------------------------------------------------------------------------
+
+
+def synthetic_root(resolution: int, seed: int = 0, num: int = 200,
+                   cache_dir: str | None = None) -> str:
+  """The folder of every synthetic benchmark set for these settings.
+
+  Written once with ``synthetic_benchmarks.write_all`` into a temporary
+  folder beside the final one and renamed into place, so a crash never
+  leaves a half-written set where a later run would trust it.
+  """
+  cache_dir = cache_dir or os.environ.get('VLG_CACHE_DIR') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'vlg')
+  parent = os.path.join(cache_dir, 'synthetic_benchmarks')
+  final = os.path.join(parent, f'res{resolution}_seed{seed}_num{num}')
+  if os.path.isfile(os.path.join(final, 'manifest.json')):
+    return final
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix='.partial-')
+  try:
+    logging.info('Writing synthetic benchmark sets to %s', final)
+    synthetic_benchmarks.write_all(tmp, resolution=resolution, seed=seed,
+                                   num=num)
+    try:
+      os.rename(tmp, final)
+    except OSError:
+      # Another process renamed its (identical) copy first.
+      if not os.path.isfile(os.path.join(final, 'manifest.json')):
+        raise
+  finally:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return final
+
+
+def _resolve_synthetic(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+  """Pops the ``synthetic*`` options and fills in ``{synthetic}`` paths."""
+  use = bool(opts.pop('synthetic', False))
+  seed = int(opts.pop('synthetic_seed', 0))
+  num = int(opts.pop('synthetic_num', 200))
+  resolution = int(opts.pop('synthetic_resolution', 0) or
+                   opts['resolution'])
+  cache = opts.pop('synthetic_cache', None)
+  uses_placeholder = [k for k, v in opts.items()
+                      if isinstance(v, str) and SYNTHETIC_PLACEHOLDER in v]
+  if not use:
+    if uses_placeholder:
+      raise ValueError(f'evals.{name}: {uses_placeholder} use '
+                       f'{SYNTHETIC_PLACEHOLDER} but synthetic is not set')
+    return opts
+  root = synthetic_root(resolution, seed, num, cache)
+  return {k: (v.replace(SYNTHETIC_PLACEHOLDER, root) if isinstance(v, str)
+              else v) for k, v in opts.items()}
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, ml_collections.ConfigDict):
+    return value.to_dict()
+  return value
+
+
 def from_config(evals: ml_collections.ConfigDict, *, predict_fns, tokenizer,
                 mesh, rules, defaults: dict[str, Any]) -> dict[str, Any]:
-  """Builds ``{name: (evaluator, log_steps)}`` from ``config.evals``."""
+  """Builds ``{name: (evaluator, log_steps)}`` from ``config.evals``.
+
+  Args:
+    evals: ``config.evals``; each entry has ``type`` (a module of
+      ``vlg/evaluators``), ``log_steps`` and the evaluator's arguments, plus
+      optional scorer settings (``resolution``, ``max_text_len``,
+      ``batch_size``, ``max_words``) overriding ``defaults`` and the
+      ``synthetic*`` options (module docstring).
+    predict_fns: ``vlg.predict.make_predict_fns(...)``.
+    tokenizer: the training tokenizer.
+    mesh: the device mesh.
+    rules: the logical sharding rules.
+    defaults: ``resolution``, ``max_text_len`` and ``batch_size``.
+
+  Returns:
+    The evaluators and their ``log_steps``, by name.
+  """
   out = {}
   for name, cfg in evals.items():
-    cfg = dict(cfg)
+    cfg = {k: _plain(v) for k, v in dict(cfg).items()}
     kind = cfg.pop('type', None)
     log_steps = cfg.pop('log_steps', None)
     try:
@@ -130,11 +300,14 @@ def from_config(evals: ml_collections.ConfigDict, *, predict_fns, tokenizer,
     except ModuleNotFoundError as e:
       raise ValueError(f'evals.{name}.type={kind!r} is not an evaluator '
                        'module in vlg/evaluators/') from e
-    opts = {**defaults, **cfg}
-    scorer = PairScorer(
-        predict_fns['image_text_scores'], tokenizer,
-        resolution=opts.pop('resolution'),
-        max_text_len=opts.pop('max_text_len'),
-        batch_size=opts.pop('batch_size'), mesh=mesh, rules=rules)
+    opts = _resolve_synthetic(name, {**defaults, **cfg})
+    settings = {k: opts.pop(k) for k in SCORER_SETTINGS if k in opts}
+    make_scorer = getattr(module, 'make_scorer', None)
+    if make_scorer is not None:
+      scorer = make_scorer(predict_fns, tokenizer, mesh=mesh, rules=rules,
+                           **settings)
+    else:
+      scorer = PairScorer(predict_fns['image_text_scores'], tokenizer,
+                          mesh=mesh, rules=rules, **settings)
     out[name] = (module.Evaluator(scorer, **opts), log_steps)
   return out

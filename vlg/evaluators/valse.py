@@ -15,7 +15,9 @@ the valid set (``mturk.caption >= 2``). Metrics (spec-benchmarks.md):
   ``precision_foil`` (foils with s < 0.5), their minimum and ``auroc``
   (captions positive, foils negative).
 Also ``num_evaluated`` / ``num_in_file`` (examples whose image is missing are
-skipped and named in the log).
+skipped and named in the log) and the chance level of a random scorer beside
+each headline metric: ``chance/acc_r``, ``chance/acc_r_pieces`` and
+``chance/auroc``, all 0.5.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Evaluator:
     paths = [benchmarks.image_path(self.image_root, e.image_file) for e in ex]
     scores = self.scorer.score(params, paths + paths,
                                [e.caption for e in ex] + [e.foil for e in ex])
-    s = scores[self.scorer_name]
+    s = scores.get(self.scorer_name, np.zeros(0))  # {} when no images.
     return metrics(ex, s[:len(ex)], s[len(ex):], self.scorer_name,
                    num_in_file=len(self.examples))
 
@@ -65,7 +67,8 @@ def metrics(examples, caption_scores, foil_scores, scorer_name: str,
   correct = caption_scores > foil_scores
   out = {'acc_r': float(correct.mean()) if len(correct) else float('nan'),
          'num_evaluated': float(len(examples)),
-         'num_in_file': float(num_in_file)}
+         'num_in_file': float(num_in_file),
+         'chance/acc_r': 0.5, 'chance/acc_r_pieces': 0.5}
   by_instrument: dict[str, list[bool]] = {}
   for e, c in zip(examples, correct):
     by_instrument.setdefault(e.instrument, []).append(bool(c))
@@ -84,4 +87,5 @@ def metrics(examples, caption_scores, foil_scores, scorer_name: str,
     out.update(precision_caption=p_c, precision_foil=p_f,
                min_precision=min(p_c, p_f),
                auroc=common.auroc(caption_scores, foil_scores))
+    out['chance/auroc'] = 0.5
   return out

@@ -8,7 +8,8 @@ Accuracy of [s(i, caption) >= 0.5] == label with the ITM match probability
 (a positive counts correct at s >= 0.5, a negative at s < 0.5), overall,
 per relation (``relation/<name>``) and per meta-category
 (``category/<name>``). Examples whose image is missing are skipped and
-counted (``num_evaluated`` / ``num_in_file``).
+counted (``num_evaluated`` / ``num_in_file``). ``chance/accuracy`` is 0.5,
+the expected accuracy of random answers (whatever the label balance).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Evaluator:
   def run(self, params) -> dict[str, float]:
     ex = self.present
     paths = [benchmarks.image_path(self.image_root, e.image) for e in ex]
-    s = self.scorer.score(params, paths, [e.caption for e in ex])['itm']
+    s = self.scorer.score(params, paths, [e.caption for e in ex]).get(
+        'itm', np.zeros(0))  # {} when no images.
     return metrics(ex, s, self.categories, num_in_file=len(self.examples))
 
 
@@ -55,7 +57,7 @@ def metrics(examples, scores, categories: dict[str, str],
   correct = (scores >= 0.5) == labels
   out = {'accuracy': float(correct.mean()) if len(correct) else float('nan'),
          'num_evaluated': float(len(examples)),
-         'num_in_file': float(num_in_file)}
+         'num_in_file': float(num_in_file), 'chance/accuracy': 0.5}
   groups: dict[str, list[bool]] = {}
   for e, c in zip(examples, correct):
     groups.setdefault(f'relation/{e.relation}', []).append(bool(c))

@@ -1,0 +1,270 @@
+"""Image–text retrieval: Karpathy COCO / Flickr30K and Stanford paragraphs.
+
+  config.evals.coco = dict(type='retrieval', file='.../coco_test.json',
+                           image_root='.../coco', k_test=256, log_steps=5000)
+  config.evals.paragraphs = dict(
+      type='retrieval', format='paragraphs',
+      file='.../paragraphs_v1.json', split_file='.../test_split.json',
+      image_root='.../vg_images', max_text_len=128, max_words=200)
+
+Two stages, as ALBEF: the ITC similarity of every image with every text
+(from ``image_features`` / ``text_features``, each image and text encoded
+once); then for each query (an image for text retrieval TR, a text for image
+retrieval IR) the top ``k_test`` candidates by similarity (clamped to the
+number of candidates) are re-scored with the ITM head's "match" logit
+(``itm_from_embeds`` on the stored embeddings; a pair that is a candidate in
+both directions is fused once) and ranked; candidates outside the top k rank
+below every re-scored one. With ``scorer_name='itc'`` the similarity alone
+ranks (no ITM stage).
+
+Metrics: ``tr_r1/5/10`` (an image hits at K if any of its texts is among its
+top K), ``ir_r1/5/10`` (a text hits if its image is), ``r_mean`` (their
+mean), ``chance/<metric>`` (the expected value for a random ranking:
+1 - C(M - c, K) / C(M, K) for an image with c of the M texts, K / N for a
+text), ``num_evaluated`` / ``num_in_file`` (images) and ``num_texts``.
+Ties are broken against the query: a ground truth ranks below every other
+candidate with an equal score. Images that are missing are left out with
+their texts (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from vlg.data import benchmarks
+from vlg.evaluators import common
+
+KS = (1, 5, 10)
+FORMATS = ('karpathy', 'paragraphs')
+
+
+class RetrievalScorer:
+  """Features of images and texts, and ITM scores of (image, text) pairs."""
+
+  def __init__(self, predict_fns, tokenizer, *, resolution: int,
+               max_text_len: int, batch_size: int, mesh, rules,
+               max_words: int = 30):
+    def runner(name):
+      return common.BatchRunner(predict_fns[name], batch_size=batch_size,
+                                mesh=mesh, rules=rules)
+    self.tokenizer, self.max_text_len = tokenizer, max_text_len
+    self.max_words = max_words
+    self.load_image = common.ImageCache(resolution)
+    self._images = runner('image_features')
+    self._texts = runner('text_features')
+    self._itm = runner('itm_from_embeds')
+
+  def image_features(self, params, images: Sequence[str | np.ndarray]
+                     ) -> dict[str, np.ndarray]:
+    """``image_feat`` [N, E] and ``image_embeds`` [N, T, Dv]."""
+    return self._images.run(params, len(images), lambda rows: {
+        'image': np.stack([self.load_image(images[r]) for r in rows])})
+
+  def text_features(self, params, texts: Sequence[str]
+                    ) -> dict[str, np.ndarray]:
+    """``text_feat`` [M, E], ``text_embeds`` [M, L, Dt], ``text_mask``."""
+    ids, masks = common.encode_texts(self.tokenizer, texts,
+                                     self.max_text_len, self.max_words)
+    out = self._texts.run(params, len(texts), lambda rows: {
+        'text_ids': ids[rows], 'text_mask': masks[rows]})
+    out['text_mask'] = masks
+    return out
+
+  def itm_logits(self, params, image_embeds: np.ndarray,
+                 text_embeds: np.ndarray, text_mask: np.ndarray,
+                 pairs: np.ndarray) -> np.ndarray:
+    """ITM "match" logits of the (image index, text index) rows of
+    ``pairs`` [P, 2]."""
+    out = self._itm.run(params, len(pairs), lambda rows: {
+        'image_embeds': image_embeds[pairs[rows, 0]],
+        'text_embeds': text_embeds[pairs[rows, 1]],
+        'text_mask': text_mask[pairs[rows, 1]]})
+    return out.get('itm_logit', np.zeros(0, np.float32))
+
+
+def make_scorer(predict_fns, tokenizer, *, mesh, rules,
+                **settings) -> RetrievalScorer:
+  """The factory hook (``common.from_config``)."""
+  return RetrievalScorer(predict_fns, tokenizer, mesh=mesh, rules=rules,
+                         **settings)
+
+
+def top_k(sim: np.ndarray, k: int) -> np.ndarray:
+  """Indices [Q, k] of the k largest entries of each row (any order)."""
+  k = min(k, sim.shape[1])
+  if k == sim.shape[1]:
+    return np.broadcast_to(np.arange(k), (sim.shape[0], k))
+  return np.argpartition(-sim, k - 1, axis=1)[:, :k]
+
+
+def two_stage_scores(sim: np.ndarray, k: int, itm_fn
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """ALBEF's score matrices: top-k by ``sim`` re-scored, the rest -inf.
+
+  Args:
+    sim: [N, M] image–text similarities.
+    k: candidates per query (clamped to N or M).
+    itm_fn: maps unique (image, text) index pairs [P, 2] to [P] scores.
+
+  Returns:
+    ``(score_i2t [N, M], score_t2i [M, N])``.
+  """
+  n, m = sim.shape
+  i2t = top_k(sim, k)
+  t2i = top_k(sim.T, k)
+  codes = np.concatenate([
+      (np.arange(n)[:, None] * m + i2t).ravel(),
+      (t2i * m + np.arange(m)[:, None]).ravel()])
+  unique, inverse = np.unique(codes, return_inverse=True)
+  pairs = np.stack([unique // m, unique % m], axis=1)
+  scores = np.asarray(itm_fn(pairs), np.float32)[inverse]
+  score_i2t = np.full((n, m), -np.inf, np.float32)
+  score_t2i = np.full((m, n), -np.inf, np.float32)
+  n_i2t = i2t.size
+  np.put_along_axis(score_i2t, i2t, scores[:n_i2t].reshape(i2t.shape), 1)
+  np.put_along_axis(score_t2i, t2i, scores[n_i2t:].reshape(t2i.shape), 1)
+  return score_i2t, score_t2i
+
+
+def ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+  """0-based rank of each query's best relevant candidate.
+
+  Args:
+    scores: [Q, C] candidate scores per query.
+    relevant: [Q, C] boolean, the ground truths of each query (at least one).
+
+  Returns:
+    [Q] int: how many irrelevant candidates score at least the best relevant
+    one (ties are broken against the query).
+  """
+  best = np.where(relevant, scores, -np.inf).max(axis=1, keepdims=True)
+  return np.sum((scores >= best) & ~relevant, axis=1)
+
+
+def recall_chance(num_relevant: Sequence[int], num_candidates: int,
+                  k: int) -> float:
+  """Expected R@k of a random ranking: mean P(a relevant one in the top k)."""
+  total = math.comb(num_candidates, k) if k <= num_candidates else 0
+  if not total:
+    return 1.0
+  return float(np.mean([1 - math.comb(num_candidates - c, k) / total
+                        for c in num_relevant]))
+
+
+def metrics(score_i2t: np.ndarray, score_t2i: np.ndarray,
+            txt2img: Sequence[int], num_in_file: int) -> dict[str, float]:
+  """TR@K, IR@K and their mean from full score matrices.
+
+  Args:
+    score_i2t: [N, M] scores of every text for each image query.
+    score_t2i: [M, N] scores of every image for each text query.
+    txt2img: [M] the image of each text.
+    num_in_file: images in the annotation file.
+  """
+  txt2img = np.asarray(txt2img, np.int64)
+  n, m = score_i2t.shape
+  gt_t2i = np.zeros((m, n), bool)
+  gt_t2i[np.arange(m), txt2img] = True
+  tr = ranks(score_i2t, gt_t2i.T) if n else np.zeros(0, np.int64)
+  ir = ranks(score_t2i, gt_t2i) if m else np.zeros(0, np.int64)
+  captions_per_image = np.bincount(txt2img, minlength=n)
+  out = {'num_evaluated': float(n), 'num_in_file': float(num_in_file),
+         'num_texts': float(m)}
+  for k in KS:
+    out[f'tr_r{k}'] = common.mean_or_nan(tr < k)
+    out[f'ir_r{k}'] = common.mean_or_nan(ir < k)
+    out[f'chance/tr_r{k}'] = recall_chance(captions_per_image, m, k)
+    out[f'chance/ir_r{k}'] = recall_chance([1] * m, n, k)
+  for prefix in ('', 'chance/'):
+    out[f'{prefix}r_mean'] = float(np.mean(
+        [out[f'{prefix}{d}_r{k}'] for d in ('tr', 'ir') for k in KS]))
+  return out
+
+
+class Evaluator:
+  """Two-stage (ITC then ITM) retrieval recall in both directions."""
+
+  def __init__(self, scorer: RetrievalScorer, *, file: str, image_root: str,
+               format: str = 'karpathy',  # pylint: disable=redefined-builtin
+               split_file: str | None = None, k_test: int = 256,
+               scorer_name: str = 'itm'):
+    common.check_scorer_name(scorer_name, 'retrieval')
+    if format not in FORMATS:
+      raise ValueError(f'retrieval: format={format!r}; valid: {FORMATS}')
+    if k_test < 1:
+      raise ValueError(f'retrieval: k_test={k_test} must be >= 1')
+    self.scorer, self.scorer_name, self.k_test = scorer, scorer_name, k_test
+    if format == 'karpathy':
+      if split_file:
+        raise ValueError('retrieval: split_file is for format=paragraphs')
+      full = benchmarks.load_retrieval(file)
+    else:
+      full = benchmarks.paragraph_retrieval_set(
+          benchmarks.load_paragraphs(file, split_file))
+    present, missing = benchmarks.check_images(full.images, image_root)
+    if missing:
+      logging.warning('retrieval %s: %d of %d images missing under %s, '
+                      'e.g. %s; their texts are left out', file,
+                      len(missing), len(full.images), image_root,
+                      missing[:5])
+    keep = set(present)
+    kept = [i for i, name in enumerate(full.images) if name in keep]
+    self.data = benchmarks.RetrievalSet.from_captions(
+        [full.images[i] for i in kept],
+        [[full.texts[t] for t in full.img2txt[i]] for i in kept])
+    self.num_in_file = len(full.images)
+    self.image_root = image_root
+
+  def run(self, params) -> dict[str, float]:
+    paths = [benchmarks.image_path(self.image_root, f)
+             for f in self.data.images]
+    return evaluate(self.scorer, params, paths, self.data.texts,
+                    self.data.txt2img, k_test=self.k_test,
+                    scorer_name=self.scorer_name,
+                    num_in_file=self.num_in_file)
+
+
+def evaluate(scorer: RetrievalScorer, params,
+             images: Sequence[str | np.ndarray], texts: Sequence[str],
+             txt2img: Sequence[int], *, k_test: int, scorer_name: str = 'itm',
+             num_in_file: int | None = None,
+             timings: dict[str, float] | None = None) -> dict[str, float]:
+  """Encodes, scores and ranks; returns :func:`metrics`.
+
+  Args:
+    scorer: the retrieval scorer.
+    params: the model parameters.
+    images: image paths (or arrays), one per image.
+    texts: every text; ``txt2img[t]`` is the image of text ``t``.
+    txt2img: see above.
+    k_test: ITM re-scored candidates per query.
+    scorer_name: 'itm' (two stages) or 'itc' (similarity only).
+    num_in_file: images in the file (default ``len(images)``).
+    timings: if given, filled with the seconds of each stage.
+  """
+  timings = {} if timings is None else timings
+  num_in_file = len(images) if num_in_file is None else num_in_file
+  t = time.perf_counter()
+  img = scorer.image_features(params, images)
+  txt = scorer.text_features(params, list(texts))
+  timings['features_s'] = time.perf_counter() - t
+  if not len(images):
+    empty = np.zeros((0, 0), np.float32)
+    return metrics(empty, empty, [], num_in_file)
+  t = time.perf_counter()
+  sim = img['image_feat'].astype(np.float32) @ txt['text_feat'].astype(
+      np.float32).T
+  if scorer_name == 'itc':
+    score_i2t, score_t2i = sim, sim.T
+  else:
+    score_i2t, score_t2i = two_stage_scores(
+        sim, k_test, lambda pairs: scorer.itm_logits(
+            params, img['image_embeds'], txt['text_embeds'],
+            txt['text_mask'], pairs))
+  timings['rank_s'] = time.perf_counter() - t
+  return metrics(score_i2t, score_t2i, txt2img, num_in_file)
