@@ -1,0 +1,106 @@
+"""vlg.tools.eval: every kept checkpoint evaluated once, resumable, as trained.
+
+Uses the session's tiny run of ``tests/test_restore.py`` (kept steps 3 and
+6; training logged the VALSE and VSR evals at step 6), copied so that this
+module's appends do not reach the other tests.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from vlg import writers
+from vlg.tools import eval as eval_tool
+
+from test_restore import trained_run
+
+REPO = os.path.join(os.path.dirname(__file__), '..', '..')
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  source, _ = trained_run(tmp_path_factory)
+  copy = str(tmp_path_factory.mktemp('eval_tool') / 'run')
+  shutil.copytree(source, copy)
+  return copy
+
+
+def _lines(path):
+  with open(os.path.join(path, 'metrics.jsonl')) as f:
+    return f.read().splitlines()
+
+
+def test_evaluates_missing_pairs_then_nothing(workdir, fast_compile):
+  trained = writers.metric_curves(workdir)
+  assert sorted(trained['valse/acc_r']) == [6]
+  logs = []
+  got = eval_tool.evaluate_workdir(workdir, log=logs.append)
+  # Step 6 was evaluated during training: only step 3 is new.
+  assert sorted(got) == [(3, 'valse'), (3, 'vsr_random_dev')]
+  assert any('checkpoint 1/1 (step 3) valse: acc_r' in line for line in logs)
+  curves = writers.metric_curves(workdir)
+  assert sorted(curves['valse/acc_r']) == [3, 6]
+  assert sorted(curves['vsr_random_dev/accuracy']) == [3, 6]
+  assert curves['valse/acc_r'][3] == got[(3, 'valse')]['acc_r']
+  assert curves['valse/seconds'][3] > 0
+  assert curves['valse/num_evaluated'][3] == 56  # 7 instruments x 8.
+
+  lines = _lines(workdir)
+  assert eval_tool.evaluate_workdir(workdir, log=logs.append) == {}
+  assert _lines(workdir) == lines
+  assert '0 (step, eval) pair(s) to run, 4 already' in logs[-1]
+
+  # Re-evaluating step 6 offline reproduces what training logged.
+  again = eval_tool.evaluate_workdir(workdir, names=['valse'], steps=[6],
+                                     force=True, log=logs.append)
+  for key in ('acc_r', 'auroc', 'acc_r_pieces', 'plurals/acc_r'):
+    assert again[(6, 'valse')][key] == pytest.approx(
+        trained[f'valse/{key}'][6], abs=1e-6)
+
+
+def test_bad_steps_names_and_overrides_fail_clearly(workdir):
+  with pytest.raises(ValueError, match=r'\[4\] are not kept.*\[3, 6\]'):
+    eval_tool.evaluate_workdir(workdir, steps=[4])
+  with pytest.raises(ValueError, match=r"unknown eval\(s\) \['svo'\]"):
+    eval_tool.evaluate_workdir(workdir, names=['svo'])
+  with pytest.raises(ValueError, match='No evals to run'):
+    eval_tool.evaluate_workdir(workdir, evals=ml_collections.ConfigDict())
+
+
+def test_override_config_types_and_unknown_fields():
+  config = ml_collections.ConfigDict(dict(
+      batch_size=8, mesh=[2, 2, 2], evals=dict(valse=dict(type='valse',
+                                                          root='/a'))))
+  got = eval_tool.override_config(config, [
+      'batch_size=16', 'mesh=(1, 1, -1)', 'evals.valse.root=/b',
+      'evals.valse.batch_size=4', 'eval_max_text_len=40'])
+  assert got.batch_size == 16 and tuple(got.mesh) == (1, 1, -1)
+  assert got.evals.valse.root == '/b' and got.evals.valse.batch_size == 4
+  assert got.eval_max_text_len == 40
+  assert config.batch_size == 8  # The input is not changed.
+  with pytest.raises(ValueError, match=r"no field 'batch_sise'.*batch_size"):
+    eval_tool.override_config(config, ['batch_sise=3'])
+  with pytest.raises(ValueError, match=r"no section 'evals.vsr'.*valse"):
+    eval_tool.override_config(config, ['evals.vsr.root=/c'])
+  with pytest.raises(ValueError, match='expected a value like 8'):
+    eval_tool.override_config(config, ['batch_size=big'])
+
+
+def test_command_line_help_and_resumed_run(workdir):
+  env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO))
+  out = subprocess.run(
+      [sys.executable, '-m', 'vlg.tools.eval', f'--workdir={workdir}',
+       '--evals=valse', '--config.evals.valse.batch_size=16'],
+      capture_output=True, text=True, env=env, cwd=REPO, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "evals ['valse']; 0 (step, eval) pair(s) to run" in out.stdout
+  helped = subprocess.run([sys.executable, '-m', 'vlg.tools.eval', '--help'],
+                          capture_output=True, text=True, env=env, cwd=REPO,
+                          check=False)
+  assert helped.returncode in (0, 1), helped.stderr  # absl's --help exits 1.
+  assert '--workdir' in helped.stdout and '--evals_config' in helped.stdout
+  assert 'Evaluates every kept checkpoint' in helped.stdout

@@ -1,0 +1,92 @@
+r"""Plots runs' evaluation curves; prints best steps and checkpoint selection.
+
+  python -m vlg.tools.curves --workdir=workdirs/albef_tiny \
+      [--workdir=workdirs/xvlm_tiny ...] --out=curves.png \
+      [--skills=REGEX] [--selectors=a/b,c/d] [--tasks=e/f,g/h]
+
+Reads each workdir's ``metrics.jsonl`` (``vlg.tools.eval`` fills in every
+kept checkpoint), draws a panel per benchmark or piece with every run as a
+line and the chance level where logged (``--out``), and prints per run and
+skill the best step and value, the final value and how far final is below
+best, then per run the checkpoint-selection table of spec-benchmarks.md
+(rows: Dev-metric selectors; columns: tasks; cells: the task at the
+selector's best checkpoint minus the task at the last checkpoint). The
+tables are also written as markdown next to the PNG (``curves.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from absl import app
+from absl import flags
+
+from vlg import writers
+from vlg.analysis import curves as curves_lib
+
+_WORKDIRS = flags.DEFINE_multi_string(
+    'workdir', None, 'A run directory with metrics.jsonl (repeat for more '
+    'runs).')
+_OUT = flags.DEFINE_string('out', None, 'The PNG to write; the tables go to '
+                           'the same name with .md.')
+_SKILLS = flags.DEFINE_string('skills', None, 'Regex: only skills whose name '
+                              'it matches (re.search) are summarised and '
+                              'plotted.')
+_SELECTORS = flags.DEFINE_list('selectors', None, 'Dev metrics to select '
+                               'checkpoints with (default: headline metrics '
+                               'with a dev/val token).')
+_TASKS = flags.DEFINE_list('tasks', None, 'Metrics to compare (default: the '
+                           'headline metrics that are not selectors).')
+flags.mark_flags_as_required(['workdir', 'out'])
+
+
+def run_labels(workdirs: list[str]) -> list[str]:
+  """Short labels: the folder names, or the full paths if two collide."""
+  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  return names if len(set(names)) == len(names) else list(workdirs)
+
+
+def report(runs: dict[str, dict], out: str, skills: str | None = None,
+           selectors: list[str] | None = None,
+           tasks: list[str] | None = None) -> str:
+  """Writes the PNG and the markdown tables; returns the markdown text."""
+  pattern = re.compile(skills) if skills else None
+  names = sorted({n for c in runs.values() for n in curves_lib.skill_names(c)
+                  if pattern is None or pattern.search(n)})
+  if not names:
+    raise ValueError('No evaluation metrics in ' + ', '.join(runs) +
+                     (f' matching --skills={skills!r}' if skills else '') +
+                     '; run python -m vlg.tools.eval first?')
+  summaries = {label: curves_lib.summarize(c, [n for n in names if n in c])
+               for label, c in runs.items()}
+  parts = ['## Best step per skill', '',
+           curves_lib.summary_markdown(summaries), '']
+  for label, c in runs.items():
+    table = curves_lib.selection_table(c, selectors, tasks)
+    parts += [f'## Checkpoint selection: {label}', '',
+              'Gain of each task (column) at the best checkpoint of each '
+              'selector (row) over the last checkpoint.', '',
+              curves_lib.selection_markdown(table) if table else
+              '(no Dev-metric selector in this run; give --selectors)', '']
+  text = '\n'.join(parts)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  curves_lib.plot_curves(runs, names).savefig(out, dpi=100)
+  with open(os.path.splitext(out)[0] + '.md', 'w') as f:
+    f.write(text)
+  return text
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  workdirs = _WORKDIRS.value
+  runs = {label: writers.metric_curves(w)
+          for label, w in zip(run_labels(workdirs), workdirs)}
+  print(report(runs, _OUT.value, _SKILLS.value, _SELECTORS.value,
+               _TASKS.value))
+  print(f'wrote {_OUT.value} and {os.path.splitext(_OUT.value)[0]}.md')
+
+
+if __name__ == '__main__':
+  app.run(main)
