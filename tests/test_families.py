@@ -10,7 +10,7 @@ from vlg import writers
 
 def tiny_family_config(family):
   """A family's tiny config shrunk so a step compiles in seconds."""
-  c = recipes.family_config(family, 'tiny')
+  c = recipes.family_config(family, 'tiny,evals=False')
   c.model.update(image_size=48, patch_size=8, vision_width=32, vision_depth=1,
                  vision_heads=2, vision_mlp=64, text_width=32, text_layers=1,
                  fusion_layers=1, text_heads=2, text_mlp=64, embed_dim=16)

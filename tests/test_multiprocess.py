@@ -61,7 +61,7 @@ LOSSES = ('train/loss', 'train/itc_loss', 'train/itm_loss', 'train/mlm_loss')
 
 
 def _config(**extra):
-  c = albef_config.get_config('tiny')
+  c = albef_config.get_config('tiny,evals=False')
   for key, value in {**OVERRIDES, **extra}.items():
     *path, last = key.split('.')
     target = c
@@ -90,7 +90,7 @@ def _start_processes(workdir, tokenizer_path, num_processes=2,
   for i in range(num_processes):
     log = open(os.path.join(os.path.dirname(workdir), f'process_{i}.log'),
                'w')
-    cmd = [sys.executable, '-m', 'vlg.main', '--config=configs/albef.py:tiny',
+    cmd = [sys.executable, '-m', 'vlg.main', '--config=configs/albef.py:tiny,evals=False',
            f'--workdir={workdir}', f'--coordinator_address=127.0.0.1:{port}',
            f'--num_processes={num_processes}', f'--process_id={i}', *flags]
     procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,

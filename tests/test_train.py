@@ -17,7 +17,7 @@ import configs.albef as albef_config
 
 def tiny_test_config(**overrides):
   """The tiny ALBEF config shrunk further so a step compiles in seconds."""
-  c = albef_config.get_config('tiny')
+  c = albef_config.get_config('tiny,evals=False')
   c.model.update(image_size=48, patch_size=8, vision_width=32, vision_depth=1,
                  vision_heads=2, vision_mlp=64, text_width=32, text_layers=1,
                  fusion_layers=1, text_heads=2, text_mlp=64, embed_dim=16)

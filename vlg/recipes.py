@@ -28,6 +28,7 @@ from __future__ import annotations
 import ml_collections
 
 from vlg import config_lib
+from vlg.evaluators import synthetic as synthetic_evals
 from vlg.data.synthetic import world
 from vlg.models import sizes
 
@@ -56,7 +57,7 @@ def _input(resolution: int, max_text_len: int) -> ml_collections.ConfigDict:
 
 def albef_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The ALBEF config for ``variant`` (tiny by default); see configs/albef.py."""
-  arg = config_lib.parse_arg(arg, variant='tiny', runlocal=False)
+  arg = config_lib.parse_arg(arg, variant='tiny', runlocal=False, evals=True)
   if arg.variant not in sizes.SIZES:
     raise ValueError(f'variant={arg.variant!r}; valid: {sorted(sizes.SIZES)}')
   c = ml_collections.ConfigDict()
@@ -102,7 +103,14 @@ def albef_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ('vocab', 'tensor'),
   )
   c.keep_latest = 2
+  # Tiny and small evaluate on every synthetic benchmark set (written once
+  # to a cache, see vlg/evaluators/synthetic.py) every 200 steps and at
+  # the end; ``:tiny,evals=False`` turns them off. Base runs name their
+  # (real) benchmarks in config.evals.
   c.evals = ml_collections.ConfigDict()
+  if arg.evals and arg.variant != 'base':
+    c.evals = synthetic_evals.default_evals(
+        log_steps=200, num=8 if arg.runlocal else 50)
   if arg.runlocal:
     c.batch_size = 8
     c.total_steps = 20
@@ -134,7 +142,8 @@ def family_config(family: str, arg: str | None = None
                   ) -> ml_collections.ConfigDict:
   """ALBEF's config turned into ``family`` ('xvlm' | 'realbef' | 'rexvlm')."""
   c = albef_config(arg)
-  variant = config_lib.parse_arg(arg, variant='tiny', runlocal=False).variant
+  variant = config_lib.parse_arg(arg, variant='tiny', runlocal=False,
+                                evals=True).variant
   xvlm_style = family in ('xvlm', 'rexvlm')
   relations = family in ('realbef', 'rexvlm')
   names = (('entity',) if xvlm_style else ()) + (

@@ -153,7 +153,10 @@ def _load(manager, workdir, step, mesh) -> Run:
   return Run(workdir=os.path.abspath(workdir), config=config,
              graphdef=graphdef, params=params, tokenizer=tokenizer, mesh=mesh,
              rules=rules, step=step,
-             predict_fns=predict.make_predict_fns(graphdef), meta=meta,
+             predict_fns=predict.make_predict_fns(
+                 graphdef,
+                 box_head=bool(config.model.get('box_head', False))),
+             meta=meta,
              kept_steps=steps, abstract_params=abstract_params,
              manager=manager)
 

@@ -383,7 +383,9 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
   # --- Evaluators (config.evals), built once ---------------------------------
   evaluators = eval_common.from_config(
       config.get('evals', {}), predict_fns=predict.make_predict_fns(
-          built['graphdef']), tokenizer=tokenizer, mesh=mesh, rules=rules,
+          built['graphdef'],
+          box_head=bool(config.model.get('box_head', False))),
+      tokenizer=tokenizer, mesh=mesh, rules=rules,
       defaults=dict(resolution=int(config.input.resolution),
                     max_text_len=int(config.get('eval_max_text_len', 30)),
                     batch_size=int(config.get('eval_batch_size',
