@@ -286,6 +286,19 @@ def _metadata(config, workdir, tokenizer, step) -> dict[str, Any]:
   }
 
 
+def _log_memory(compiled) -> None:
+  """Logs the compiled step's per-device memory (XLA's memory analysis)."""
+  mem = compiled.memory_analysis()
+  if mem is None:  # Not every backend reports it.
+    return
+  gib = lambda n: f'{n / 2**30:.3f} GiB'
+  logging.info(
+      'Compiled train step, per device: arguments %s, outputs %s, '
+      'temporaries %s, generated code %s',
+      gib(mem.argument_size_in_bytes), gib(mem.output_size_in_bytes),
+      gib(mem.temp_size_in_bytes), gib(mem.generated_code_size_in_bytes))
+
+
 def _format_progress(step, total, metrics, steps_per_sec, eta_s):
   eta = time.strftime('%H:%M:%S', time.gmtime(max(eta_s, 0)))
   parts = [f'step {step}/{total}']
@@ -423,6 +436,11 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
   try:
     while step < total:
       batch = pipeline.to_global(next(data_iter), mesh, rules)
+      if step == first_step:
+        # Ahead-of-time compile on the first batch, so the per-device memory
+        # the step needs is in the log before it runs.
+        train_step = train_step.lower(state, batch).compile()
+        _log_memory(train_step)
       state, metrics = train_step(state, batch)
       step += 1
       window_steps += 1

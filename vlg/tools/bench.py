@@ -32,16 +32,27 @@ from ml_collections import config_flags
 
 from vlg.tools import flops as flops_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. configs/albef.py:tiny.',
-    lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after compiling).')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
-_MATMUL = flags.DEFINE_integer('matmul_size', 2048,
-                               'Side of the square matmul used as ceiling.')
-_MFU = flags.DEFINE_bool('mfu', False, 'Also print analytic model FLOPs, '
-                         'achieved model FLOP/s and MFU against the peak.')
-flags.mark_flags_as_required(['config'])
+_CONFIG = None
+_STEPS = None
+_WARMUP = None
+_MATMUL = None
+_MFU = None
+
+
+def define_flags() -> None:
+  """Defines the flags; called only when run as a program, so that
+  tests can import several tools into one process."""
+  global _CONFIG, _STEPS, _WARMUP, _MATMUL, _MFU
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', None, 'Config file, e.g. configs/albef.py:tiny.',
+      lock_config=True)
+  _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after compiling).')
+  _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
+  _MATMUL = flags.DEFINE_integer('matmul_size', 2048,
+                                 'Side of the square matmul used as ceiling.')
+  _MFU = flags.DEFINE_bool('mfu', False, 'Also print analytic model FLOPs, '
+                           'achieved model FLOP/s and MFU against the peak.')
+  flags.mark_flags_as_required(['config'])
 
 
 def matmul_flops_per_sec(n: int, repeats: int = 10) -> float:
@@ -196,4 +207,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

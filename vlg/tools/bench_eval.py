@@ -29,20 +29,34 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/albef.py:tiny',
-    'Config whose model is benchmarked (random parameters).',
-    lock_config=True)
-_PAIRS = flags.DEFINE_integer('pairs', 4096, 'Pairwise rows to score.')
-_IMAGES = flags.DEFINE_integer('images', 1000, 'Retrieval images.')
-_CAPTIONS = flags.DEFINE_integer('captions_per_image', 5,
-                                 'Retrieval captions per image.')
-_K_TEST = flags.DEFINE_integer('k_test', 128,
-                               'Candidates per query re-scored with ITM.')
-_BATCH = flags.DEFINE_integer('batch_size', 64,
-                              'Eval batch size (global, over the devices).')
-_MAX_TEXT_LEN = flags.DEFINE_integer('max_text_len', 30, 'Token limit.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random images, captions, params.')
+_CONFIG = None
+_PAIRS = None
+_IMAGES = None
+_CAPTIONS = None
+_K_TEST = None
+_BATCH = None
+_MAX_TEXT_LEN = None
+_SEED = None
+
+
+def define_flags() -> None:
+  """Defines the flags; called only when run as a program, so that
+  tests can import several tools into one process."""
+  global _CONFIG, _PAIRS, _IMAGES, _CAPTIONS, _K_TEST, _BATCH, _MAX_TEXT_LEN, _SEED
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', 'configs/albef.py:tiny',
+      'Config whose model is benchmarked (random parameters).',
+      lock_config=True)
+  _PAIRS = flags.DEFINE_integer('pairs', 4096, 'Pairwise rows to score.')
+  _IMAGES = flags.DEFINE_integer('images', 1000, 'Retrieval images.')
+  _CAPTIONS = flags.DEFINE_integer('captions_per_image', 5,
+                                   'Retrieval captions per image.')
+  _K_TEST = flags.DEFINE_integer('k_test', 128,
+                                 'Candidates per query re-scored with ITM.')
+  _BATCH = flags.DEFINE_integer('batch_size', 64,
+                                'Eval batch size (global, over the devices).')
+  _MAX_TEXT_LEN = flags.DEFINE_integer('max_text_len', 30, 'Token limit.')
+  _SEED = flags.DEFINE_integer('seed', 0, 'Random images, captions, params.')
 
 _WORDS = ('a', 'the', 'red', 'blue', 'green', 'small', 'large', 'circle',
           'square', 'star', 'cross', 'left', 'of', 'above', 'below', 'near',
@@ -152,4 +166,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

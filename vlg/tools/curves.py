@@ -25,20 +25,31 @@ from absl import flags
 from vlg import writers
 from vlg.analysis import curves as curves_lib
 
-_WORKDIRS = flags.DEFINE_multi_string(
-    'workdir', None, 'A run directory with metrics.jsonl (repeat for more '
-    'runs).')
-_OUT = flags.DEFINE_string('out', None, 'The PNG to write; the tables go to '
-                           'the same name with .md.')
-_SKILLS = flags.DEFINE_string('skills', None, 'Regex: only skills whose name '
-                              'it matches (re.search) are summarised and '
-                              'plotted.')
-_SELECTORS = flags.DEFINE_list('selectors', None, 'Dev metrics to select '
-                               'checkpoints with (default: headline metrics '
-                               'with a dev/val token).')
-_TASKS = flags.DEFINE_list('tasks', None, 'Metrics to compare (default: the '
-                           'headline metrics that are not selectors).')
-flags.mark_flags_as_required(['workdir', 'out'])
+_WORKDIRS = None
+_OUT = None
+_SKILLS = None
+_SELECTORS = None
+_TASKS = None
+
+
+def define_flags() -> None:
+  """Defines the flags; called only when run as a program, so that
+  tests can import several tools into one process."""
+  global _WORKDIRS, _OUT, _SKILLS, _SELECTORS, _TASKS
+  _WORKDIRS = flags.DEFINE_multi_string(
+      'workdir', None, 'A run directory with metrics.jsonl (repeat for more '
+      'runs).')
+  _OUT = flags.DEFINE_string('out', None, 'The PNG to write; the tables go to '
+                             'the same name with .md.')
+  _SKILLS = flags.DEFINE_string('skills', None, 'Regex: only skills whose name '
+                                'it matches (re.search) are summarised and '
+                                'plotted.')
+  _SELECTORS = flags.DEFINE_list('selectors', None, 'Dev metrics to select '
+                                 'checkpoints with (default: headline metrics '
+                                 'with a dev/val token).')
+  _TASKS = flags.DEFINE_list('tasks', None, 'Metrics to compare (default: the '
+                             'headline metrics that are not selectors).')
+  flags.mark_flags_as_required(['workdir', 'out'])
 
 
 def run_labels(workdirs: list[str]) -> list[str]:
@@ -89,4 +100,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

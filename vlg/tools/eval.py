@@ -37,19 +37,30 @@ from ml_collections import config_flags
 from vlg import restore
 from vlg import writers
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to '
-                               'evaluate (checkpoints/ and metrics.jsonl).')
-_EVALS = flags.DEFINE_list('evals', [], 'Names of the evals to run '
-                           '(default: all of them).')
-_STEPS = flags.DEFINE_list('steps', [], 'Checkpoint steps to evaluate '
-                           '(default: every kept checkpoint).')
-_EVALS_CONFIG = config_flags.DEFINE_config_file(
-    'evals_config', None, 'A config file giving the evals to run instead of '
-    'the run\'s config.evals (its ConfigDict, or its "evals" field).',
-    lock_config=False)
-_FORCE = flags.DEFINE_bool('force', False, 'Re-evaluate (step, eval) pairs '
-                           'already in metrics.jsonl.')
-flags.mark_flags_as_required(['workdir'])
+_WORKDIR = None
+_EVALS = None
+_STEPS = None
+_EVALS_CONFIG = None
+_FORCE = None
+
+
+def define_flags() -> None:
+  """Defines the flags; called only when run as a program, so that
+  tests can import several tools into one process."""
+  global _WORKDIR, _EVALS, _STEPS, _EVALS_CONFIG, _FORCE
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to '
+                                 'evaluate (checkpoints/ and metrics.jsonl).')
+  _EVALS = flags.DEFINE_list('evals', [], 'Names of the evals to run '
+                             '(default: all of them).')
+  _STEPS = flags.DEFINE_list('steps', [], 'Checkpoint steps to evaluate '
+                             '(default: every kept checkpoint).')
+  _EVALS_CONFIG = config_flags.DEFINE_config_file(
+      'evals_config', None, 'A config file giving the evals to run instead of '
+      'the run\'s config.evals (its ConfigDict, or its "evals" field).',
+      lock_config=False)
+  _FORCE = flags.DEFINE_bool('force', False, 'Re-evaluate (step, eval) pairs '
+                             'already in metrics.jsonl.')
+  flags.mark_flags_as_required(['workdir'])
 
 CONFIG_PREFIX = '--config.'
 
@@ -253,4 +264,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=_parse_flags)

@@ -18,15 +18,26 @@ from absl import flags
 
 from vlg.data import synthetic_benchmarks
 
-_OUT = flags.DEFINE_string('out', None, 'Output folder.')
-_RESOLUTION = flags.DEFINE_integer('resolution', 64,
-                                   'Image side in pixels (>= 48).')
-_SEED = flags.DEFINE_integer('seed', 0, 'World and benchmark seed.')
-_NUM = flags.DEFINE_integer('num', 200, 'Examples per file.')
-_SETS = flags.DEFINE_list(
-    'sets', ['all'], 'Sets to write, comma-separated, or "all": '
-    + ', '.join(synthetic_benchmarks.SETS) + '.')
-flags.mark_flags_as_required(['out'])
+_OUT = None
+_RESOLUTION = None
+_SEED = None
+_NUM = None
+_SETS = None
+
+
+def define_flags() -> None:
+  """Defines the flags; called only when run as a program, so that
+  tests can import several tools into one process."""
+  global _OUT, _RESOLUTION, _SEED, _NUM, _SETS
+  _OUT = flags.DEFINE_string('out', None, 'Output folder.')
+  _RESOLUTION = flags.DEFINE_integer('resolution', 64,
+                                     'Image side in pixels (>= 48).')
+  _SEED = flags.DEFINE_integer('seed', 0, 'World and benchmark seed.')
+  _NUM = flags.DEFINE_integer('num', 200, 'Examples per file.')
+  _SETS = flags.DEFINE_list(
+      'sets', ['all'], 'Sets to write, comma-separated, or "all": '
+      + ', '.join(synthetic_benchmarks.SETS) + '.')
+  flags.mark_flags_as_required(['out'])
 
 
 def main(argv):
@@ -43,4 +54,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
