@@ -12,10 +12,17 @@ data — the synthetic world at 256 px is the default so the config runs):
 
   python -m vlg.main --config=configs/albef.py:base --workdir=gs://.../albef
 
-Arguments after the colon: ``variant`` (tiny | small | base) and ``runlocal``
-(shrinks batch, steps and queue to run anywhere). Any field can be
-overridden: ``--config.total_steps=300 --config.optim.lr=3e-4``; an unknown
-field is an error.
+Base on ALBEF's 4M (``base_4m``: input.data at the prepared COCO, VG, SBU
+and CC3M caption folders under ``data_dir``; the folders and their prepare
+commands: ``vlg/recipes.py:real_data``):
+
+  python -m vlg.main --config=configs/albef.py:base_4m \
+      --config.data_dir=/data/vlg --workdir=gs://.../albef_4m
+
+Arguments after the colon: ``variant`` (tiny | small | base | base_4m) and
+``runlocal`` (shrinks batch, steps and queue to run anywhere). Any field can
+be overridden: ``--config.total_steps=300 --config.optim.lr=3e-4``; an
+unknown field is an error.
 """
 
 from __future__ import annotations

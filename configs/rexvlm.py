@@ -10,7 +10,19 @@ prepared real data, see vlg/tools/prepare.py):
 
   python -m vlg.main --config=configs/rexvlm.py:base --workdir=gs://.../rexvlm
 
-Arguments after the colon: ``variant`` (tiny | small | base) and
+Base on ALBEF's 4M (``base_4m``: input.data at the prepared COCO, VG, SBU
+and CC3M caption folders under ``data_dir``, the entity part at prepared
+COCO/VG objects and VG regions, and MRC/VSG at prepared GQA scene graphs;
+the folders and their prepare commands: ``vlg/recipes.py:real_data``):
+
+  python -m vlg.main --config=configs/rexvlm.py:base_4m \
+      --config.data_dir=/data/vlg --workdir=gs://.../rexvlm_4m
+
+``model.mrc_classes`` is 310 (GQA's relations); pass
+``--config.model.mrc_classes=N`` if prepare printed another vocabulary size
+(training checks it).
+
+Arguments after the colon: ``variant`` (tiny | small | base | base_4m) and
 ``runlocal``. Recipes, part ratios and one-override ablations:
 ``vlg/recipes.py``. Any field can be overridden (``--config.x=y``); an
 unknown field is an error.

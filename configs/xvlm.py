@@ -10,7 +10,15 @@ prepared real data, see vlg/tools/prepare.py):
 
   python -m vlg.main --config=configs/xvlm.py:base --workdir=gs://.../xvlm
 
-Arguments after the colon: ``variant`` (tiny | small | base) and
+Base on ALBEF's 4M (``base_4m``: input.data at the prepared COCO, VG, SBU
+and CC3M caption folders under ``data_dir`` and the entity part at the
+prepared COCO/VG objects and VG regions; the folders and their prepare
+commands: ``vlg/recipes.py:real_data``):
+
+  python -m vlg.main --config=configs/xvlm.py:base_4m \
+      --config.data_dir=/data/vlg --workdir=gs://.../xvlm_4m
+
+Arguments after the colon: ``variant`` (tiny | small | base | base_4m) and
 ``runlocal``. Recipes, part ratios and one-override ablations:
 ``vlg/recipes.py``. Any field can be overridden (``--config.x=y``); an
 unknown field is an error.

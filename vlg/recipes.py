@@ -21,6 +21,13 @@ Ablations are one override each: ``--config.input.parts.entity.objects=False``
 ``--config.input.parts.mrc.enabled=False`` (VSG only),
 ``--config.input.parts.vsg.enabled=False`` (MRC only),
 ``--config.input.parts.vsg.k=3`` (K = 3), ``...vsg.sort=False`` (unsorted).
+
+Variant ``base_4m`` is ``base`` on ALBEF's 4M real data, prepared with
+``python -m vlg.tools.prepare`` into folders under ``config.data_dir``
+(:func:`real_data` lists them and the prepare commands)::
+
+  python -m vlg.main --config=configs/xvlm.py:base_4m \
+      --config.data_dir=/data/vlg --workdir=gs://.../xvlm_4m
 """
 
 from __future__ import annotations
@@ -29,8 +36,28 @@ import ml_collections
 
 from vlg import config_lib
 from vlg.evaluators import synthetic as synthetic_evals
+from vlg.data import records
 from vlg.data.synthetic import world
 from vlg.models import sizes
+
+# Variants that train a model size on real data: variant → model size.
+REAL_DATA_VARIANTS = {'base_4m': 'base'}
+
+# ALBEF's 4M caption sets (prepared ``albef_json`` folders under
+# config.data_dir) weighted by their number of image-text pairs, in millions
+# (ALBEF's statistics: COCO 567K, VG 769K, SBU 860K, CC3M 2.95M), so the
+# mixture samples pairs uniformly as ALBEF's concatenated data set does.
+CAPTION_SETS_4M = {'coco': 0.567, 'vg_captions': 0.769, 'sbu': 0.860,
+                   'cc3m': 2.95}
+# X-VLM's box data: objects of COCO and VG, regions of VG. Equal weights:
+# the three have about the same number of images (~110K each).
+ENTITY_SETS_4M = ('coco_objects', 'vg_objects', 'vg_regions')
+# Scene graphs of MRC and VSG, with the relation vocabulary prepare writes.
+GRAPH_SET_4M = 'gqa'
+# Relations in the vocabulary that prepare writes for GQA's train scene
+# graphs (its summary prints the count); model.mrc_classes must equal the
+# vocabulary's size, which vlg.train.check_parts verifies.
+GQA_RELATIONS = 310
 
 
 def _input(resolution: int, max_text_len: int) -> ml_collections.ConfigDict:
@@ -55,17 +82,33 @@ def _input(resolution: int, max_text_len: int) -> ml_collections.ConfigDict:
   ))
 
 
+def _parse(arg: str | None) -> tuple[ml_collections.ConfigDict, str]:
+  """The parsed ``arg`` and the model size of its variant."""
+  arg = config_lib.parse_arg(arg, variant='tiny', runlocal=False, evals=True)
+  size = REAL_DATA_VARIANTS.get(arg.variant, arg.variant)
+  if size not in sizes.SIZES:
+    raise ValueError(f'variant={arg.variant!r}; valid: '
+                     f'{sorted(sizes.SIZES) + sorted(REAL_DATA_VARIANTS)}')
+  return arg, size
+
+
 def albef_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The ALBEF config for ``variant`` (tiny by default); see configs/albef.py."""
-  arg = config_lib.parse_arg(arg, variant='tiny', runlocal=False, evals=True)
-  if arg.variant not in sizes.SIZES:
-    raise ValueError(f'variant={arg.variant!r}; valid: {sorted(sizes.SIZES)}')
+  c = _albef_config(arg)
+  if _parse(arg)[0].variant in REAL_DATA_VARIANTS:
+    real_data(c)
+  return c
+
+
+def _albef_config(arg: str | None) -> ml_collections.ConfigDict:
+  """ALBEF's config on the synthetic world (every variant's model size)."""
+  arg, size = _parse(arg)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.model = sizes.model_config(arg.variant, name='albef', itm_head='linear')
+  c.model = sizes.model_config(size, name='albef', itm_head='linear')
   res = int(c.model.image_size)
 
-  if arg.variant == 'base':
+  if size == 'base':
     c.batch_size = 512
     c.total_steps = 30 * 7_800  # 30 epochs of the 4M set at batch 512.
     c.input = _input(res, max_text_len=25)
@@ -108,7 +151,7 @@ def albef_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the end; ``:tiny,evals=False`` turns them off. Base runs name their
   # (real) benchmarks in config.evals.
   c.evals = ml_collections.ConfigDict()
-  if arg.evals and arg.variant != 'base':
+  if arg.evals and size != 'base':
     c.evals = synthetic_evals.default_evals(
         log_steps=200, num=8 if arg.runlocal else 50)
   if arg.runlocal:
@@ -141,9 +184,8 @@ def _parts(variant: str, patch_size: int, names: tuple[str, ...]
 def family_config(family: str, arg: str | None = None
                   ) -> ml_collections.ConfigDict:
   """ALBEF's config turned into ``family`` ('xvlm' | 'realbef' | 'rexvlm')."""
-  c = albef_config(arg)
-  variant = config_lib.parse_arg(arg, variant='tiny', runlocal=False,
-                                evals=True).variant
+  c = _albef_config(arg)
+  arg, variant = _parse(arg)
   xvlm_style = family in ('xvlm', 'rexvlm')
   relations = family in ('realbef', 'rexvlm')
   names = (('entity',) if xvlm_style else ()) + (
@@ -164,4 +206,69 @@ def family_config(family: str, arg: str | None = None
     c.optim.lr = 1e-4
     c.optim.warmup_steps = 5_000
     c.total_steps = 200_000
+  if arg.variant in REAL_DATA_VARIANTS:
+    real_data(c)
+  return c
+
+
+def real_data(c: ml_collections.ConfigDict,
+              data_dir: str = '') -> ml_collections.ConfigDict:
+  """Points ``c``'s data at ALBEF's 4M, prepared under ``c.data_dir``.
+
+  Adds the field ``c.data_dir`` (default ``data_dir``) and derives every
+  folder from it lazily (a ``FieldReference``), so
+  ``--config.data_dir=/data/vlg`` moves them all; one folder can still be
+  overridden on its own (``--config.input.data.sbu.dir=...``).
+  ``c.input.data_dir`` is the same reference: the input pipeline refuses
+  to start while it is empty. The folders, each written by ``python -m
+  vlg.tools.prepare --out={data_dir}/NAME``:
+
+  ================ ==================== ================================
+  NAME             --format             --src
+  ================ ==================== ================================
+  coco             albef_json           ALBEF's coco.json
+  vg_captions      albef_json           ALBEF's vg.json
+  sbu              albef_json           ALBEF's sbu.json
+  cc3m             albef_json           ALBEF's cc3m json
+  coco_objects     coco_instances       instances_train2014.json (keep
+                                        evaluation images out)
+  vg_objects       vg_objects           objects.json,image_data.json
+  vg_regions       vg_regions           region_descriptions.json,
+                                        image_data.json
+  gqa              gqa_scene_graphs     train_sceneGraphs.json (writes
+                                        relations.json)
+  ================ ==================== ================================
+
+  ``input.data`` mixes the four caption folders by size
+  (``CAPTION_SETS_4M``); the entity part (X-VLM, ReX-VLM) mixes the three
+  box folders equally; MRC and VSG (ReALBEF, ReX-VLM) read ``gqa`` and MRC
+  its ``relations.json``. ``model.mrc_classes`` is set to
+  ``GQA_RELATIONS``: if the vocabulary prepare printed has another size
+  (e.g. with ``--min_relation_count``), pass
+  ``--config.model.mrc_classes=N``; training checks that they agree
+  (``vlg.train.check_parts``) before it builds the model.
+
+  Returns:
+    ``c``, changed in place.
+  """
+  c.data_dir = ml_collections.FieldReference(data_dir, field_type=str)
+  root = c.get_ref('data_dir')
+  c.input.data_dir = root
+
+  def prepared(name: str, weight: float) -> dict[str, object]:
+    return dict(source='prepared', dir=root + f'/{name}', weight=weight)
+
+  c.input.data = ml_collections.ConfigDict(
+      {name: prepared(name, w) for name, w in CAPTION_SETS_4M.items()})
+  parts = c.input.get('parts') or {}
+  if 'entity' in parts:
+    parts.entity.data = ml_collections.ConfigDict(
+        {name: prepared(name, 1.0) for name in ENTITY_SETS_4M})
+  for name in ('mrc', 'vsg'):
+    if name in parts:
+      parts[name].data = ml_collections.ConfigDict(
+          {GRAPH_SET_4M: prepared(GRAPH_SET_4M, 1.0)})
+  if 'mrc' in parts:
+    parts.mrc.vocab = root + f'/{GRAPH_SET_4M}/{records.VOCAB_FILE}'
+    c.model.mrc_classes = GQA_RELATIONS
   return c

@@ -24,6 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 
 def _prepare(fmt, srcs, images, out, **kw):
   kw.setdefault('log', lambda _: None)
+  if kw.get('skip_bad'):  # The tiny data sets are bad on purpose.
+    kw.setdefault('max_bad_fraction', 1.0)
   return prepare_tool.prepare(fmt, srcs, [images] if isinstance(
       images, str) else images, str(out), **kw)
 
@@ -288,13 +290,125 @@ def test_command_line(tmp_path):
                        cwd=REPO, check=False)
   assert bad.returncode != 0
   assert 'error: ' in bad.stderr and 'annotation 3' in bad.stderr
-  good = subprocess.run(cmd + ['--skip_bad'],
+  # 3 of the 5 items are bad: over the default --max_bad_fraction=0.01.
+  over = subprocess.run(cmd + ['--skip_bad'], capture_output=True, text=True,
+                        env=env, cwd=REPO, check=False)
+  assert over.returncode != 0
+  assert 'items with bad input: 3 (60.00%)' in over.stdout
+  assert '3 of 5 input items (60.00%)' in over.stderr
+  assert 'annotation 3' in over.stderr  # The first examples are named.
+  good = subprocess.run(cmd + ['--skip_bad', '--max_bad_fraction=0.6'],
                         capture_output=True, text=True, env=env, cwd=REPO,
                         check=False)
   assert good.returncode == 0, good.stderr
-  assert '2 records from 5 items in 3 shards' in good.stdout
+  assert '2 records from 5 items in 3 shards (0 written now' in good.stdout
   helped = subprocess.run([sys.executable, '-m', 'vlg.tools.prepare',
                            '--help'], capture_output=True, text=True,
                           env=env, cwd=REPO, check=False)
   assert helped.returncode in (0, 1)  # absl's --help exits 1.
   assert '--min_relation_count' in helped.stdout
+  assert '--max_bad_fraction' in helped.stdout
+
+
+def _write_bad_mix(tmp_path):
+  """X-VLM lines: 8 good and 8 bad (every kind of bad input once, and four
+  missing images to check that only the first 3 examples are named)."""
+  images = tmp_path / 'images'
+  images.mkdir()
+  Image.fromarray(np.full((10, 20, 3), 90, np.uint8)).save(images / 'a.png')
+  (images / 'broken.png').write_bytes(b'not an image')
+
+  def line(image, caption='a red cat', bb=(0, 0, 10, 5)):
+    return json.dumps({'image': image, 'caption': caption,
+                       'elems': [{'caption': 'cat', 'bb': list(bb)}]})
+
+  lines = [line('a.png')] * 8
+  lines[1:1] = [line('gone0.png'), line('broken.png'), '{"image": "a.png",',
+                line('a.png', caption='   '),
+                line('a.png', bb=(100, 100, 5, 5)),
+                line('gone1.png'), line('gone2.png'), line('gone3.png')]
+  path = tmp_path / 'mixed.jsonl'
+  path.write_text('\n'.join(lines) + '\n')
+  return str(path), str(images)
+
+
+def test_bad_input_report_counts_kinds_and_names_first_examples(tmp_path):
+  path, images = _write_bad_mix(tmp_path)
+  logged = []
+  summary = _prepare('xvlm_regions', [path], images, tmp_path / 'out',
+                     skip_bad=True, max_bad_fraction=0.5, shard_size=4,
+                     log=logged.append)
+  assert summary['items'] == 16 and summary['bad_items'] == 8
+  assert summary['bad_fraction'] == 0.5
+  assert summary['bad'] == {'box_outside_image': 1, 'corrupt_image': 1,
+                            'empty_text': 1, 'malformed_json': 1,
+                            'missing_image': 4}
+  # Lines 2..9 are the bad ones; the examples name them in input order.
+  assert summary['bad_examples']['missing_image'] == [
+      f"{path} line {n}: image 'gone{k}.png' not found in ['{images}'] "
+      '[missing_image]' for k, n in ((0, 2), (1, 7), (2, 8))]
+  for reason, n in (('corrupt_image', 3), ('malformed_json', 4),
+                    ('empty_text', 5), ('box_outside_image', 6)):
+    (example,) = summary['bad_examples'][reason]
+    assert example.startswith(f'{path} line {n}') and reason in example
+  report = logged[0]
+  assert 'items with bad input: 8 (50.00%), limit --max_bad_fraction=0.5' in (
+      report)
+  assert f'missing_image 4, first:\n      {path} line 2:' in report
+  assert f'{path} line 9' not in report  # Only the first 3 per reason.
+  # Good lines 1, 10..16 and lines 5, 6 (caption or region left) are kept.
+  assert summary['records'] == 10 == len(_read_all(tmp_path / 'out'))
+
+
+def test_bad_fraction_above_the_limit_fails_and_a_rerun_can_accept_it(
+    tmp_path):
+  path, images = _write_bad_mix(tmp_path)
+  out = tmp_path / 'out'
+  with pytest.raises(prepare_tool.BadInputError) as failed:
+    _prepare('xvlm_regions', [path], images, out, skip_bad=True,
+             max_bad_fraction=0.49, shard_size=4)
+  message = str(failed.value)
+  assert '8 of 16 input items (50.00%) had bad input, more than ' in message
+  assert '--max_bad_fraction=0.49' in message
+  assert 'missing_image 4, first:' in message
+  assert f'{path} line 4: not JSON' in message
+  # The folder is written but unfinished: training refuses it.
+  assert len(os.listdir(out)) == 5  # 4 shards + manifest.
+  with pytest.raises(ValueError, match='did not finish'):
+    prepared_source.PreparedSource(str(out))
+  # The default limit (1% with --skip_bad) refuses it too.
+  with pytest.raises(prepare_tool.BadInputError, match='more than '
+                     r'--max_bad_fraction=0.01:'):
+    _prepare('xvlm_regions', [path], images, out, skip_bad=True,
+             max_bad_fraction=None, shard_size=4)
+  # Accepting the loss reuses the shards and finishes the folder.
+  summary = _prepare('xvlm_regions', [path], images, out, skip_bad=True,
+                     max_bad_fraction=0.5, shard_size=4)
+  assert summary['shards_written'] == 0 and summary['records'] == 10
+  assert len(prepared_source.PreparedSource(str(out))) == 10
+
+
+def test_max_bad_fraction_without_skip_bad(tmp_path):
+  path, images = _write_bad_mix(tmp_path)
+  with pytest.raises(ValueError, match='needs --skip_bad'):
+    _prepare('xvlm_regions', [path], images, tmp_path / 'a',
+             max_bad_fraction=0.5)
+  with pytest.raises(ValueError, match=r'must be in \[0, 1\]'):
+    _prepare('xvlm_regions', [path], images, tmp_path / 'b', skip_bad=True,
+             max_bad_fraction=1.5)
+  # 0 without --skip_bad is the old behaviour: the first bad input stops.
+  with pytest.raises(prepare_tool.BadInputError,
+                     match=rf"{path} line 2: image 'gone0.png' not found"):
+    _prepare('xvlm_regions', [path], images, tmp_path / 'c',
+             max_bad_fraction=0.0)
+
+
+def test_clean_input_passes_a_zero_limit(tmp_path):
+  path, images = _write_bad_mix(tmp_path)
+  lines = open(path).read().splitlines()
+  clean = tmp_path / 'clean.jsonl'
+  clean.write_text('\n'.join([lines[0]] * 3) + '\n')
+  summary = _prepare('xvlm_regions', [str(clean)], images, tmp_path / 'out',
+                     skip_bad=True, max_bad_fraction=0.0)
+  assert summary['bad_items'] == 0 and summary['bad'] == {}
+  assert summary['records'] == 3

@@ -128,6 +128,11 @@ def build_sources(input_cfg: ml_collections.ConfigDict,
   """``{name: (CheckedSource, weight)}`` for every entry of ``data_cfg``
   (default ``input.data``)."""
   data_cfg = input_cfg.data if data_cfg is None else data_cfg
+  if 'data_dir' in input_cfg and not input_cfg.data_dir:
+    raise ValueError(
+        'config.data_dir is empty, but this config reads its prepared data '
+        'from folders under it (see vlg/recipes.py:real_data): pass '
+        '--config.data_dir=DIR, the folder holding coco/, gqa/, ...')
   if not data_cfg:
     raise ValueError('config.input.data names no source')
   out = {}

@@ -30,7 +30,9 @@ PNG, ...) and are empty for images stored by path.
    "inputs": [{"path", "bytes"}],   # sizes of the --src files
    "image_dirs": [...],
    "shards": {"00003": {"file", "records", "items", "bytes", "bad": {reason:
-              n}, "skipped": {reason: n}, "boxes_clipped"}, ...},
+              n}, "skipped": {reason: n}, "boxes_clipped",
+              "bad_items": n,   # items with at least one bad problem
+              "bad_examples": {reason: [first messages]}}, ...},
    "complete": bool, "num_shards": int, "num_records": int,
    "relation_vocab": "relations.json" | null}
 
@@ -229,15 +231,17 @@ class Manifest:
         info, file=shard_name(index))
     self.save()
 
-  def finish(self, num_shards: int) -> None:
-    """Marks the folder complete; drops entries of shards past the end."""
+  def finish(self, num_shards: int, complete: bool = True) -> None:
+    """Drops entries of shards past the end, checks that every shard is
+    finished, totals the records and marks the folder ``complete`` (False:
+    written but refused, e.g. over ``--max_bad_fraction``)."""
     shards = self.payload['shards']
     for key in [k for k in shards if int(k) >= num_shards]:
       del shards[key]
     missing = [i for i in range(num_shards) if not self.finished(i)]
     if missing:
       raise RuntimeError(f'shards {missing} are not finished')
-    self.payload.update(complete=True, num_shards=num_shards,
+    self.payload.update(complete=complete, num_shards=num_shards,
                         num_records=sum(s['records'] for s in shards.values()))
     self.save()
 

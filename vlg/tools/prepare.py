@@ -2,8 +2,9 @@ r"""Prepares real pretraining data: annotation files → ArrayRecord shards.
 
   python -m vlg.tools.prepare --format=NAME --src=PATH[,PATH...] \
       --images=DIR[,DIR...] --out=DIR [--shard_size=1000] [--store=bytes] \
-      [--reencode_size=0 --reencode_side=shorter] [--skip_bad] \
-      [--min_relation_count=1] [--num_workers=0]
+      [--reencode_size=0 --reencode_side=shorter] \
+      [--skip_bad [--max_bad_fraction=0.01]] [--min_relation_count=1] \
+      [--num_workers=0]
 
 Reads the official annotation files of a data set, finds each image in the
 ``--images`` folders and writes records of vlg's record contract (see
@@ -80,6 +81,26 @@ the relations that use the box). Expected gaps (an image without
 annotations, rare relations) are always skipped and counted, never errors.
 An unreadable annotation file is always an error.
 
+The kinds of bad input and their reasons: missing images
+(``missing_image``), corrupt images (``corrupt_image``), malformed JSON
+lines or entries (``malformed_json``, ``malformed_entry``,
+``malformed_annotation``, ``unknown_image``), empty captions or texts
+(``empty_text``), boxes outside the image or without area
+(``box_outside_image``, ``degenerate_box``). The summary prints each
+reason's count and names its first ``3`` examples (file and entry or line).
+
+``--max_bad_fraction`` bounds how much bad input ``--skip_bad`` accepts:
+the fraction of input items (images, or entries for ``albef_json``) with
+at least one bad problem. It defaults to ``0.01`` with ``--skip_bad`` (a
+real download loses a few images; losing more than 1% usually means a
+wrong ``--images`` folder or a truncated download) and must stay ``0``
+without it (the first bad input fails). Above it, prepare writes every
+shard, prints the report, leaves the folder unfinished (training refuses
+it) and fails. Accept the loss by re-running the same command with a
+larger ``--max_bad_fraction`` (the finished shards are reused, so this
+costs seconds), or fix the input and prepare into a new ``--out``.
+``--skip_bad --max_bad_fraction=0`` reports every bad input, then fails.
+
 Streaming and resuming. Annotations are read into memory (as the official
 JSON files need), images one at a time (``--num_workers`` processes read
 and check them in parallel). Shard ``k`` holds input items ``[k *
@@ -92,7 +113,8 @@ error. The layout of records and manifest is documented in
 ``vlg/data/records.py``.
 
 At the end a summary prints records, shards (written / already there),
-bad and skipped counts by reason, boxes clipped and seconds.
+the fraction of items with bad input, bad counts by reason with their first
+examples, skipped counts by reason, boxes clipped and seconds.
 """
 
 from __future__ import annotations
@@ -118,43 +140,75 @@ from vlg.data import relations as relations_lib
 from vlg.data.formats import base
 from vlg.data.formats import finalise
 
-_FORMAT = flags.DEFINE_enum('format', None, sorted(formats.FORMATS),
-                            'Annotation format of --src.')
-_SRC = flags.DEFINE_list('src', None, 'Annotation file(s), comma-separated '
-                         '(see the formats table in --helpfull / the module '
-                         'docstring).')
-_IMAGES = flags.DEFINE_list('images', ['.'], 'Image folder(s), searched in '
-                            'order for each image path.')
-_OUT = flags.DEFINE_string('out', None, 'Output folder of shards and '
-                           'manifest.json.')
-_SHARD_SIZE = flags.DEFINE_integer('shard_size', 1000,
-                                   'Input items (images) per shard.')
-_STORE = flags.DEFINE_enum('store', 'bytes', list(finalise.STORES),
-                           'Keep encoded image bytes in the records, or only '
-                           'their paths.')
-_REENCODE_SIZE = flags.DEFINE_integer(
-    'reencode_size', 0, 'With --store=bytes: re-encode images as JPEG so '
-    'the --reencode_side side is at most this many pixels (0: keep the '
-    'original bytes).')
-_REENCODE_SIDE = flags.DEFINE_enum('reencode_side', 'shorter',
-                                   list(finalise.SIDES),
-                                   'Which side --reencode_size bounds.')
-_JPEG_QUALITY = flags.DEFINE_integer('jpeg_quality', 95,
-                                     'JPEG quality of re-encoded images.')
-_SKIP_BAD = flags.DEFINE_bool('skip_bad', False, 'Skip and count bad input '
-                              'instead of stopping at the first.')
-_MIN_RELATION_COUNT = flags.DEFINE_integer(
-    'min_relation_count', 1, 'Scene-graph formats: keep relations seen at '
-    'least this often (the vocabulary written to relations.json).')
-_NUM_WORKERS = flags.DEFINE_integer('num_workers', 0, 'Processes reading and '
-                                    'checking images (0: in this process).')
-flags.mark_flags_as_required(['format', 'src', 'out'])
+_FORMAT = None
+_SRC = None
+_IMAGES = None
+_OUT = None
+_SHARD_SIZE = None
+_STORE = None
+_REENCODE_SIZE = None
+_REENCODE_SIDE = None
+_JPEG_QUALITY = None
+_SKIP_BAD = None
+_MAX_BAD_FRACTION = None
+_MIN_RELATION_COUNT = None
+_NUM_WORKERS = None
+
+
+def define_flags() -> None:
+  """Defines the flags; called only when run as a program, so that
+  tests can import several tools into one process."""
+  global _FORMAT, _SRC, _IMAGES, _OUT, _SHARD_SIZE, _STORE, _REENCODE_SIZE
+  global _REENCODE_SIDE, _JPEG_QUALITY, _SKIP_BAD, _MAX_BAD_FRACTION
+  global _MIN_RELATION_COUNT, _NUM_WORKERS
+  _FORMAT = flags.DEFINE_enum('format', None, sorted(formats.FORMATS),
+                              'Annotation format of --src.')
+  _SRC = flags.DEFINE_list('src', None, 'Annotation file(s), comma-separated '
+                           '(see the formats table in --helpfull / the module '
+                           'docstring).')
+  _IMAGES = flags.DEFINE_list('images', ['.'], 'Image folder(s), searched in '
+                              'order for each image path.')
+  _OUT = flags.DEFINE_string('out', None, 'Output folder of shards and '
+                             'manifest.json.')
+  _SHARD_SIZE = flags.DEFINE_integer('shard_size', 1000,
+                                     'Input items (images) per shard.')
+  _STORE = flags.DEFINE_enum('store', 'bytes', list(finalise.STORES),
+                             'Keep encoded image bytes in the records, or only '
+                             'their paths.')
+  _REENCODE_SIZE = flags.DEFINE_integer(
+      'reencode_size', 0, 'With --store=bytes: re-encode images as JPEG so '
+      'the --reencode_side side is at most this many pixels (0: keep the '
+      'original bytes).')
+  _REENCODE_SIDE = flags.DEFINE_enum('reencode_side', 'shorter',
+                                     list(finalise.SIDES),
+                                     'Which side --reencode_size bounds.')
+  _JPEG_QUALITY = flags.DEFINE_integer('jpeg_quality', 95,
+                                       'JPEG quality of re-encoded images.')
+  _SKIP_BAD = flags.DEFINE_bool('skip_bad', False, 'Skip and count bad input '
+                                'instead of stopping at the first.')
+  _MAX_BAD_FRACTION = flags.DEFINE_float(
+      'max_bad_fraction', None, 'With --skip_bad: fail (after the report) '
+      'when more than this fraction of the input items has bad input. '
+      f'Default {DEFAULT_MAX_BAD_FRACTION} with --skip_bad; without it only '
+      '0 is allowed (any bad input fails at once).', lower_bound=0.0,
+      upper_bound=1.0)
+  _MIN_RELATION_COUNT = flags.DEFINE_integer(
+      'min_relation_count', 1, 'Scene-graph formats: keep relations seen at '
+      'least this often (the vocabulary written to relations.json).')
+  _NUM_WORKERS = flags.DEFINE_integer('num_workers', 0, 'Processes reading and '
+                                      'checking images (0: in this process).')
+  flags.mark_flags_as_required(['format', 'src', 'out'])
 
 _MAX_LOGGED = 20
+# Bad-input examples kept per reason (per shard in the manifest, and in the
+# summary).
+EXAMPLES_PER_REASON = 3
+DEFAULT_MAX_BAD_FRACTION = 0.01
 
 
 class BadInputError(ValueError):
-  """Bad input met without ``--skip_bad``; the message names the entry."""
+  """Bad input met without ``--skip_bad``, or more than
+  ``--max_bad_fraction`` of it with; the message names the entries."""
 
 
 class _ShardRun:
@@ -187,6 +241,9 @@ class _ShardRun:
           f'{problem.message()}\nPass --skip_bad to skip and count bad '
           'input; finished shards are kept and a re-run resumes.')
     stats['bad'][problem.reason] += 1
+    examples = stats['bad_examples'].setdefault(problem.reason, [])
+    if len(examples) < EXAMPLES_PER_REASON:
+      examples.append(problem.message())
     if self.logged < _MAX_LOGGED:
       self.logged += 1
       logging.warning('skipping bad input: %s', problem.message())
@@ -195,11 +252,13 @@ class _ShardRun:
     """Writes shard ``index`` from its input items."""
     writer = records.ShardWriter(self.manifest.shard_path(index))
     stats = {'items': len(chunk), 'bad': collections.Counter(),
-             'skipped': collections.Counter(), 'boxes_clipped': 0}
+             'skipped': collections.Counter(), 'boxes_clipped': 0,
+             'bad_items': 0, 'bad_examples': {}}
     try:
       for data, problems, clipped in self._results(chunk):
         for problem in problems:
           self._count(problem, stats)
+        stats['bad_items'] += any(not p.benign for p in problems)
         stats['boxes_clipped'] += clipped
         if data is not None:
           writer.write(data)
@@ -238,16 +297,24 @@ def prepare(format_name: str, srcs: list[str], images: list[str], out: str,
             *, shard_size: int = 1000, store: str = 'bytes',
             reencode_size: int = 0, reencode_side: str = 'shorter',
             jpeg_quality: int = 95, skip_bad: bool = False,
+            max_bad_fraction: float | None = None,
             min_relation_count: int = 1, num_workers: int = 0,
             log: Callable[[str], None] = print) -> dict[str, Any]:
   """Writes (or resumes) the prepared folder ``out``; returns the summary.
 
+  ``max_bad_fraction`` (None: ``DEFAULT_MAX_BAD_FRACTION`` with
+  ``skip_bad``, else 0) is not a preparation option: a re-run with another
+  value reuses the finished shards (see the module docstring).
+
   Raises:
-    BadInputError: on bad input without ``skip_bad`` (names file and entry).
+    BadInputError: on bad input without ``skip_bad`` (names file and entry),
+      or with it when more than ``max_bad_fraction`` of the items has bad
+      input (after logging the summary; the folder is left unfinished).
     base.AnnotationError: if an annotation file is unreadable.
     ValueError: on bad options, or an ``out`` prepared with other options.
   """
   start = time.perf_counter()
+  max_bad_fraction = _max_bad_fraction(skip_bad, max_bad_fraction)
   if shard_size < 1:
     raise ValueError(f'--shard_size={shard_size} must be >= 1')
   if min_relation_count < 1:
@@ -282,10 +349,51 @@ def prepare(format_name: str, srcs: list[str], images: list[str], out: str,
       index += 1
   finally:
     run.close()
-  manifest.finish(index)
+  manifest.finish(index, complete=False)
   summary = summarise(manifest, written, time.perf_counter() - start)
+  summary['max_bad_fraction'] = max_bad_fraction
   log(format_summary(summary, out))
+  if summary['bad_fraction'] > max_bad_fraction:
+    raise BadInputError(too_much_bad_input(summary, out))
+  manifest.finish(index)
   return summary
+
+
+def _max_bad_fraction(skip_bad: bool, value: float | None) -> float:
+  """The ``--max_bad_fraction`` in force (see the module docstring)."""
+  if value is None:
+    return DEFAULT_MAX_BAD_FRACTION if skip_bad else 0.0
+  if not 0.0 <= value <= 1.0:
+    raise ValueError(f'--max_bad_fraction={value} must be in [0, 1]')
+  if value > 0 and not skip_bad:
+    raise ValueError(f'--max_bad_fraction={value} needs --skip_bad (without '
+                     'it the first bad input stops the run)')
+  return value
+
+
+def too_much_bad_input(summary: dict[str, Any], out: str) -> str:
+  """The error of a run over ``--max_bad_fraction``: counts by reason and
+  the first examples of each, then what to do."""
+  lines = [
+      f'{out}: {summary["bad_items"]} of {summary["items"]} input items '
+      f'({summary["bad_fraction"]:.2%}) had bad input, more than '
+      f'--max_bad_fraction={summary["max_bad_fraction"]:g}:']
+  lines += _bad_report(summary)
+  lines.append(
+      'The shards are kept but the folder is left unfinished (training '
+      'refuses it). To accept this loss, re-run the same command with a '
+      'larger --max_bad_fraction (finished shards are reused); otherwise fix '
+      'the input and prepare into a new --out.')
+  return '\n'.join(lines)
+
+
+def _bad_report(summary: dict[str, Any]) -> list[str]:
+  """``reason count`` lines, each followed by its first examples."""
+  lines = []
+  for reason, n in summary['bad'].items():
+    lines.append(f'    {reason} {n}, first:')
+    lines += [f'      {m}' for m in summary['bad_examples'].get(reason, [])]
+  return lines
 
 
 def summarise(manifest: records.Manifest, written: int,
@@ -293,18 +401,29 @@ def summarise(manifest: records.Manifest, written: int,
   """Totals over every shard of a finished folder."""
   shards = manifest.payload['shards'].values()
   bad, skipped = collections.Counter(), collections.Counter()
-  for s in shards:
+  examples: dict[str, list[str]] = {}
+  for _, s in sorted(manifest.payload['shards'].items()):
     bad.update(s['bad'])
     skipped.update(s['skipped'])
+    for reason, messages in s.get('bad_examples', {}).items():
+      kept = examples.setdefault(reason, [])
+      kept += messages[:EXAMPLES_PER_REASON - len(kept)]
+  items = sum(s['items'] for s in shards)
+  # Shards listed before bad_items was recorded: at most one bad item per
+  # bad problem.
+  bad_items = sum(s.get('bad_items', sum(s['bad'].values())) for s in shards)
   vocab_size = None
   if manifest.payload.get('relation_vocab'):
     vocab_size = len(relations_lib.RelationVocab.load(os.path.join(
         manifest.directory, manifest.payload['relation_vocab'])))
   return {'records': sum(s['records'] for s in shards),
-          'items': sum(s['items'] for s in shards),
+          'items': items,
           'shards': len(manifest.payload['shards']),
           'shards_written': written,
+          'bad_items': bad_items,
+          'bad_fraction': bad_items / items if items else 0.0,
           'bad': dict(sorted(bad.items())),
+          'bad_examples': dict(sorted(examples.items())),
           'skipped': dict(sorted(skipped.items())),
           'boxes_clipped': sum(s['boxes_clipped'] for s in shards),
           'relations': vocab_size, 'seconds': seconds}
@@ -320,7 +439,12 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
       f'({summary["shards_written"]} written now, '
       f'{summary["shards"] - summary["shards_written"]} already there) in '
       f'{summary["seconds"]:.1f}s',
+      f'  items with bad input: {summary["bad_items"]} '
+      f'({summary["bad_fraction"]:.2%})' + (
+          f', limit --max_bad_fraction={summary["max_bad_fraction"]:g}'
+          if 'max_bad_fraction' in summary else ''),
       f'  bad (dropped): {counts(summary["bad"])}',
+      *_bad_report(summary),
       f'  skipped: {counts(summary["skipped"])}',
       f'  boxes clipped to the image: {summary["boxes_clipped"]}']
   if summary['relations'] is not None:
@@ -338,6 +462,7 @@ def main(argv):
             reencode_size=_REENCODE_SIZE.value,
             reencode_side=_REENCODE_SIDE.value,
             jpeg_quality=_JPEG_QUALITY.value, skip_bad=_SKIP_BAD.value,
+            max_bad_fraction=_MAX_BAD_FRACTION.value,
             min_relation_count=_MIN_RELATION_COUNT.value,
             num_workers=_NUM_WORKERS.value)
   except (ValueError, OSError) as e:  # Bad input, files or options.
@@ -345,4 +470,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
