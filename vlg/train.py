@@ -149,7 +149,8 @@ def check_parts(config) -> None:
       n = len(pipeline.relation_vocab(part))
       if int(config.model.get('mrc_classes', 0)) != n:
         raise ValueError(f'input.parts.mrc has {n} relations but '
-                         f'model.mrc_classes={config.model.mrc_classes}')
+                         f'model.mrc_classes={config.model.mrc_classes}; '
+                         f'pass --config.model.mrc_classes={n}')
 
 
 def make_train_step(config, graphdef, tx, schedule):
