@@ -7,18 +7,12 @@ from vlg import recipes
 from vlg import train
 from vlg import writers
 
+from test_train import shrink_for_tests
+
 
 def tiny_family_config(family):
   """A family's tiny config shrunk so a step compiles in seconds."""
-  c = recipes.family_config(family, 'tiny,evals=False')
-  c.model.update(image_size=48, patch_size=8, vision_width=32, vision_depth=1,
-                 vision_heads=2, vision_mlp=64, text_width=32, text_layers=1,
-                 fusion_layers=1, text_heads=2, text_mlp=64, embed_dim=16)
-  c.input.resolution = 48
-  c.input.data.synthetic.world = dict(resolution=48)
-  c.input.data.synthetic.num_examples = 2000
-  c.input.tokenizer.num_texts = 300
-  c.input.max_text_len = 16
+  c = shrink_for_tests(recipes.family_config(family, 'tiny,evals=False'))
   for part in c.input.parts.values():
     part.batch_size = 8
   if 'vsg' in c.input.parts:

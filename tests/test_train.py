@@ -15,9 +15,8 @@ from vlg.data import pipeline
 import configs.albef as albef_config
 
 
-def tiny_test_config(**overrides):
-  """The tiny ALBEF config shrunk further so a step compiles in seconds."""
-  c = albef_config.get_config('tiny,evals=False')
+def shrink_for_tests(c):
+  """Shrinks a tiny config's model and data so a step compiles in seconds."""
   c.model.update(image_size=48, patch_size=8, vision_width=32, vision_depth=1,
                  vision_heads=2, vision_mlp=64, text_width=32, text_layers=1,
                  fusion_layers=1, text_heads=2, text_mlp=64, embed_dim=16)
@@ -26,6 +25,12 @@ def tiny_test_config(**overrides):
   c.input.data.synthetic.num_examples = 2000
   c.input.tokenizer.num_texts = 300
   c.input.max_text_len = 16
+  return c
+
+
+def tiny_test_config(**overrides):
+  """The tiny ALBEF config shrunk further so a step compiles in seconds."""
+  c = shrink_for_tests(albef_config.get_config('tiny,evals=False'))
   c.batch_size = 8
   c.queue_size = 16
   c.total_steps = 6

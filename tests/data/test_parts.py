@@ -25,6 +25,16 @@ def tok():
                                  1024)
 
 
+def _record_with_left_of():
+  """The first synthetic training record with a 'left of' relation."""
+  for i in range(200):
+    rec = synth_source.make_record('train', i)
+    for rel in rec['relations']:
+      if rel['predicate'] == 'left of':
+        return rec, rel
+  raise AssertionError('no "left of" relation in 200 synthetic scenes')
+
+
 def _decode(tok, ids):
   return tok.decode([int(i) for i in ids if i > tok_lib.MASK_ID])
 
@@ -84,14 +94,7 @@ def test_flip_keeps_text_and_boxes_consistent(tok):
   cfg = _input_cfg()
   cfg.augment = ('flip',)
   rng = np.random.default_rng(1)
-  rec = None
-  for i in range(200):
-    r = synth_source.make_record('train', i)
-    if any(x['predicate'] == 'left of' for x in r['relations']):
-      rec = r
-      break
-  assert rec is not None
-  rel = next(x for x in rec['relations'] if x['predicate'] == 'left of')
+  rec, rel = _record_with_left_of()
   rec = dict(rec, objects=[], regions=[
       {'text': 'subject', 'box': rel['subject_box']},
       {'text': 'object', 'box': rel['object_box']}])
@@ -117,13 +120,7 @@ def test_mrc_transform_flip_swaps_left_right_labels(tok):
   cfg.augment = ('flip',)
   vocab = pipeline.relation_vocab(cfg.parts.mrc)
   t = parts.MrcTransform(tok, cfg, cfg.parts.mrc, vocab)
-  rec = None
-  for i in range(200):
-    r = synth_source.make_record('train', i)
-    if any(x['predicate'] == 'left of' for x in r['relations']):
-      rec = r
-      break
-  rel = next(x for x in rec['relations'] if x['predicate'] == 'left of')
+  rec, rel = _record_with_left_of()
   rec = dict(rec, relations=[rel])
   seen = set()
   for seed in range(16):

@@ -139,3 +139,21 @@ def image_text_losses(model, *, image_embeds: jax.Array,
   total = (weights['itc'] * loss_itc + weights['itm'] * loss_itm +
            weights['mlm'] * loss_mlm)
   return total, {**metrics, **itm_metrics, **mlm_metrics}
+
+
+def whole_image_losses(model, batch: dict[str, jax.Array], prefix: str, *,
+                       rng, temp, weights, dropout_rngs
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """:func:`image_text_losses` of whole images and their texts, read from
+  the batch slots ``prefix + 'image'``, ``prefix + 'text_ids'``, ... (every
+  pair valid, ITM groups by image id): X-VLM's caption losses (prefix '')
+  and VSG's (prefix 'vsg_')."""
+  slot = lambda k: batch[prefix + k]
+  img = model.embed_image(slot('image'), rngs=dropout_rngs)
+  return image_text_losses(
+      model, image_embeds=img['image_embeds'], image_feat=img['image_feat'],
+      image_mask=None, text_ids=slot('text_ids'),
+      text_mask=slot('text_mask'), mlm_ids=slot('mlm_ids'),
+      mlm_labels=slot('mlm_labels'), groups=slot('image_id'),
+      valid=jnp.ones(slot('image_id').shape, jnp.int32), rng=rng,
+      temp=temp, weights=weights, dropout_rngs=dropout_rngs)

@@ -31,6 +31,7 @@ from vlg.objectives import boxes
 from vlg.objectives import itc
 from vlg.objectives import mrc
 from vlg.objectives import pairs
+from vlg.objectives import vsg
 
 Batch = dict[str, jax.Array]
 
@@ -76,20 +77,6 @@ def entity_loss(model, batch: Batch, *, rng, temp, weights, dropout_rngs
                  box_num=box_metrics['num_boxes'])
   total = total + weights['bbox'] * loss_bbox + weights['giou'] * loss_giou
   return total, metrics
-
-
-def vsg_loss(model, batch: Batch, *, rng, temp, weights, dropout_rngs
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """ITC + ITM + MLM on (image, verbalised scene graph) pairs (spec §4)."""
-  img = model.embed_image(batch['vsg_image'], rngs=dropout_rngs)
-  total, metrics = pairs.image_text_losses(
-      model, image_embeds=img['image_embeds'], image_feat=img['image_feat'],
-      image_mask=None, text_ids=batch['vsg_text_ids'],
-      text_mask=batch['vsg_text_mask'], mlm_ids=batch['vsg_mlm_ids'],
-      mlm_labels=batch['vsg_mlm_labels'], groups=batch['vsg_image_id'],
-      valid=jnp.ones(batch['vsg_image_id'].shape, jnp.int32), rng=rng,
-      temp=temp, weights=weights, dropout_rngs=dropout_rngs)
-  return total, {f'vsg_{k}': v for k, v in metrics.items()}
 
 
 def mrc_part_loss(model, batch: Batch, *, dropout_rngs, concept='masked'
@@ -164,14 +151,8 @@ def pretrain_loss(model, batch: Batch, *, momentum: dict[str, Any] | None,
     temp = itc.clamp_temp(model.temp[...])
   else:
     temp = itc.clamp_temp(model.temp[...])
-    img = model.embed_image(batch['image'], rngs=dropout_rngs)
-    total, metrics = pairs.image_text_losses(
-        model, image_embeds=img['image_embeds'], image_feat=img['image_feat'],
-        image_mask=None, text_ids=batch['text_ids'],
-        text_mask=batch['text_mask'], mlm_ids=batch['mlm_ids'],
-        mlm_labels=batch['mlm_labels'], groups=batch['image_id'],
-        valid=jnp.ones(batch['image_id'].shape, jnp.int32),
-        rng=rngs['caption'], temp=temp, weights=weights,
+    total, metrics = pairs.whole_image_losses(
+        model, batch, '', rng=rngs['caption'], temp=temp, weights=weights,
         dropout_rngs=dropout_rngs)
     metrics['temp'] = temp
   metrics['caption_loss'] = total
@@ -181,7 +162,7 @@ def pretrain_loss(model, batch: Batch, *, momentum: dict[str, Any] | None,
     total = total + part_ratios['entity'] * loss
     metrics.update(m, entity_loss=loss)
   if 'vsg' in part_ratios:
-    loss, m = vsg_loss(model, batch, rng=rngs['vsg'], **kw)
+    loss, m = vsg.vsg_loss(model, batch, rng=rngs['vsg'], **kw)
     total = total + part_ratios['vsg'] * loss
     metrics.update(m, vsg_loss=loss)
   if 'mrc' in part_ratios:

@@ -1,11 +1,10 @@
-"""VSG — verbalised scene graphs (spec §4) needs no loss code of its own.
+"""VSG — verbalised scene graphs (spec §4): the image–text losses on graph texts.
 
 VSG (Bugliarello et al., EMNLP 2023) turns an image's scene graph into a
 text, ``s1 r1 o1 [SEP] s2 r2 o2 [SEP] ...`` (K sampled triplets sorted by
 the subject's centre), and trains the *same* image–text losses as for
 captions on (image, VSG text) pairs: ``L_VSG = L_itc + L_itm + L_mlm``.
-It adds no parameters and no formula, so this module deliberately holds
-no code. The pieces live where they run:
+It adds no parameters and no formula of its own:
 
 - the text: ``vlg.data.relations.verbalise_scene_graph`` (sampling,
   raster sort, formatting) and ``vlg.data.relations.encode_vsg`` (ids
@@ -13,6 +12,26 @@ no code. The pieces live where they run:
   data workers;
 - the losses: the ITC/ITM/MLM functions of ``itc.py``, ``itm.py`` and
   ``mlm.py`` as combined for caption pairs (``albef.albef_loss`` with
-  momentum, ``pairs.image_text_losses`` in-batch), applied to the VSG batch
-  slots by ``pretrain.vsg_loss`` and logged under a ``vsg_`` prefix.
+  momentum, ``pairs.image_text_losses`` in-batch), applied in-batch to the
+  ``vsg_*`` batch slots by :func:`vsg_loss` and logged under a ``vsg_``
+  prefix.
 """
+
+from __future__ import annotations
+
+import jax
+
+from vlg.objectives import pairs
+
+
+def vsg_loss(model, batch: dict[str, jax.Array], *, rng, temp, weights,
+             dropout_rngs) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """In-batch ITC + ITM + MLM on (image, verbalised graph) pairs.
+
+  Returns:
+    (weighted total, metrics prefixed ``vsg_``).
+  """
+  total, metrics = pairs.whole_image_losses(
+      model, batch, 'vsg_', rng=rng, temp=temp, weights=weights,
+      dropout_rngs=dropout_rngs)
+  return total, {f'vsg_{k}': v for k, v in metrics.items()}
