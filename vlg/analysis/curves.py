@@ -4,8 +4,8 @@ Pure functions over metric curves ``{name: {step: value}}`` as
 ``vlg.writers.metric_curves`` reads them from ``metrics.jsonl``:
 
 - :func:`skill_names`: the evaluation metrics (``<eval>/<metric>``), without
-  training metrics, counts (``num_*``), timings (``seconds``) and chance
-  levels (``<eval>/chance/<metric>``);
+  training metrics, counts (``num_*``), timings (``seconds``), skip flags
+  (``skipped``) and chance levels (``<eval>/chance/<metric>``);
 - :func:`summarize`: per skill the best step and value (higher is better;
   the earliest step wins a tie), the final value and the drop from best;
 - :func:`selection_table`: seed 003 §5 (spec-benchmarks.md, "Checkpoint
@@ -47,14 +47,15 @@ def numeric(curve: Mapping[int, Any]) -> dict[int, float]:
 
 
 def is_skill(name: str) -> bool:
-  """Whether ``name`` is an evaluation metric (not a count, time, chance)."""
+  """Whether ``name`` is an evaluation metric (not a count, time, skip flag
+  or chance level)."""
   parts = name.split('/')
   if len(parts) < 2 or parts[0] == 'train':
     return False
   if 'chance' in parts[1:]:
     return False
   leaf = parts[-1]
-  return not (leaf == 'seconds' or leaf.startswith('num_'))
+  return not (leaf in ('seconds', 'skipped') or leaf.startswith('num_'))
 
 
 def skill_names(curves: Curves) -> list[str]:
