@@ -137,6 +137,9 @@ def _albef_config(arg: str | None) -> ml_collections.ConfigDict:
                            int(c.input.tokenizer.vocab_size))
 
   c.loss = dict(itc=1.0, itm=1.0, mlm=1.0, alpha=0.4, momentum=0.995)
+  # Split each step's batch into this many micro-batches whose gradients
+  # are averaged (in-batch ITC/ITM negatives then come from a micro-batch).
+  c.grad_accum_steps = 1
   c.mesh = (-1, 1, 1)  # ('data', 'fsdp', 'tensor'); -1 fills.
   c.sharding_rules = (
       ('batch', ('data', 'fsdp')),

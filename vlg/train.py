@@ -164,15 +164,14 @@ def make_train_step(config, graphdef, tx, schedule):
       'concept', 'masked'))
   use_dropout = float(config.model.get('dropout', 0.0)) > 0
 
-  def train_step(state, batch):
-    step = state['step']
-    rng = jax.random.fold_in(state['rng'], step)
+  accum = int(config.get('grad_accum_steps', 1))
+  if accum < 1:
+    raise ValueError(f'grad_accum_steps must be >= 1, got {accum}')
+
+  def grads_and_metrics(params, ema, queues, batch, rng, step):
+    """Loss gradients, metrics and momentum features of one (micro-)batch."""
     itm_rng, dropout_rng = jax.random.split(rng)
     alpha = itc.alpha_at(step, config.loss.alpha, config.alpha_warmup_steps)
-
-    # EMA first, then the momentum forward (spec §2.1 step 2).
-    ema = jax.tree.map(lambda e, p: momentum * e + (1 - momentum) * p,
-                       state['ema'], state['params'])
     mom = (albef_objective.momentum_outputs(nnx.merge(graphdef, ema), batch)
            if distill else None)
 
@@ -180,26 +179,62 @@ def make_train_step(config, graphdef, tx, schedule):
       model = nnx.merge(graphdef, params)
       rngs = nnx.Rngs(dropout=dropout_rng) if use_dropout else None
       return pretrain.pretrain_loss(
-          model, batch, momentum=mom, queues=state['queues'], rng=itm_rng,
+          model, batch, momentum=mom, queues=queues, rng=itm_rng,
           alpha=alpha, weights=weights, part_ratios=ratios,
           dropout_rngs=rngs, mrc_concept=mrc_concept)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state['params'])
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    feats = ({'image': mom['image_feat'], 'text': mom['text_feat']}
+             if distill else {})
+    return grads, metrics, feats
+
+  def accumulated(params, ema, queues, batch, rng, step):
+    """Mean gradients and metrics over ``accum`` strided micro-batches.
+
+    Micro-batch ``i`` holds examples ``i, i + accum, ...`` of every batch
+    slot, so each data shard keeps its own examples. In-batch negatives (ITC,
+    ITM) come from the micro-batch, as on a device with less memory; the
+    queues see every momentum feature of the step.
+    """
+    micro = jax.tree.map(lambda x: _strided_split(x, accum), batch)
+
+    def body(grads_sum, xs):
+      micro_batch, i = xs
+      grads, metrics, feats = grads_and_metrics(
+          params, ema, queues, micro_batch, jax.random.fold_in(rng, i), step)
+      return jax.tree.map(jnp.add, grads_sum, grads), (metrics, feats)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads_sum, (metrics, feats) = jax.lax.scan(
+        body, zeros, (micro, jnp.arange(accum)))
+    grads = jax.tree.map(lambda g: g / accum, grads_sum)
+    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    feats = jax.tree.map(lambda f: f.reshape(-1, f.shape[-1]), feats)
+    return grads, metrics, feats
+
+  def train_step(state, batch):
+    step = state['step']
+    rng = jax.random.fold_in(state['rng'], step)
+    # EMA first, then the momentum forward (spec §2.1 step 2).
+    ema = jax.tree.map(lambda e, p: momentum * e + (1 - momentum) * p,
+                       state['ema'], state['params'])
+    compute = grads_and_metrics if accum == 1 else accumulated
+    grads, metrics, feats = compute(state['params'], ema, state['queues'],
+                                    batch, rng, step)
     updates, opt = tx.update(grads, state['opt'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     params['temp'] = itc.clamp_temp(params['temp'])
 
     if distill:
       image_q, ptr = itc.update_queue(state['queues']['image'],
-                                      mom['image_feat'],
-                                      state['queues']['ptr'])
-      text_q, _ = itc.update_queue(state['queues']['text'], mom['text_feat'],
+                                      feats['image'], state['queues']['ptr'])
+      text_q, _ = itc.update_queue(state['queues']['text'], feats['text'],
                                    state['queues']['ptr'])
       queues = {'image': image_q, 'text': text_q, 'ptr': ptr}
     else:
       queues = state['queues']
 
+    loss = metrics['loss']
     grad_norm = optax.tree.norm(grads)
     bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
     nonfinite = {
@@ -222,6 +257,15 @@ def make_train_step(config, graphdef, tx, schedule):
     return new_state, metrics
 
   return train_step
+
+
+def _strided_split(x: jax.Array, parts: int) -> jax.Array:
+  """[N, ...] → [parts, N / parts, ...]; row ``i`` holds ``x[i::parts]``."""
+  if x.ndim == 0 or x.shape[0] % parts:
+    raise ValueError(f'A batch slot of shape {x.shape} does not split into '
+                     f'grad_accum_steps={parts} micro-batches')
+  return jnp.swapaxes(x.reshape(x.shape[0] // parts, parts, *x.shape[1:]),
+                      0, 1)
 
 
 def build_step(config, mesh, rules) -> dict[str, Any]:
@@ -311,17 +355,20 @@ def _format_progress(step, total, metrics, steps_per_sec, eta_s):
   return ' | '.join(parts)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices=None) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming if a checkpoint exists).
 
-  The mesh is set for the duration of the call only (``jax.set_mesh`` as a
-  context), so a caller can evaluate on another mesh afterwards.
+  The mesh ``config.mesh`` is built over ``devices`` (default: all) and set
+  for the duration of the call only (``jax.set_mesh`` as a context), so a
+  caller can evaluate on another mesh afterwards. A checkpoint written on
+  any mesh resumes on any other: orbax restores each array straight into
+  the shardings of this run's mesh.
 
   Returns:
     The last logged training metrics.
   """
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices=devices)
   with jax.set_mesh(mesh):
     return _train_and_evaluate(config, workdir, mesh)
 
@@ -351,13 +398,15 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
     raise ValueError(f'Tokenizer has {tokenizer.vocab_size} pieces but '
                      f'model.vocab_size is {config.model.vocab_size}')
   data_shards = mesh.shape['data'] * mesh.shape['fsdp']
+  accum = int(config.get('grad_accum_steps', 1))
   batch_sizes = {'batch_size': config.batch_size}
   batch_sizes.update({f'input.parts.{k}.batch_size': v.batch_size for k, v in
                       pipeline.enabled_parts(config.input).items()})
   for name, size in batch_sizes.items():
-    if size % data_shards:
-      raise ValueError(f'{name}={size} does not divide over the '
-                       f'{data_shards} data shards of mesh {dict(mesh.shape)}')
+    if size % (data_shards * accum):
+      raise ValueError(
+          f'{name}={size} does not divide over the {data_shards} data shards '
+          f'of mesh {dict(mesh.shape)} times grad_accum_steps={accum}')
   dataset = pipeline.make_dataset(
       config.input, tokenizer, global_batch=config.batch_size,
       seed=config.seed, process_index=process_index,
@@ -454,6 +503,8 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
         # save (a collective) while another runs the next step.
         stop = bool(np.any(multihost_utils.process_allgather(
             np.int32(stop))))
+      # Orbax's preemption notice (already agreed on by every process).
+      stop = stop or ckpt.reached_preemption(step)
       save_now = ckpt.should_save(step) or stop
       if log_now or save_now:
         nonfinite = jax.device_get(state['nonfinite'])
@@ -479,7 +530,8 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
       if save_now:
         save(step, force=stop)
       if stop:
-        logging.warning('SIGTERM: saved step %d, exiting', step)
+        logging.warning('Preempted (SIGTERM or orbax notice): saved step %d, '
+                        'exiting; the same command resumes', step)
         break
     if step == total and total not in ckpt.all_steps():
       save(step, force=True)

@@ -54,6 +54,39 @@ def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
   return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 
+# Gradient checkpointing per block (config ``model.remat``): what the backward
+# pass may keep from the forward pass of a block; the rest is recomputed.
+REMAT_POLICIES = {
+    'none': None,  # Keep everything (no rematerialisation).
+    'full': jax.checkpoint_policies.nothing_saveable,  # Keep only inputs.
+    # Keep matmul outputs, recompute elementwise ops (softmax, GELU, LN).
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat(name: str) -> str:
+  """Returns ``name`` if it is a key of :data:`REMAT_POLICIES`, else fails."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f'model.remat={name!r} is not one of '
+                     f'{sorted(REMAT_POLICIES)}')
+  return name
+
+
+def call_block(block: nnx.Module, *args, remat: str = 'none',
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+  """``block(*args, rngs=rngs)``, rematerialised under policy ``remat``.
+
+  With a policy other than 'none' the block's activations are recomputed in
+  the backward pass (``nnx.remat``), trading compute for memory; the
+  forward values and gradients are unchanged.
+  """
+  if check_remat(remat) == 'none':
+    return block(*args, rngs=rngs)
+  fn = nnx.remat(lambda blk, r, *a: blk(*a, rngs=r),
+                 policy=REMAT_POLICIES[remat])
+  return fn(block, rngs, *args)
+
+
 def gelu(x: jax.Array) -> jax.Array:
   """The exact (erf) GELU of BERT and timm's ViT."""
   return jax.nn.gelu(x, approximate=False)

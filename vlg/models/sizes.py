@@ -43,6 +43,7 @@ _COMMON = dict(
     itm_head='linear',  # 'linear' (ALBEF) | 'mlp' (X-VLM: d→2d→LN→GELU→2).
     temp_init=0.07,
     dtype='float32',  # Compute dtype; parameters are always float32.
+    remat='none',  # Gradient checkpointing per block: 'none'|'full'|'dots'.
     image_mean=IMAGE_MEAN,
     image_std=IMAGE_STD,
     vision_ln_eps=1e-6,

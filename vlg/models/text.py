@@ -89,7 +89,7 @@ class TextEncoder(nnx.Module):
 
   Config fields: ``text_width``, ``text_layers``, ``fusion_layers``,
   ``text_heads``, ``text_mlp``, ``vocab_size``, ``max_positions``,
-  ``text_ln_eps``, ``vision_width``, ``dropout``, ``dtype``.
+  ``text_ln_eps``, ``vision_width``, ``dropout``, ``dtype``, ``remat``.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
@@ -98,6 +98,7 @@ class TextEncoder(nnx.Module):
               dropout_rate=float(config.dropout),
               dtype=jnp.dtype(config.dtype), rngs=rngs)
     heads, mlp = int(config.text_heads), int(config.text_mlp)
+    self.remat = layers.check_remat(str(config.get('remat', 'none')))
     self.embeddings = TextEmbeddings(config, rngs=rngs)
     self.layers = nnx.List([layers.BertLayer(dim, heads, mlp, **kw)
                             for _ in range(int(config.text_layers))])
@@ -112,7 +113,7 @@ class TextEncoder(nnx.Module):
     """Text-only mode: ids [B, L], mask [B, L] → hidden states [B, L, D]."""
     x = self.embeddings(ids, rngs=rngs)
     for layer in self.layers:
-      x = layer(x, mask, rngs=rngs)
+      x = layers.call_block(layer, x, mask, remat=self.remat, rngs=rngs)
     return x
 
   def fuse(self, x: jax.Array, mask: jax.Array, image: jax.Array,
@@ -120,7 +121,8 @@ class TextEncoder(nnx.Module):
            rngs: nnx.Rngs | None = None) -> jax.Array:
     """Fusion mode on text-mode states ``x`` with image tokens ``image``."""
     for layer in self.fusion:
-      x = layer(x, mask, image, image_mask, rngs=rngs)
+      x = layers.call_block(layer, x, mask, image, image_mask,
+                            remat=self.remat, rngs=rngs)
     return x
 
   def mlm_logits(self, x: jax.Array) -> jax.Array:

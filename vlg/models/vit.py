@@ -76,7 +76,7 @@ class VisionTransformer(nnx.Module):
 
   Config fields: ``image_size``, ``patch_size``, ``vision_width``,
   ``vision_depth``, ``vision_heads``, ``vision_mlp``, ``vision_ln_eps``,
-  ``vision_dropout``, ``image_mean``, ``image_std``, ``dtype``.
+  ``vision_dropout``, ``image_mean``, ``image_std``, ``dtype``, ``remat``.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
@@ -85,6 +85,7 @@ class VisionTransformer(nnx.Module):
     self.grid = int(config.image_size) // p
     self.mean = tuple(float(m) for m in config.image_mean)
     self.std = tuple(float(s) for s in config.image_std)
+    self.remat = layers.check_remat(str(config.get('remat', 'none')))
     self.dropout_rate = float(config.get('vision_dropout', 0.0))
     dim = int(config.vision_width)
     eps = float(config.vision_ln_eps)
@@ -146,5 +147,5 @@ class VisionTransformer(nnx.Module):
     x = sharding.constrain(x, ('batch', 'length', 'embed'))
     x = layers.dropout(x, self.dropout_rate, rngs)
     for block in self.blocks:
-      x = block(x, token_mask, rngs=rngs)
+      x = layers.call_block(block, x, token_mask, remat=self.remat, rngs=rngs)
     return self.norm(x)
