@@ -6,7 +6,7 @@ import ml_collections
 import pytest
 
 from vlg import optim
-from vlg import train
+from vlg import train_state
 from vlg.models import sizes
 
 
@@ -29,7 +29,7 @@ def test_schedule_warmup_then_cosine():
 
 def test_decay_mask_on_the_real_model():
   cfg = sizes.model_config('tiny', name='albef')
-  _, params, _ = train.abstract_model(cfg, rules=[])
+  _, params, _ = train_state.abstract_model(cfg, rules=[])
   mask = optim.decay_mask(params)
   flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): v
           for path, v in jax.tree_util.tree_leaves_with_path(mask)}

@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from vlg import checkpointing
 from vlg import predict
 from vlg import sharding
-from vlg import train
+from vlg import train_state
 from vlg.data import tokenizer as tokenizer_lib
 from vlg.evaluators import common as eval_common
 
@@ -141,7 +141,7 @@ def _load(manager, workdir, step, mesh) -> Run:
   config = _saved_config(manager, workdir, step)
   mesh = default_mesh(config) if mesh is None else mesh
   rules = [tuple(r) for r in config.sharding_rules]
-  graphdef, abstract, specs = train.abstract_model(config.model, rules)
+  graphdef, abstract, specs = train_state.abstract_model(config.model, rules)
   abstract_params = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract, sharding.named(mesh, specs))

@@ -2,12 +2,7 @@
 
 ``train_and_evaluate(config, workdir)`` sets up the mesh, data, model and
 optimizer, resumes from ``WORKDIR/checkpoints`` if a checkpoint is there, and
-trains. The train state is a plain pytree::
-
-  {'params', 'ema', 'opt', 'queues': {'image', 'text', 'ptr'}, 'step', 'rng',
-   'nonfinite': {'count', 'first_step'}, 'num_bad_examples'}
-
-and one jitted, donated ``train_step(state, batch)`` updates it: EMA first,
+trains. The train state is the pytree of :mod:`vlg.train_state`, and one jitted, donated ``train_step(state, batch)`` updates it: EMA first,
 then the online model's loss and gradients, AdamW, temperature clamp, and the
 queue update with the momentum features. Every random draw is derived from
 ``fold_in(rng, step)``, and the grain iterator state is checkpointed, so an
@@ -16,7 +11,6 @@ interrupted-and-resumed run logs the same losses as an uninterrupted one.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -38,86 +32,18 @@ from vlg import config_lib
 from vlg import optim
 from vlg import predict
 from vlg import sharding
+from vlg import train_state
 from vlg import writers
 from vlg.data import pipeline
 from vlg.evaluators import common as eval_common
-from vlg.models import create_model
 from vlg.objectives import albef as albef_objective
 from vlg.objectives import itc
 from vlg.objectives import pretrain
 
-PyTree = Any
 
 
 class NonFiniteLossError(RuntimeError):
   """Raised when the loss or gradients become NaN/Inf."""
-
-
-# Model and state construction
-# ---------------------------------------------------------------------------
-
-
-def abstract_model(model_cfg: ml_collections.ConfigDict, rules):
-  """(graphdef, abstract params, PartitionSpecs) without allocating weights.
-
-  Uses ``jax.eval_shape`` (not ``nnx.eval_shape``, which would try to turn
-  the logical names into shardings of the current mesh) and keeps the
-  variables' ``out_sharding`` metadata for :func:`vlg.sharding.param_specs`.
-  """
-  graphdefs = []
-
-  def build():
-    with nnx.use_eager_sharding(False):
-      model = create_model(model_cfg, nnx.Rngs(0))
-    graphdef, state = nnx.split(model, nnx.Param)
-    graphdefs.append(graphdef)
-    return state
-
-  state = jax.eval_shape(build)
-  specs = sharding.param_specs(state, rules)
-  return graphdefs[0], nnx.to_pure_dict(state), specs
-
-
-def init_params(model_cfg, seed: int, shardings) -> PyTree:
-  """Creates the parameters directly in their shardings."""
-  def init():
-    with nnx.use_eager_sharding(False):
-      model = create_model(model_cfg, nnx.Rngs(seed))
-    return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
-  return jax.jit(init, out_shardings=shardings)()
-
-
-def state_shardings(mesh, param_shardings, abstract_state, tx) -> PyTree:
-  """Shardings of the whole train state (optimizer state follows params)."""
-  rep = sharding.replicated(mesh)
-  opt = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_state['opt'], param_shardings,
-      transform_non_params=lambda _: rep)
-  out = jax.tree.map(lambda _: rep, abstract_state)
-  out['params'] = param_shardings
-  out['ema'] = param_shardings
-  out['opt'] = opt
-  return out
-
-
-def init_state(config, params, tx) -> PyTree:
-  """The train state around freshly initialised ``params`` (jittable)."""
-  rng = jax.random.PRNGKey(config.seed)
-  dim = config.model.embed_dim
-  image_q = itc.init_queue(jax.random.fold_in(rng, 1), config.queue_size, dim)
-  text_q = itc.init_queue(jax.random.fold_in(rng, 2), config.queue_size, dim)
-  return {
-      'params': params,
-      'ema': jax.tree.map(jnp.copy, params),
-      'opt': tx.init(params),
-      'queues': {'image': image_q, 'text': text_q,
-                 'ptr': jnp.zeros((), jnp.int32)},
-      'step': jnp.zeros((), jnp.int32),
-      'rng': jax.random.fold_in(rng, 3),
-      'nonfinite': {'count': jnp.zeros((), jnp.int32),
-                    'first_step': jnp.full((), -1, jnp.int32)},
-      'num_bad_examples': jnp.zeros((), jnp.int32),
-  }
 
 
 # The train step
@@ -277,20 +203,23 @@ def build_step(config, mesh, rules) -> dict[str, Any]:
   state donated). The batch's shardings come with the batch arrays
   (``pipeline.to_global``).
   """
-  graphdef, abstract_params, specs = abstract_model(config.model, rules)
+  graphdef, abstract_params, specs = train_state.abstract_model(
+      config.model, rules)
   param_shardings = sharding.named(mesh, specs)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
   abstract_state = jax.eval_shape(
-      lambda p: init_state(config, p, tx), abstract_params)
-  shardings = state_shardings(mesh, param_shardings, abstract_state, tx)
+      lambda p: train_state.init_state(config, p, tx), abstract_params)
+  shardings = train_state.state_shardings(mesh, param_shardings,
+                                          abstract_state, tx)
   n_params = sum(int(np.prod(x.shape))
                  for x in jax.tree.leaves(abstract_params))
   logging.info('Model %s: %.2fM parameters', config.model.name,
                n_params / 1e6)
 
   def init_fn():
-    params = init_params(config.model, config.seed, param_shardings)
-    return jax.jit(lambda p: init_state(config, p, tx),
+    params = train_state.init_params(config.model, config.seed,
+                                     param_shardings)
+    return jax.jit(lambda p: train_state.init_state(config, p, tx),
                    out_shardings=shardings)(params)
 
   train_step = jax.jit(

@@ -12,7 +12,7 @@ import pytest
 
 from vlg import predict
 from vlg import sharding
-from vlg import train
+from vlg import train_state
 from vlg.data import synthetic_benchmarks
 from vlg.data import tokenizer as tok_lib
 from vlg.evaluators import common
@@ -100,8 +100,8 @@ def test_real_annotation_files_without_images(tmp_path):
 
 def _tiny(config, mesh):
   rules = [tuple(r) for r in config.sharding_rules]
-  graphdef, _, specs = train.abstract_model(config.model, rules)
-  params = train.init_params(config.model, 0, sharding.named(mesh, specs))
+  graphdef, _, specs = train_state.abstract_model(config.model, rules)
+  params = train_state.init_params(config.model, 0, sharding.named(mesh, specs))
   return graphdef, params, rules
 
 
@@ -173,7 +173,7 @@ def test_every_synthetic_set_end_to_end_tiny_model(tmp_path, fast_compile):
 
 def test_refcocog_skipped_without_box_head(tmp_path):
   config = albef_config('tiny,runlocal')
-  graphdef, _, _ = train.abstract_model(
+  graphdef, _, _ = train_state.abstract_model(
       config.model, [tuple(r) for r in config.sharding_rules])
   fns = predict.make_predict_fns(graphdef)
   assert 'predict_box' not in fns

@@ -90,13 +90,13 @@ def _measure(config, mesh, rules, *, pairs, images, captions_per_image,
   """The body of :func:`run`, under its mesh and rules."""
   from vlg import predict  # pylint: disable=g-import-not-at-top
   from vlg import sharding  # pylint: disable=g-import-not-at-top
-  from vlg import train  # pylint: disable=g-import-not-at-top
+  from vlg import train_state  # pylint: disable=g-import-not-at-top
   from vlg.data import tokenizer  # pylint: disable=g-import-not-at-top
   from vlg.evaluators import common  # pylint: disable=g-import-not-at-top
   from vlg.evaluators import retrieval  # pylint: disable=g-import-not-at-top
 
-  graphdef, _, specs = train.abstract_model(config.model, rules)
-  params = train.init_params(config.model, seed, sharding.named(mesh, specs))
+  graphdef, _, specs = train_state.abstract_model(config.model, rules)
+  params = train_state.init_params(config.model, seed, sharding.named(mesh, specs))
   fns = predict.make_predict_fns(graphdef)
   rng = np.random.default_rng(seed)
   res = int(config.input.resolution)
