@@ -20,8 +20,11 @@ import pytest  # noqa: E402
 
 # Tests build the same tiny train step several times (fresh run, resumed run,
 # single-device reference); a session-wide persistent cache compiles it once.
-jax.config.update('jax_compilation_cache_dir',
-                  tempfile.mkdtemp(prefix='vlg_test_jax_cache_'))
+# Under pytest-xdist the workers inherit the controller's environment, so
+# they share one cache.
+os.environ.setdefault('VLG_TEST_JAX_CACHE',
+                      tempfile.mkdtemp(prefix='vlg_test_jax_cache_'))
+jax.config.update('jax_compilation_cache_dir', os.environ['VLG_TEST_JAX_CACHE'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 

@@ -1,0 +1,300 @@
+r"""Runs a grid of probes on a trained vlg model and writes the results table.
+
+  python -m vlg.probing.run --config=configs/probe.py:tiny \
+      --config.model_workdir=workdirs/albef_tiny --workdir=workdirs/probe
+
+Each cell is (model checkpoint, tap, task, regime, head): ``config.taps`` ×
+``config.tasks`` × ``config.regimes`` × ``config.heads``. A cell trains one
+probe per seed of ``config.seeds`` with ``config.hparams``, or, with
+``config.hpo.enabled``, searches ``config.hpo.n_trials`` TPE trials and
+re-runs the best settings per seed (``vlg.probing.hpo``). Output in
+``--workdir``:
+
+* ``results.md``: Tables 1–3 of the paper (one per split; rows = model ×
+  tap × regime × head, columns = tasks, mean ± std over seeds in %, chance
+  and mean-box baselines first) and the VSR per-category table (Table 2);
+* ``results.json``: every cell's metrics per seed, their mean/std, the
+  HPO's best settings and trials;
+* ``predictions/<cell>.seed<k>.npz``: per-example predictions per split for
+  ``vlg.analysis.probing``;
+* ``features/``: the frozen feature cache; ``metrics.jsonl``: HPO trials.
+
+Data (``config.data``): with ``synthetic=True`` the synthetic RefCOCOg- and
+VSR-style sets (``vlg.evaluators.common.synthetic_root``) at the model's
+resolution. They have no train split, so the synthetic 'val' split (VSR:
+``random/dev``) is divided by image into probe train and validation
+(``val_fraction``) and 'test' is the test split. RCM is built by
+``vlg.probing.rcm.build_rcm`` within each of those RefCOCOg splits. Real
+data: ``data.refcocog.root`` / ``image_root`` (umd train/val/test) and
+``data.vsr.{train,val,test}`` files, ``image_root``, ``categories``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from vlg import restore
+from vlg.analysis import curves as curves_lib
+from vlg.analysis import probing as analysis
+from vlg.data import benchmarks
+from vlg.evaluators import common as eval_common
+from vlg.probing import hpo
+from vlg.probing import rcm
+from vlg.probing import taps
+from vlg.probing import tasks as tasks_lib
+from vlg.probing import train
+
+_CONFIG = None
+_WORKDIR = None
+
+# Probe task name → the results table's column key.
+TABLE_TASK = {'refcocog_box': 'refcocog', 'vsr': 'vsr', 'rcm': 'rcm'}
+
+
+def define_flags() -> None:
+  """Defines the flags; called only when run as a program."""
+  global _CONFIG, _WORKDIR
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', None, 'A probe config file, e.g. configs/probe.py:tiny.',
+      lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder: results, '
+                                 'predictions, feature cache, metrics.jsonl.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+
+# Data
+# ---------------------------------------------------------------------------
+
+
+def split_by_group(examples: Sequence[Any], fraction: float, seed: int,
+                   group: Callable[[Any], str]) -> tuple[list[Any], list[Any]]:
+  """Splits examples into (train, val) by group (image), deterministically.
+
+  ``ceil(fraction · groups)`` randomly chosen groups go to validation.
+  """
+  groups = sorted({group(e) for e in examples})
+  if len(groups) < 2:
+    raise ValueError(f'cannot split {len(examples)} examples of '
+                     f'{len(groups)} image(s) into train and validation')
+  order = np.random.default_rng(seed).permutation(len(groups))
+  n_val = min(len(groups) - 1, max(1, int(np.ceil(fraction * len(groups)))))
+  val_groups = {groups[i] for i in order[:n_val]}
+  return ([e for e in examples if group(e) not in val_groups],
+          [e for e in examples if group(e) in val_groups])
+
+
+def _refcocog_refs(data: ml_collections.ConfigDict, root: str | None
+                   ) -> tuple[dict[str, list[benchmarks.RefExample]], str]:
+  if root is not None:
+    folder = os.path.join(root, 'refcocog')
+    dev = list(benchmarks.load_refcocog(folder, split='val'))
+    train_refs, val_refs = split_by_group(dev, data.val_fraction,
+                                          data.split_seed,
+                                          lambda r: r.image_file)
+    test = list(benchmarks.load_refcocog(folder, split='test'))
+    return ({'train': train_refs, 'val': val_refs, 'test': test},
+            os.path.join(folder, 'images'))
+  cfg = data.refcocog
+  if not cfg.root:
+    raise ValueError('config.data.refcocog.root is empty (and '
+                     'config.data.synthetic is False)')
+  return ({s: list(benchmarks.load_refcocog(cfg.root, split=s))
+           for s in ('train', 'val', 'test')}, cfg.image_root)
+
+
+def _vsr(data: ml_collections.ConfigDict, root: str | None
+         ) -> dict[str, list[tasks_lib.ProbeExample]]:
+  if root is not None:
+    folder = os.path.join(root, 'vsr')
+    categories = benchmarks.load_vsr_categories(
+        os.path.join(folder, 'rel_meta_category_dict.txt'))
+    images = os.path.join(folder, 'images')
+    dev = tasks_lib.vsr_examples(benchmarks.load_vsr(
+        os.path.join(folder, 'random', 'dev.jsonl')), images, categories)
+    train_ex, val_ex = split_by_group(dev, data.val_fraction, data.split_seed,
+                                      lambda e: e.group)
+    test = tasks_lib.vsr_examples(benchmarks.load_vsr(
+        os.path.join(folder, 'random', 'test.jsonl')), images, categories)
+    return {'train': train_ex, 'val': val_ex, 'test': test}
+  cfg = data.vsr
+  missing = [s for s in ('train', 'val', 'test') if not cfg.get(s)]
+  if missing:
+    raise ValueError(f'config.data.vsr.{missing} are empty (and '
+                     'config.data.synthetic is False)')
+  categories = (benchmarks.load_vsr_categories(cfg.categories)
+                if cfg.categories else {})
+  return {s: tasks_lib.vsr_examples(benchmarks.load_vsr(cfg[s]),
+                                    cfg.image_root, categories)
+          for s in ('train', 'val', 'test')}
+
+
+def task_splits(config: ml_collections.ConfigDict, task: str,
+                resolution: int) -> dict[str, list[tasks_lib.ProbeExample]]:
+  """The train/val/test probe examples of ``task`` (module docstring)."""
+  data = config.data
+  root = (eval_common.synthetic_root(resolution, data.synthetic_seed,
+                                     data.synthetic_num)
+          if data.synthetic else None)
+  if task == 'vsr':
+    return _vsr(data, root)
+  refs, image_root = _refcocog_refs(data, root)
+  if task == 'refcocog_box':
+    return {s: tasks_lib.refcocog_examples(
+        r, image_root, {k: analysis.coco_supercategory_of(k)
+                        for k in {x.category_id for x in r}}
+        if not data.synthetic else None) for s, r in refs.items()}
+  if task == 'rcm':
+    cap = int(data.rcm.max_per_cell) or None
+    return {s: tasks_lib.rcm_examples(
+        rcm.build_rcm(r, seed=data.rcm.seed, max_per_cell=cap).examples,
+        image_root) for s, r in refs.items()}
+  raise ValueError(f'config.tasks: unknown task {task!r}; valid: '
+                   f'{list(tasks_lib.TASKS)}')
+
+
+# The grid
+# ---------------------------------------------------------------------------
+
+
+def cell_name(model: str, tap: str, task: str, regime: str, head: str) -> str:
+  """A file-name-safe name of one cell."""
+  spec = taps.parse_spec(tap)
+  return '.'.join([model, spec.tap.replace(':', ''), spec.reduce, task,
+                   regime, head])
+
+
+def run_cell(encoder, spec, task, splits, inputs, config, hp, *, regime, name,
+             workdir, log) -> dict[str, Any]:
+  """Trains one cell's probes (per seed, or HPO then per seed)."""
+  cache = config.cache_dir or os.path.join(workdir, 'features')
+
+  def train_fn(h):
+    return train.train_probe(encoder, spec, task, splits, inputs, h,
+                             regime=regime, cache_dir=cache)
+  out: dict[str, Any] = {}
+  if config.hpo.enabled:
+    search = hpo.run_search(
+        train_fn, hp, task, regime, cell=name, n_trials=config.hpo.n_trials,
+        startup_trials=config.hpo.startup_trials,
+        epochs=tuple(config.hpo.epochs) or None, seeds=tuple(config.seeds),
+        metrics_path=os.path.join(workdir, 'metrics.jsonl'), log=log)
+    results = search.seed_results
+    out.update(best_params=search.best_params, trials=search.trials)
+  else:
+    results = {s: train_fn(dataclasses.replace(hp, seed=s))
+               for s in config.seeds}
+  folder = os.path.join(workdir, 'predictions')
+  os.makedirs(folder, exist_ok=True)
+  for seed, r in results.items():
+    np.savez(os.path.join(folder, f'{name}.seed{seed}.npz'), **r.predictions)
+  out['seeds'] = {int(s): r.metrics for s, r in results.items()}
+  out['summary'] = {k: list(v) for k, v in
+                    hpo.summarise(list(results.values())).items()}
+  return out
+
+
+def results_markdown(cells: Sequence[dict[str, Any]]) -> str:
+  """Tables 1–3 per split (``vlg.analysis.probing.results_table``) and the
+  VSR per-category table (Table 2), mean ± std over seeds."""
+  parts = []
+  for split in ('val', 'test'):
+    rows, mean_box = [], None
+    for c in cells:
+      task = tasks_lib.get_task(c['task'])
+      for seed, m in c['seeds'].items():
+        rows.append({'model': c['model'], 'tap': c['tap'],
+                     'regime': c['regime'], 'head': c['head'],
+                     'task': TABLE_TASK[c['task']], 'seed': seed,
+                     'value': m[f'{split}/{task.headline}']})
+        mean_box = m.get(f'{split}/mean_box/acc@0.5', mean_box)
+    if rows:
+      parts.append(f'## {split}\n\n' + analysis.results_table(rows, mean_box))
+  vsr = [c for c in cells if c['task'] == 'vsr']
+  names = sorted({k.split('/', 2)[2] for c in vsr for k in c['summary']
+                  if k.startswith('test/category/')})
+  if names:
+    table = [[c['model'], c['tap'], c['regime'], c['head']] + [
+        str(analysis.mean_std([m.get(f'test/category/{n}', np.nan)
+                               for m in c['seeds'].values()]))
+        for n in names] for c in vsr]
+    parts.append('## VSR test accuracy per category\n\n' +
+                 curves_lib.markdown_table(
+                     ['model', 'tap', 'regime', 'head', *names], table))
+  return '\n\n'.join(parts) + '\n'
+
+
+def run_grid(config: ml_collections.ConfigDict, workdir: str,
+             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """Runs every cell of ``config`` and writes the results (module doc)."""
+  for spec in config.taps:
+    taps.parse_spec(spec)  # Fail on a bad tap before loading anything.
+  for t in config.tasks:
+    tasks_lib.get_task(t)
+  os.makedirs(workdir, exist_ok=True)
+  run = restore.load_run(config.model_workdir,
+                         step=None if config.step < 0 else config.step)
+  model = config.model_name or os.path.basename(
+      os.path.normpath(config.model_workdir))
+  resolution = int(config.data.resolution or run.config.input.resolution)
+  inputs = train.Inputs(run.tokenizer, resolution=resolution,
+                        max_text_len=config.max_text_len,
+                        max_words=config.max_text_len)
+  encoder = train.model_encoder(run)
+  cells = []
+  try:
+    with jax.set_mesh(run.mesh):
+      for task_name in config.tasks:
+        task = tasks_lib.get_task(task_name)
+        splits = task_splits(config, task_name, resolution)
+        log(f'{task_name}: ' + ', '.join(f'{s} {len(v)}'
+                                         for s, v in splits.items()))
+        for tap in config.taps:
+          spec = taps.parse_spec(tap)
+          for regime in config.regimes:
+            for head in config.heads:
+              name = cell_name(model, tap, task_name, regime, head)
+              hp = train.HParams(**{**config.hparams.to_dict(), 'head': head})
+              log(f'cell {name}')
+              cell = dict(model=model, step=run.step, tap=spec.key,
+                          task=task_name, regime=regime, head=head)
+              cell.update(run_cell(encoder, spec, task, splits, inputs,
+                                   config, hp, regime=regime, name=name,
+                                   workdir=workdir, log=log))
+              cells.append(cell)
+              log(f'{name}: ' + ', '.join(
+                  f'{k} {v[0]:.4f}±{v[1]:.4f}'
+                  for k, v in cell['summary'].items()
+                  if k.endswith(task.headline) and k.count('/') == 1))
+  finally:
+    run.close()
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump({'config': config.to_dict(), 'cells': cells}, f, indent=1,
+              default=float)
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(f'# Probing {model} (step {run.step})\n\n'
+            + results_markdown(cells))
+  return cells
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _CONFIG.value.model_workdir:
+    raise app.UsageError('set --config.model_workdir to a trained vlg run')
+  run_grid(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
