@@ -30,12 +30,13 @@ def test_parse_spec_round_trip_and_errors():
   assert (spec.tap, spec.reduce, spec.layer) == ('resampler_layer:6', 'mean',
                                                  6)
   assert taps.parse_spec('tap=resampler_queries').reduce == 'flatten'
+  assert taps.parse_spec('tap=vision_layer:-2,reduce=cls').layer == -2
   for bad, words in [('tap=nope', 'unknown tap'),
                      ('tap=fused_cls,reduce=max', 'unknown reducer'),
                      ('tap=text_tokens,reduce=flatten', 'fixed number'),
                      ('tap=fused_cls,pool=cls', 'expected'),
                      ('reduce=cls', 'missing'),
-                     ('tap=vision_layer:3,reduce=cls', 'per-layer')]:
+                     ('tap=fusion_layer:1,reduce=flatten', 'fixed number')]:
     with pytest.raises(ValueError, match=words):
       taps.parse_spec(bad)
 
@@ -117,7 +118,11 @@ def test_resampler_taps_from_outputs():
 @functools.partial(jax.jit, static_argnums=0)
 def _all_taps(graphdef, params, batch):
   model = nnx.merge(graphdef, params)
-  got = taps.model_taps(model, batch, taps.MODEL_TAPS)
+  got = taps.model_taps(model, batch, taps.MODEL_TAPS + (
+      'vision_layer:-1', 'vision_layer:0', 'fusion_layer:0',
+      'fusion_layer:1'))
+  got['normed_last_vision_layer'] = model.vision.norm(
+      got['vision_layer:-1'][0])
   img = model.embed_image(batch['image'])
   txt = model.embed_text(batch['text_ids'], batch['text_mask'])
   fused = model.fuse(txt['text_embeds'], batch['text_mask'],
@@ -151,5 +156,18 @@ def test_model_taps_are_the_model_outputs(fast_compile):
   np.testing.assert_array_equal(got['fused_cls'][0][:, 0],
                                 fused['fused_cls'])
   assert got['fused_cls'][0].shape == (2, 1, cfg.text_width)
+  # Per-layer stacks: the last ViT block's output, normed, is the final
+  # token set; fusion layer 0 is its text-mode input, layer 1 its output.
+  np.testing.assert_allclose(got['normed_last_vision_layer'],
+                             img['image_embeds'], rtol=1e-6, atol=1e-6)
+  assert got['vision_layer:0'][0].shape == (2, 65, cfg.vision_width)
+  assert not np.allclose(got['vision_layer:0'][0], got['vision_layer:-1'][0])
+  np.testing.assert_array_equal(got['fusion_layer:0'][0], txt['text_embeds'])
+  np.testing.assert_array_equal(got['fusion_layer:1'][0],
+                                fused['fused_embeds'])
+  np.testing.assert_array_equal(got['fusion_layer:1'][1], mask)
+  with pytest.raises(ValueError, match='0..1'):
+    jax.eval_shape(lambda p: taps.model_taps(
+        nnx.merge(graphdef, p), batch, ('fusion_layer:2',)), params)
   assert taps.feature_dim(taps.parse_spec('tap=vision_tokens'), 65, 128) == (
       65 * 128)

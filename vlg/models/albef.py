@@ -71,7 +71,8 @@ class Model(nnx.Module):
         rngs, lambda key, shape, dtype: jnp.full(shape, temp, dtype), (), ())
 
   def embed_image(self, image: jax.Array, token_mask: jax.Array | None = None,
-                  *, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+                  *, rngs: nnx.Rngs | None = None,
+                  return_layers: bool = False) -> dict[str, jax.Array]:
     """Encodes images.
 
     Args:
@@ -84,12 +85,18 @@ class Model(nnx.Module):
     Returns:
       ``image_embeds`` [B, 1 + N, Dv] (compute dtype, [CLS] first) and
       ``image_feat`` [B, E], the L2-normalised ``vision_proj`` of [CLS]
-      (float32).
+      (float32); with ``return_layers`` (static) also ``vision_layers``
+      [depth + 1, B, 1 + N, Dv] (the probing taps ``vision_layer:k``).
     """
-    x = self.vision(image, token_mask, rngs=rngs)
+    out = {}
+    if return_layers:
+      x, out['vision_layers'] = self.vision(image, token_mask, rngs=rngs,
+                                            return_layers=True)
+    else:
+      x = self.vision(image, token_mask, rngs=rngs)
     feat = layers.l2_normalize(self.vision_proj(x[:, 0],
                                                 out_dtype=jnp.float32))
-    return {'image_embeds': x, 'image_feat': feat}
+    return {'image_embeds': x, 'image_feat': feat, **out}
 
   def embed_text(self, text_ids: jax.Array, text_mask: jax.Array, *,
                  rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
@@ -111,7 +118,8 @@ class Model(nnx.Module):
 
   def fuse(self, text_embeds: jax.Array, text_mask: jax.Array,
            image_embeds: jax.Array, image_mask: jax.Array | None = None, *,
-           rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+           rngs: nnx.Rngs | None = None,
+           return_layers: bool = False) -> dict[str, jax.Array]:
     """Runs the fusion layers: text self-attention + cross-attention.
 
     Args:
@@ -123,8 +131,14 @@ class Model(nnx.Module):
       rngs: dropout randomness (None: deterministic).
 
     Returns:
-      ``fused_embeds`` [B, L, Dt] and ``fused_cls`` [B, Dt] (its [CLS] row).
+      ``fused_embeds`` [B, L, Dt] and ``fused_cls`` [B, Dt] (its [CLS] row);
+      with ``return_layers`` (static) also ``fusion_layers``
+      [fusion_layers + 1, B, L, Dt] (the probing taps ``fusion_layer:k``).
     """
+    if return_layers:
+      x, stack = self.text.fuse(text_embeds, text_mask, image_embeds,
+                                image_mask, rngs=rngs, return_layers=True)
+      return {'fused_embeds': x, 'fused_cls': x[:, 0], 'fusion_layers': stack}
     x = self.text.fuse(text_embeds, text_mask, image_embeds, image_mask,
                        rngs=rngs)
     return {'fused_embeds': x, 'fused_cls': x[:, 0]}

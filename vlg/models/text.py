@@ -118,12 +118,19 @@ class TextEncoder(nnx.Module):
 
   def fuse(self, x: jax.Array, mask: jax.Array, image: jax.Array,
            image_mask: jax.Array | None = None, *,
-           rngs: nnx.Rngs | None = None) -> jax.Array:
-    """Fusion mode on text-mode states ``x`` with image tokens ``image``."""
+           rngs: nnx.Rngs | None = None, return_layers: bool = False
+           ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Fusion mode on text-mode states ``x`` with image tokens ``image``.
+
+    With ``return_layers`` (static) also returns the stack
+    [fusion_layers + 1, B, L, D] of the input and every fusion layer's output.
+    """
+    states = [x]
     for layer in self.fusion:
       x = layers.call_block(layer, x, mask, image, image_mask,
                             remat=self.remat, rngs=rngs)
-    return x
+      states.append(x)
+    return (x, jnp.stack(states)) if return_layers else x
 
   def mlm_logits(self, x: jax.Array) -> jax.Array:
     """[B, L, D] fused states → [B, L, V] logits (decoder tied to words)."""

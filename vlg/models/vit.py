@@ -116,7 +116,8 @@ class VisionTransformer(nnx.Module):
     return (x - mean) / std
 
   def __call__(self, image: jax.Array, token_mask: jax.Array | None = None,
-               *, rngs: nnx.Rngs | None = None) -> jax.Array:
+               *, rngs: nnx.Rngs | None = None, return_layers: bool = False
+               ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Encodes ``image`` [B, H, W, 3] (0..255); H and W multiples of the patch.
 
     ``token_mask`` [B, 1 + N] (optional) restricts self-attention to the
@@ -126,7 +127,9 @@ class VisionTransformer(nnx.Module):
 
     Returns:
       [B, 1 + (H/p)(W/p), D] tokens after the final LayerNorm, [CLS] first,
-      in the compute dtype.
+      in the compute dtype; with ``return_layers`` (static) also the stack
+      [depth + 1, B, 1 + N, D] of the embedded input and every block's output
+      (before the final LayerNorm; index -2 is BLIP-2's penultimate layer).
     """
     b, h, w, c = image.shape
     p = self.patch_size
@@ -146,6 +149,10 @@ class VisionTransformer(nnx.Module):
     x = x + pos.astype(x.dtype)
     x = sharding.constrain(x, ('batch', 'length', 'embed'))
     x = layers.dropout(x, self.dropout_rate, rngs)
+    states = [x]
     for block in self.blocks:
       x = layers.call_block(block, x, token_mask, remat=self.remat, rngs=rngs)
+      states.append(x)
+    if return_layers:
+      return self.norm(x), jnp.stack(states)
     return self.norm(x)

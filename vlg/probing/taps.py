@@ -12,7 +12,10 @@ Taps of a vlg ``Model`` (ALBEF/X-VLM family, :func:`model_taps`):
 * ``vision_tokens``: ``embed_image``'s tokens, [CLS] first (N = 1 + patches);
 * ``text_tokens`` / ``text_cls``: ``embed_text``'s tokens / its [CLS] row;
 * ``fused_tokens`` / ``fused_cls``: ``fuse`` on (image, text) / its [CLS]
-  row (the ITM/VSR representation).
+  row (the ITM/VSR representation);
+* ``vision_layer:k`` / ``fusion_layer:k``: row k of the per-layer stacks
+  (``return_layers=True``): 0 is the embedded input, -1 the last block's
+  output before the final LayerNorm, -2 BLIP-2's penultimate layer.
 
 Taps of a resampler (:func:`resampler_taps`) come from the dict its call
 returns: ``resampler_queries`` [B, Q, D] (mask ``query_mask`` when given),
@@ -50,8 +53,8 @@ VARIABLE_LENGTH_TAPS = ('text_tokens', 'fused_tokens', 'resampler_text')
 # The output key of each resampler tap's mask (``vlg.models.resamplers``).
 _RESAMPLER_MASKS = {'resampler_queries': 'query_mask',
                     'resampler_text': 'text_mask'}
-_LAYER_TAP = re.compile(r'^(resampler_layer):(-?\d+)$')
-_PER_LAYER_ELSEWHERE = re.compile(r'^(vision_layer|fusion_layer):-?\d+$')
+_LAYER_TAP = re.compile(r'^(resampler_layer|vision_layer|fusion_layer):'
+                        r'(-?\d+)$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +70,8 @@ class TapSpec:
 
   @property
   def layer(self) -> int | None:
-    """k of ``resampler_layer:k``; None for other taps."""
+    """k of ``resampler_layer:k`` (or ``vision_layer:k``, ``fusion_layer:k``);
+    None for other taps."""
     match = _LAYER_TAP.match(self.tap)
     return int(match.group(2)) if match else None
 
@@ -93,19 +97,16 @@ def parse_spec(text: str) -> TapSpec:
   if 'tap' not in fields:
     raise ValueError(f'tap spec {text!r}: missing "tap=NAME"')
   tap = fields['tap']
-  if _PER_LAYER_ELSEWHERE.match(tap):
-    raise ValueError(f'tap spec {text!r}: per-layer tap {tap!r} needs '
-                     'per-layer outputs the vlg Model does not return yet; '
-                     'use resampler_layer:k or a final-layer tap')
   if tap not in MODEL_TAPS + RESAMPLER_TAPS and not _LAYER_TAP.match(tap):
     raise ValueError(f'tap spec {text!r}: unknown tap {tap!r}; valid: '
                      f'{list(MODEL_TAPS + RESAMPLER_TAPS)} or '
-                     'resampler_layer:k')
+                     'resampler_layer:k, vision_layer:k, fusion_layer:k')
   reduce = fields.get('reduce', 'flatten')
   if reduce not in REDUCERS:
     raise ValueError(f'tap spec {text!r}: unknown reducer {reduce!r}; '
                      f'valid: {list(REDUCERS)}')
-  if reduce == 'flatten' and tap in VARIABLE_LENGTH_TAPS:
+  if reduce == 'flatten' and (tap in VARIABLE_LENGTH_TAPS or
+                              tap.startswith('fusion_layer:')):
     raise ValueError(f'tap spec {text!r}: flatten needs a fixed number of '
                      f'tokens, but {tap!r} has one per text token; use '
                      'mean, cls or attn_pool')
@@ -133,15 +134,22 @@ def model_taps(model: Any, batch: dict[str, jax.Array],
   Returns:
     ``{name: (tokens, mask)}``.
   """
-  unknown = sorted(set(names) - set(MODEL_TAPS))
+  layered = {n: _LAYER_TAP.match(n) for n in names}
+  unknown = sorted(n for n in names if n not in MODEL_TAPS and not (
+      layered[n] and layered[n].group(1) != 'resampler_layer'))
   if unknown:
     raise ValueError(f'taps {unknown} are not taps of a vlg Model; valid: '
-                     f'{list(MODEL_TAPS)}')
+                     f'{list(MODEL_TAPS)}, vision_layer:k, fusion_layer:k')
+  kinds = {m.group(1) for m in layered.values() if m}
   out: dict[str, Tap] = {}
-  need_image = any(n in ('vision_tokens', 'fused_tokens', 'fused_cls')
-                   for n in names)
-  need_text = any(n != 'vision_tokens' for n in names)
-  img = model.embed_image(batch['image'], rngs=rngs) if need_image else None
+  need_fusion = 'fusion_layer' in kinds or any(
+      n.startswith('fused') for n in names)
+  need_image = need_fusion or 'vision_layer' in kinds or (
+      'vision_tokens' in names)
+  need_text = need_fusion or any(n.startswith('text') for n in names)
+  img = (model.embed_image(batch['image'], rngs=rngs,
+                           return_layers='vision_layer' in kinds)
+         if need_image else None)
   if img is not None:
     out['vision_tokens'] = (img['image_embeds'], _ones(img['image_embeds']))
   if need_text:
@@ -150,11 +158,22 @@ def model_taps(model: Any, batch: dict[str, jax.Array],
     x = txt['text_embeds']
     out['text_tokens'] = (x, text_mask)
     out['text_cls'] = (x[:, :1], _ones(x[:, :1]))
-    if img is not None and any(n.startswith('fused') for n in names):
-      fused = model.fuse(x, text_mask, img['image_embeds'],
-                         rngs=rngs)['fused_embeds']
-      out['fused_tokens'] = (fused, text_mask)
-      out['fused_cls'] = (fused[:, :1], _ones(fused[:, :1]))
+    if need_fusion:
+      fused = model.fuse(x, text_mask, img['image_embeds'], rngs=rngs,
+                         return_layers='fusion_layer' in kinds)
+      out['fused_tokens'] = (fused['fused_embeds'], text_mask)
+      out['fused_cls'] = (fused['fused_embeds'][:, :1],
+                          _ones(fused['fused_embeds'][:, :1]))
+  for name, match in layered.items():
+    if match:
+      kind, k = match.group(1), int(match.group(2))
+      stack = (img['vision_layers'] if kind == 'vision_layer'
+               else fused['fusion_layers'])
+      if not -stack.shape[0] <= k < stack.shape[0]:
+        raise ValueError(f'tap {name!r}: the model returns {stack.shape[0]} '
+                         f'{kind} states (0..{stack.shape[0] - 1})')
+      mask = _ones(stack[k]) if kind == 'vision_layer' else batch['text_mask']
+      out[name] = (stack[k], mask)
   return {n: out[n] for n in names}
 
 
@@ -169,7 +188,7 @@ def resampler_taps(outputs: dict[str, jax.Array], names: tuple[str, ...]
   out: dict[str, Tap] = {}
   for name in names:
     match = _LAYER_TAP.match(name)
-    if match:
+    if match and match.group(1) == 'resampler_layer':
       stack = outputs.get('resampler_layers')
       if stack is None:
         raise ValueError(f'tap {name!r} needs resampler_layers; call the '
