@@ -197,8 +197,8 @@ class Attention(nnx.Module):
     Args:
       x: queries' input.
       context: keys' and values' input; None for self-attention.
-      mask: [B, Lk] key mask, True (or nonzero) where a key is visible;
-        None for all visible.
+      mask: [B, Lk] key mask, True (or nonzero) where a key is visible, or
+        [B, Lq, Lk] per query row (e.g. causal); None for all visible.
       rngs: dropout randomness for the attention probabilities.
 
     Returns:
@@ -213,7 +213,8 @@ class Attention(nnx.Module):
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k,
                         preferred_element_type=jnp.float32)
     if mask is not None:
-      visible = mask.astype(bool)[:, None, None, :]
+      visible = (mask.astype(bool)[:, None] if mask.ndim == 3
+                 else mask.astype(bool)[:, None, None, :])
       logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     probs = dropout(probs, self.dropout_rate, rngs).astype(v.dtype)
