@@ -317,12 +317,9 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
 
   # --- Input pipeline ---------------------------------------------------------
   # Process 0 trains (or loads) the tokenizer; the others load its result.
-  if process_index == 0:
-    tokenizer = pipeline.get_tokenizer(config.input, workdir)
-  if process_count > 1:
-    multihost_utils.sync_global_devices('vlg: tokenizer ready')
   if process_index != 0:
-    tokenizer = pipeline.get_tokenizer(config.input, workdir)
+    pipeline.wait_for_tokenizer(config.input, workdir)
+  tokenizer = pipeline.get_tokenizer(config.input, workdir)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(f'Tokenizer has {tokenizer.vocab_size} pieces but '
                      f'model.vocab_size is {config.model.vocab_size}')

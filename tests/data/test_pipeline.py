@@ -1,5 +1,8 @@
 """The grain pipeline: batch contract, shards, exact iterator resume."""
 
+import threading
+import time
+
 import grain
 import ml_collections
 import numpy as np
@@ -82,3 +85,28 @@ def test_unknown_op_and_kind_fail_with_valid_names(tok):
   cfg.kind = 'boxes'
   with pytest.raises(ValueError, match='valid'):
     pipeline.make_dataset(cfg, tok, global_batch=4, seed=0)
+
+
+def test_wait_for_tokenizer_returns_once_written_and_times_out_clearly(
+    tmp_path):
+  cfg = ml_collections.ConfigDict({'tokenizer': {'path': ''}})
+  with pytest.raises(TimeoutError, match='did not appear within 0 s'):
+    pipeline.wait_for_tokenizer(cfg, str(tmp_path), timeout_s=0.0,
+                                poll_s=0.01)
+  key = tmp_path / 'tokenizer' / tok_lib.KEY_FILE
+
+  def write_later():
+    time.sleep(0.3)
+    key.parent.mkdir()
+    key.write_text('k')
+
+  writer = threading.Thread(target=write_later)
+  start = time.time()
+  writer.start()
+  pipeline.wait_for_tokenizer(cfg, str(tmp_path), timeout_s=30.0,
+                              poll_s=0.01)
+  writer.join()
+  assert key.exists() and 0.25 < time.time() - start < 30.0
+  # A run with an explicit tokenizer path never waits.
+  cfg.tokenizer.path = '/nonexistent/tokenizer.model'
+  pipeline.wait_for_tokenizer(cfg, str(tmp_path / 'other'), timeout_s=0.0)

@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from typing import Any
 
 import grain
@@ -288,6 +290,36 @@ def get_tokenizer(input_cfg: ml_collections.ConfigDict,
       os.path.join(cache_dir, 'tokenizer'),
       lambda: training_texts(input_cfg, int(tcfg.num_texts)),
       int(tcfg.vocab_size), key=key)
+
+
+def wait_for_tokenizer(input_cfg: ml_collections.ConfigDict, cache_dir: str,
+                       *, timeout_s: float = 3600.0,
+                       poll_s: float = 2.0) -> None:
+  """Blocks until another process has written the run's tokenizer.
+
+  In a multi-process job process 0 trains the tokenizer (minutes for a
+  large vocabulary) while the others wait here on the shared workdir rather
+  than in a collective, whose timeout would kill the job.
+
+  Raises:
+    TimeoutError: the tokenizer did not appear within ``timeout_s``.
+  """
+  if input_cfg.tokenizer.get('path'):
+    return
+  key_path = os.path.join(cache_dir, 'tokenizer', tokenizer_lib.KEY_FILE)
+  start = last_log = time.time()
+  while not os.path.exists(key_path):
+    now = time.time()
+    if now - start > timeout_s:
+      raise TimeoutError(
+          f'{key_path} did not appear within {timeout_s:.0f} s. Process 0 '
+          'trains the tokenizer into the (shared) workdir: check its log, '
+          'and that every process sees the same workdir.')
+    if now - last_log > 60:
+      logging.info('Waiting for process 0 to write %s (%.0f s)', key_path,
+                   now - start)
+      last_log = now
+    time.sleep(poll_s)
 
 
 # Host → device

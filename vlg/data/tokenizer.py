@@ -129,6 +129,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *,
   return Tokenizer(model.getvalue())
 
 
+# Written last, atomically, by load_or_train: its presence means the model is
+# complete (other processes of a multi-process job wait for it).
+KEY_FILE = 'tokenizer.key'
+
+
 def load_or_train(directory: str, texts_fn, vocab_size: int, *,
                   key: str = '') -> Tokenizer:
   """Reuses ``directory/tokenizer.model`` if it matches ``key``, else trains.
@@ -142,7 +147,7 @@ def load_or_train(directory: str, texts_fn, vocab_size: int, *,
       trained under another key is an error rather than silently reused.
   """
   path = os.path.join(directory, MODEL_FILE)
-  key_path = os.path.join(directory, 'tokenizer.key')
+  key_path = os.path.join(directory, KEY_FILE)
   want = f'{key}|vocab={vocab_size}'
   if os.path.exists(path):
     have = open(key_path).read() if os.path.exists(key_path) else ''
