@@ -43,6 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   tiny = arg.variant == 'tiny'
   c = ml_collections.ConfigDict()
   c.model_workdir = ''  # A trained vlg run (checkpoints/ + tokenizer/).
+  # A vlg.probing.stage1 workdir: probe its Q-Former (on its frozen tower)
+  # instead of the model; taps resampler_queries / resampler_layer:k.
+  c.resampler_workdir = ''
+  c.resampler_mode = 'multimodal'  # Text enters the queries (spec §2.3).
   c.model_name = ''  # Row label; '' = the workdir's base name.
   c.step = -1  # Checkpoint step; -1 = the latest kept.
   c.taps = ('tap=fused_cls,reduce=cls',)

@@ -45,12 +45,14 @@ from absl import flags
 from ml_collections import config_flags
 
 from vlg import restore
+from vlg import sharding
 from vlg.analysis import curves as curves_lib
 from vlg.analysis import probing as analysis
 from vlg.data import benchmarks
 from vlg.evaluators import common as eval_common
 from vlg.probing import hpo
 from vlg.probing import rcm
+from vlg.probing import stage1
 from vlg.probing import taps
 from vlg.probing import tasks as tasks_lib
 from vlg.probing import train
@@ -234,6 +236,40 @@ def results_markdown(cells: Sequence[dict[str, Any]]) -> str:
   return '\n\n'.join(parts) + '\n'
 
 
+@dataclasses.dataclass
+class Source:
+  """What a probe grid reads: an encoder and how to feed it."""
+  name: str
+  encoder: train.Encoder
+  tokenizer: Any
+  resolution: int
+  step: int
+  mesh: jax.sharding.Mesh
+  close: Callable[[], None]
+
+
+def load_source(config: ml_collections.ConfigDict) -> Source:
+  """The trained vlg model of ``model_workdir``, or with
+  ``resampler_workdir`` the Q-Former of a ``vlg.probing.stage1`` run on its
+  frozen tower."""
+  if config.get('resampler_workdir'):
+    trained = stage1.load_resampler(config.resampler_workdir,
+                                    mode=config.resampler_mode)
+    return Source(
+        name=os.path.basename(os.path.normpath(config.resampler_workdir)),
+        encoder=train.resampler_encoder(trained.module, trained.cache_id),
+        tokenizer=trained.tokenizer, resolution=trained.resolution,
+        step=trained.step, mesh=sharding.make_mesh((-1, 1, 1)),
+        close=lambda: None)
+  run = restore.load_run(config.model_workdir,
+                         step=None if config.step < 0 else config.step)
+  return Source(
+      name=os.path.basename(os.path.normpath(config.model_workdir)),
+      encoder=train.model_encoder(run), tokenizer=run.tokenizer,
+      resolution=int(run.config.input.resolution), step=run.step,
+      mesh=run.mesh, close=run.close)
+
+
 def run_grid(config: ml_collections.ConfigDict, workdir: str,
              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
   """Runs every cell of ``config`` and writes the results (module doc)."""
@@ -242,18 +278,16 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
   for t in config.tasks:
     tasks_lib.get_task(t)
   os.makedirs(workdir, exist_ok=True)
-  run = restore.load_run(config.model_workdir,
-                         step=None if config.step < 0 else config.step)
-  model = config.model_name or os.path.basename(
-      os.path.normpath(config.model_workdir))
-  resolution = int(config.data.resolution or run.config.input.resolution)
-  inputs = train.Inputs(run.tokenizer, resolution=resolution,
+  source = load_source(config)
+  model = config.model_name or source.name
+  resolution = int(config.data.resolution or source.resolution)
+  inputs = train.Inputs(source.tokenizer, resolution=resolution,
                         max_text_len=config.max_text_len,
                         max_words=config.max_text_len)
-  encoder = train.model_encoder(run)
+  encoder = source.encoder
   cells = []
   try:
-    with jax.set_mesh(run.mesh):
+    with jax.set_mesh(source.mesh):
       for task_name in config.tasks:
         task = tasks_lib.get_task(task_name)
         splits = task_splits(config, task_name, resolution)
@@ -266,7 +300,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
               name = cell_name(model, tap, task_name, regime, head)
               hp = train.HParams(**{**config.hparams.to_dict(), 'head': head})
               log(f'cell {name}')
-              cell = dict(model=model, step=run.step, tap=spec.key,
+              cell = dict(model=model, step=source.step, tap=spec.key,
                           task=task_name, regime=regime, head=head)
               cell.update(run_cell(encoder, spec, task, splits, inputs,
                                    config, hp, regime=regime, name=name,
@@ -277,12 +311,12 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
                   for k, v in cell['summary'].items()
                   if k.endswith(task.headline) and k.count('/') == 1))
   finally:
-    run.close()
+    source.close()
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump({'config': config.to_dict(), 'cells': cells}, f, indent=1,
               default=float)
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(f'# Probing {model} (step {run.step})\n\n'
+    f.write(f'# Probing {model} (step {source.step})\n\n'
             + results_markdown(cells))
   return cells
 
@@ -290,8 +324,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not _CONFIG.value.model_workdir:
-    raise app.UsageError('set --config.model_workdir to a trained vlg run')
+  if not (_CONFIG.value.model_workdir or _CONFIG.value.resampler_workdir):
+    raise app.UsageError('set --config.model_workdir to a trained vlg run '
+                         '(or --config.resampler_workdir to a stage-1 run)')
   run_grid(_CONFIG.value, _WORKDIR.value)
 
 
