@@ -9,10 +9,13 @@ for the batch contract built from them)::
    'paragraph': str, 'has_graph': bool, 'has_boxes': bool}
 
 Sources are named in ``config.input.data.<name>.source``; :data:`SOURCES`
-lists the valid names. :class:`CheckedSource` applies the bad-input policy:
-by default an unreadable example raises an error naming it; with
-``input.skip_bad_examples`` it is skipped (the next index is read instead) and
-counted in the record's ``_num_bad`` field, which the loop sums and logs.
+lists the valid names: ``synthetic``, ``albef_json``, ``prepared`` (what
+``vlg.tools.prepare`` wrote) and ``tfds`` (a prepared TFDS dataset read with
+``tfds.data_source``; see ``vlg/data/tfds_source.py``).
+:class:`CheckedSource` applies the bad-input policy: by default an unreadable
+example raises an error naming it; with ``input.skip_bad_examples`` it is
+skipped (the next index is read instead) and counted in the record's
+``_num_bad`` field, which the loop sums and logs.
 """
 
 from __future__ import annotations
@@ -130,10 +133,16 @@ def _prepared(cfg: ml_collections.ConfigDict, input_cfg) -> Any:
   return prepared_source.PreparedSource(cfg.dir, cfg.get('image_dirs'))
 
 
+def _tfds(cfg: ml_collections.ConfigDict, input_cfg) -> Any:
+  from vlg.data import tfds_source  # pylint: disable=g-import-not-at-top
+  return tfds_source.from_config(cfg)
+
+
 SOURCES: dict[str, Callable[..., Any]] = {
     'synthetic': _synthetic,
     'albef_json': _albef_json,
     'prepared': _prepared,
+    'tfds': _tfds,
 }
 
 
