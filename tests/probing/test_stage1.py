@@ -39,6 +39,8 @@ def test_stage1_trains_resumes_and_loads_for_probing(tmp_path, fast_compile):
   assert abs(first['itc_loss'] - np.log(8)) < 0.5
   loaded = stage1.load_resampler(workdir)
   assert loaded.step == 2
+  # The tiny size's 64 positions stay (probe texts are longer than captions).
+  assert loaded.module.resampler.position.shape[0] == 64
   tower_before = jax.tree.map(np.asarray, jax.tree.leaves(
       __import__('flax').nnx.state(loaded.module.vision)))
 

@@ -113,11 +113,13 @@ def qformer_config(config, tower: Tower) -> ml_collections.ConfigDict:
   width = int(tower.module.vision.pos_embed.shape[-1])
   overrides = dict(config.qformer.to_dict())
   size = overrides.pop('size')
-  overrides.update(vocab_size=tower.tokenizer.vocab_size + 1,
-                   max_positions=max(int(tower.input_cfg.max_text_len),
-                                     int(overrides.get('max_positions', 0))))
-  return resamplers.resampler_config('qformer', size, vision_width=width,
-                                     **overrides)
+  overrides['vocab_size'] = tower.tokenizer.vocab_size + 1
+  cfg = resamplers.resampler_config('qformer', size, vision_width=width,
+                                    **overrides)
+  # Room for the training captions and for longer probe texts (RCM).
+  cfg.max_positions = max(int(cfg.max_positions),
+                          int(tower.input_cfg.max_text_len))
+  return cfg
 
 
 def make_step(config, qformer_graphdef, tower_graphdef, tx, bos_id: int):
