@@ -1,0 +1,301 @@
+r"""The built-in study: ALBEF, X-VLM, ReALBEF and ReX-VLM over several seeds.
+
+  python -m vlg.tools.study --out=DIR [--seeds=3] [--steps=600] \
+      [--models=albef,xvlm,realbef,rexvlm] [--eval_every=100]
+
+Trains the tiny config of each model family (``vlg/recipes.py``) for the
+same number of steps on the same synthetic data, once per seed, with every
+synthetic evaluator (``vlg.evaluators.synthetic``) running every
+``--eval_every`` steps and at the end, then writes ``DIR/results.md``,
+``DIR/results.json`` and ``DIR/curves.png`` (``vlg.analysis.study``).
+
+A seed is the config's ``seed``: the parameter initialisation, the ITM
+negatives, and the order and augmentation of the training examples. It
+leaves the synthetic world (``input.data.synthetic.world``) and the
+benchmark sets (``evals.*.synthetic_seed``) alone, so every run sees the
+same images and is scored on the same examples; one tokenizer, trained once
+into ``DIR/tokenizer``, serves every run.
+
+Runs go to ``DIR/runs/<model>/seed<k>`` one after another in this process.
+Running the same command again resumes the study: a run whose training
+reached the final step (marker file ``study_done.json``) is skipped, a
+killed run continues from its last checkpoint (``vlg.train``), and only
+then are the results written. ``DIR/study.json`` keeps the settings that
+must not change within a study (steps, eval interval, variant); more seeds
+or models can be added later. JAX's persistent compilation cache lives in
+``DIR/cache/jax`` so that later seeds of a model reuse its compiled steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import ml_collections
+from absl import app
+from absl import flags
+
+from vlg import recipes
+from vlg.analysis import study as study_lib
+
+_OUT = None
+_SEEDS = None
+_STEPS = None
+_MODELS = None
+_EVAL_EVERY = None
+_VARIANT = None
+_EVAL_NUM = None
+_COMPILATION_CACHE = None
+
+SETTINGS_FILE = 'study.json'
+ConfigHook = Callable[[ml_collections.ConfigDict], None]
+
+
+def define_flags() -> None:
+  """Defines the flags; called only when run as a program, so that
+  tests can import several tools into one process."""
+  global _OUT, _SEEDS, _STEPS, _MODELS, _EVAL_EVERY, _VARIANT, _EVAL_NUM
+  global _COMPILATION_CACHE
+  _OUT = flags.DEFINE_string('out', None, 'Study directory: runs/, results.md, '
+                             'results.json, curves.png; an existing study '
+                             'there is resumed.')
+  _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per model (0..seeds-1).')
+  _STEPS = flags.DEFINE_integer('steps', 600, 'Training steps of every run.')
+  _MODELS = flags.DEFINE_list('models', list(study_lib.MODELS),
+                              f'Model families, of {study_lib.MODELS}.')
+  _EVAL_EVERY = flags.DEFINE_integer(
+      'eval_every', 100, 'Run every synthetic evaluator every this many '
+      'steps (and at the last step).')
+  _VARIANT = flags.DEFINE_string('variant', 'tiny', 'Config variant of '
+                                 'every model (tiny | small).')
+  _EVAL_NUM = flags.DEFINE_integer(
+      'eval_num', 0, 'Examples per synthetic benchmark file; 0: the '
+      "config's default.")
+  _COMPILATION_CACHE = flags.DEFINE_bool(
+      'compilation_cache', True, "Keep JAX's persistent compilation cache "
+      'in DIR/cache/jax, so later seeds of a model reuse its compiled steps.')
+  flags.mark_flags_as_required(['out'])
+
+
+def study_config(model: str, seed: int, *, steps: int, eval_every: int,
+                 variant: str = 'tiny', eval_num: int = 0,
+                 cache_dir: str = '') -> ml_collections.ConfigDict:
+  """The config of one run: ``model``'s ``variant`` with ``seed``.
+
+  Args:
+    model: a family of :data:`vlg.analysis.study.MODELS`.
+    seed: the training seed (``config.seed``).
+    steps: training steps (the schedule's length too).
+    eval_every: every synthetic evaluator's ``log_steps``.
+    variant: the config variant (its synthetic evals must be on).
+    eval_num: examples per synthetic benchmark file; 0 keeps the config's.
+    cache_dir: where the synthetic benchmark sets are written; '' keeps
+      the default cache.
+  """
+  if model not in study_lib.MODELS:
+    raise ValueError(f'unknown model {model!r}; valid: {study_lib.MODELS}')
+  if steps < 1 or eval_every < 1:
+    raise ValueError(f'steps={steps} and eval_every={eval_every} must be '
+                     '>= 1')
+  arg = f'{variant},evals=True'
+  c = (recipes.albef_config(arg) if model == 'albef' else
+       recipes.family_config(model, arg))
+  if not c.evals:
+    raise ValueError(f'variant {variant!r} has no synthetic evals')
+  c.seed = seed
+  c.total_steps = steps
+  for entry in c.evals.values():
+    entry.log_steps = eval_every
+    if eval_num:
+      entry.synthetic_num = eval_num
+    if cache_dir:
+      entry.synthetic_cache = cache_dir
+  return c
+
+
+def is_done(workdir: str, steps: int) -> bool:
+  """Whether the run in ``workdir`` finished ``steps`` steps."""
+  path = os.path.join(workdir, study_lib.DONE_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return json.load(f).get('steps') == steps
+
+
+def _last_checkpoint(workdir: str) -> int | None:
+  path = os.path.join(workdir, 'checkpoints')
+  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if (
+      os.path.isdir(path)) else []
+  return max(steps, default=None)
+
+
+def _check_settings(out: str, settings: dict[str, object]) -> None:
+  """Writes ``out/study.json`` or checks that the settings match it."""
+  path = os.path.join(out, SETTINGS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    changed = {k: (saved.get(k), v) for k, v in settings.items()
+               if saved.get(k) != v}
+    if changed:
+      raise ValueError(
+          f'{path}: this study was started with other settings '
+          f'(saved, now): {changed}; use another --out or the same flags')
+    return
+  os.makedirs(out, exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(settings, f, indent=1)
+
+
+def _shared_inputs(configs: Sequence[ml_collections.ConfigDict]) -> None:
+  """Fails unless every run trains on the same data and evaluation sets."""
+  def fingerprint(c):
+    evals = {name: {k: v for k, v in e.items() if k.startswith('synthetic')}
+             for name, e in c.evals.items()}
+    return json.dumps(dict(data=c.input.data.to_dict(), evals=evals,
+                           tokenizer=c.input.tokenizer.to_dict(),
+                           resolution=c.input.resolution), sort_keys=True,
+                      default=str)
+  prints = {fingerprint(c) for c in configs}
+  if len(prints) > 1:
+    raise ValueError('the study runs differ in their data or evaluation '
+                     'sets; a config hook must change every run alike')
+
+
+def _share_tokenizer(configs: Sequence[ml_collections.ConfigDict],
+                     out: str) -> str:
+  """Trains (or loads) one tokenizer in ``out/tokenizer`` for every run."""
+  from vlg.data import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.get_tokenizer(configs[0].input, out)
+  path = os.path.join(out, 'tokenizer', 'tokenizer.model')
+  for c in configs:
+    c.input.tokenizer.path = path
+  return path
+
+
+def _duration(seconds: float) -> str:
+  return time.strftime('%H:%M:%S', time.gmtime(max(seconds, 0)))
+
+
+def run_study(out: str, *, models: Sequence[str], seeds: int, steps: int,
+              eval_every: int, variant: str = 'tiny', eval_num: int = 0,
+              config_hook: ConfigHook | None = None,
+              log: Callable[[str], None] = print) -> dict[str, object]:
+  """Trains (or resumes) every run of the study, then writes its results.
+
+  Args:
+    out: the study directory.
+    models: model families to train, in order.
+    seeds: seeds per model (0..seeds-1).
+    steps: training steps of every run.
+    eval_every: evaluation interval in steps.
+    variant: config variant of every model.
+    eval_num: examples per synthetic benchmark file (0: the config's).
+    config_hook: changes each run's config in place before it trains
+      (tests shrink the model with it); it must change every run alike.
+    log: receives the progress lines.
+
+  Returns:
+    ``{'trained': [(model, seed)], 'skipped': [...], 'interrupted': bool,
+    'results': the aggregate or None}``; results are written only when
+    every run of the study finished.
+  """
+  from vlg import train  # pylint: disable=g-import-not-at-top
+  unknown = sorted(set(models) - set(study_lib.MODELS))
+  if unknown or not models:
+    raise ValueError(f'--models={list(models)}: unknown {unknown}; valid: '
+                     f'{study_lib.MODELS}')
+  if seeds < 1:
+    raise ValueError(f'--seeds={seeds} must be >= 1')
+  _check_settings(out, dict(steps=steps, eval_every=eval_every,
+                            variant=variant, eval_num=eval_num))
+  cache_dir = os.path.join(out, 'cache')
+  plan = [(m, s) for m in models for s in range(seeds)]
+  configs = {}
+  for model, seed in plan:
+    c = study_config(model, seed, steps=steps, eval_every=eval_every,
+                     variant=variant, eval_num=eval_num, cache_dir=cache_dir)
+    if config_hook is not None:
+      config_hook(c)
+    configs[model, seed] = c
+  _shared_inputs(list(configs.values()))
+
+  todo = [(m, s) for m, s in plan
+          if not is_done(study_lib.run_dir(out, m, s), steps)]
+  skipped = [p for p in plan if p not in todo]
+  log(f'study {out}: {len(plan)} runs ({len(models)} models x {seeds} '
+      f'seeds, {steps} steps, evals every {eval_every}); {len(skipped)} '
+      f'finished, {len(todo)} to train')
+  if todo:
+    _share_tokenizer(list(configs.values()), out)
+  start, trained, interrupted = time.time(), [], False
+  for i, (model, seed) in enumerate(todo):
+    workdir = study_lib.run_dir(out, model, seed)
+    resumed = _last_checkpoint(workdir)
+    log(f'[{i + 1}/{len(todo)}] {model} seed {seed}: '
+        + (f'resuming from step {resumed}' if resumed else 'training')
+        + f' in {workdir}')
+    t = time.time()
+    train.train_and_evaluate(configs[model, seed], workdir)
+    seconds = time.time() - t
+    reached = _last_checkpoint(workdir)
+    if reached != steps:
+      log(f'{model} seed {seed} stopped at step {reached} of {steps} '
+          '(interrupted); run the same command again to resume')
+      interrupted = True
+      break
+    with open(os.path.join(workdir, study_lib.DONE_FILE), 'w') as f:
+      json.dump(dict(model=model, seed=seed, steps=steps, seconds=seconds,
+                     resumed_from=resumed), f)
+    trained.append((model, seed))
+    elapsed = time.time() - start
+    left = len(todo) - i - 1
+    rate = (steps - (resumed or 0)) / seconds
+    log(f'[{i + 1}/{len(todo)}] {model} seed {seed} done in '
+        f'{_duration(seconds)} ({rate:.2f} steps/s with evals and '
+        f'compilation); study {_duration(elapsed)}, about '
+        f'{_duration(elapsed / (i + 1) * left)} for the {left} left')
+  results = None
+  if not interrupted:
+    runs = study_lib.load_runs(out)
+    runs = {m: {s: c for s, c in runs.get(m, {}).items() if s < seeds}
+            for m in models}
+    results = study_lib.write_results(runs, out)
+    log(f'wrote {os.path.join(out, "results.md")}, results.json and '
+        'curves.png')
+  return dict(trained=trained, skipped=skipped, interrupted=interrupted,
+              results=results)
+
+
+def enable_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache in ``directory``, every entry kept
+  (a tiny model compiles in seconds, below JAX's default thresholds)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  import logging  # pylint: disable=g-import-not-at-top
+  # Orbax and grain log several INFO lines per checkpoint through absl.
+  logging.getLogger('absl').setLevel(logging.WARNING)
+  out = _OUT.value
+  if _COMPILATION_CACHE.value:
+    enable_compilation_cache(os.path.join(out, 'cache', 'jax'))
+  result = run_study(out, models=_MODELS.value, seeds=_SEEDS.value,
+                     steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
+                     variant=_VARIANT.value, eval_num=_EVAL_NUM.value,
+                     log=lambda line: print(line, flush=True))
+  if result['results'] is not None:
+    with open(os.path.join(out, 'results.md')) as f:
+      print(f.read())
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
