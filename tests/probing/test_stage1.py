@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from vlg import writers
 from vlg.data import pipeline
@@ -30,13 +31,28 @@ def _config(total_steps):
   return c
 
 
-def test_stage1_trains_resumes_and_loads_for_probing(tmp_path, fast_compile):
+def test_stage1_trains_resumes_and_loads_for_probing(tmp_path, monkeypatch,
+                                                     fast_compile):
   workdir = str(tmp_path / 'qformer')
-  first = stage1.train_resampler(_config(2), workdir)
+  # Crash while step 3's batch is prepared (checkpoint at step 2).
+  real_to_global = pipeline.to_global
+  calls = []
+
+  def crashing_to_global(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt('simulated crash')
+    return real_to_global(*args, **kwargs)
+
+  monkeypatch.setattr(pipeline, 'to_global', crashing_to_global)
+  with pytest.raises(KeyboardInterrupt):
+    stage1.train_resampler(_config(4), workdir)
+  monkeypatch.setattr(pipeline, 'to_global', real_to_global)
+  first = {r['step']: r for r in writers.read_metrics(workdir)}
   for key in ('loss', 'itc_loss', 'itm_loss', 'itg_loss'):
-    assert np.isfinite(first[key]), key
+    assert np.isfinite(first[2][f'train/{key}']), key
   # ITC over 8 pairs starts near log 8 (label smoothing keeps it close).
-  assert abs(first['itc_loss'] - np.log(8)) < 0.5
+  assert abs(first[1]['train/itc_loss'] - np.log(8)) < 0.5
   loaded = stage1.load_resampler(workdir)
   assert loaded.step == 2
   # The tiny size's 64 positions stay (probe texts are longer than captions).
