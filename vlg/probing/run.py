@@ -272,7 +272,8 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str,
              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-  """Runs every cell of ``config`` and writes the results (module doc)."""
+  """Runs every cell of ``config`` and writes the results (module doc),
+  rewritten after every cell so an interrupted grid keeps what it did."""
   for spec in config.taps:
     taps.parse_spec(spec)  # Fail on a bad tap before loading anything.
   for t in config.tasks:
@@ -287,10 +288,14 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
   encoder = source.encoder
   cells = []
   try:
+    # Every task's examples first: a set that cannot be built (e.g. too few
+    # expressions per RCM cell) fails before hours of training, not after.
+    all_splits = {t: task_splits(config, t, resolution)
+                  for t in config.tasks}
     with jax.set_mesh(source.mesh):
       for task_name in config.tasks:
         task = tasks_lib.get_task(task_name)
-        splits = task_splits(config, task_name, resolution)
+        splits = all_splits[task_name]
         log(f'{task_name}: ' + ', '.join(f'{s} {len(v)}'
                                          for s, v in splits.items()))
         for tap in config.taps:
@@ -306,19 +311,24 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
                                    config, hp, regime=regime, name=name,
                                    workdir=workdir, log=log))
               cells.append(cell)
+              _write_results(workdir, config, model, source.step, cells)
               log(f'{name}: ' + ', '.join(
                   f'{k} {v[0]:.4f}±{v[1]:.4f}'
                   for k, v in cell['summary'].items()
                   if k.endswith(task.headline) and k.count('/') == 1))
   finally:
     source.close()
+  return cells
+
+
+def _write_results(workdir, config, model, step, cells) -> None:
+  """(Re)writes results.json and results.md with the cells done so far."""
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump({'config': config.to_dict(), 'cells': cells}, f, indent=1,
               default=float)
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(f'# Probing {model} (step {source.step})\n\n'
+    f.write(f'# Probing {model} (step {step})\n\n'
             + results_markdown(cells))
-  return cells
 
 
 def main(argv):
