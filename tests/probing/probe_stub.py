@@ -1,10 +1,11 @@
 """A tiny encoder, tokenizer and image set for the probing tests.
 
 A tiny NNX module stands in for (vision tower + resampler): ``vision`` maps
-4x4 patches of an 8x8 image to tokens, ``resampler`` reads them with two
-learned queries plus the mean text embedding and returns the
-``resampler_queries`` tap. The labels (is the bright square on the left;
-where the square is) are functions of the image, so a probe can learn them.
+4x4 patches of an 8x8 image (larger ones are block-averaged to 8x8 first) to
+tokens, ``resampler`` reads them with two learned queries plus the mean text
+embedding and returns the ``resampler_queries`` tap. The labels (is the
+bright square on the left; where the square is) are functions of the image,
+so a probe can learn them.
 """
 
 import os
@@ -47,7 +48,9 @@ class Stub(nnx.Module):
 
   def __call__(self, batch):
     x = batch['image'].astype(jnp.float32) / 255.0
-    b = x.shape[0]
+    b, side = x.shape[:2]
+    if side != 8:  # E.g. the synthetic sets' 48 px: block means to 8x8.
+      x = x.reshape(b, 8, side // 8, 8, side // 8, 3).mean((2, 4))
     patches = x.reshape(b, 2, 4, 2, 4, 3).transpose(0, 1, 3, 2, 4, 5)
     tokens = jnp.tanh(self.vision(patches.reshape(b, 4, 48)))
     return self.resampler(tokens, batch['text_ids'], batch['text_mask'])

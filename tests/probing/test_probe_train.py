@@ -1,8 +1,13 @@
 """Tests of probe training: freezing, multi_transform labels, early stopping,
-the feature cache (on the stand-in encoder of ``probe_stub``), and the
-encoders over a vlg Model and over a ViT + Q-Former."""
+the feature cache (bfloat16 on disk; stale and corrupt entries; on the
+stand-in encoder of ``probe_stub``), and the encoders over a vlg Model and
+over a ViT + Q-Former."""
 
+import hashlib
+import json
 import os
+import re
+import shutil
 
 import jax
 import numpy as np
@@ -14,6 +19,7 @@ from vlg.models import create_model
 from vlg.models import resamplers
 from vlg.models import sizes
 from vlg.models import vit
+from vlg.probing import feature_cache
 from vlg.probing import taps
 from vlg.probing import tasks
 from vlg.probing import train
@@ -44,8 +50,8 @@ def test_frozen_trains_head_only_and_caches_features(data, tmp_path,
   spec = taps.parse_spec('tap=resampler_queries,reduce=flatten')
   task = tasks.get_task('vsr')
   calls = []
-  extract = train.extract_features
-  monkeypatch.setattr(train, 'extract_features',
+  extract = feature_cache.extract_features
+  monkeypatch.setattr(feature_cache, 'extract_features',
                       lambda *a, **k: calls.append(1) or extract(*a, **k))
   cache = str(tmp_path / 'features')
   result = train.train_probe(encoder, spec, task, data['binary'], stub.inputs(),
@@ -79,6 +85,125 @@ def test_frozen_trains_head_only_and_caches_features(data, tmp_path,
   assert len(calls) == 4
   assert third.cache_hits == {'train': True, 'val': False, 'test': True}
   assert len([d for d in os.listdir(cache) if not d.startswith('.')]) == 4
+
+
+SPEC = taps.parse_spec('tap=resampler_queries,reduce=flatten')
+
+
+def _bf16_bits(x):
+  """float32 → bfloat16 bit patterns, rounded to nearest even, in NumPy."""
+  bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+  return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def test_cache_stores_bfloat16_and_the_head_reads_float32(data, tmp_path,
+                                                          fast_compile):
+  encoder, inputs = stub.encoder(), stub.inputs()
+  examples = data['binary']['val']
+  ref = feature_cache.extract_features(encoder, SPEC, examples, inputs, 16)
+  assert ref['x'].dtype == np.float32 and ref['x'].shape == (12, 16)
+  cache = str(tmp_path / 'features')
+  written, miss = feature_cache.cached_features(encoder, SPEC, examples,
+                                                inputs, cache_dir=cache)
+  read, hit = feature_cache.cached_features(encoder, SPEC, examples, inputs,
+                                            cache_dir=cache)
+  uncached, _ = feature_cache.cached_features(encoder, SPEC, examples, inputs,
+                                              cache_dir=None)
+  assert (miss, hit) == (False, True)
+  [entry] = os.listdir(cache)
+  x_path = os.path.join(cache, entry, 'x.npy')
+  np.testing.assert_array_equal(np.load(x_path), _bf16_bits(ref['x']))
+  np.save(tmp_path / 'f32.npy', ref['x'])  # Same header length.
+  assert (os.path.getsize(tmp_path / 'f32.npy') - os.path.getsize(x_path)
+          == ref['x'].size * 2)
+  with open(os.path.join(cache, entry, 'meta.json')) as f:
+    meta = json.load(f)
+  assert meta['format'] == feature_cache.FORMAT
+  assert meta['dtypes'] == {'x': 'bfloat16'} and meta['num'] == 12
+  # Miss, hit and no cache give the head the same float32 values: the
+  # bfloat16 bits shifted up, within 2^-8 of the extracted features.
+  expected = (_bf16_bits(ref['x']).astype(np.uint32) << 16).view(np.float32)
+  for arrays in (written, read, uncached):
+    got = feature_cache.as_float32(arrays['x'][[3, 0, 5]])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected[[3, 0, 5]])
+  np.testing.assert_allclose(expected, ref['x'], rtol=2.0**-8, atol=0)
+  assert not np.array_equal(expected, ref['x'])  # Rounding did happen.
+
+  # attn_pool keeps the tokens (bfloat16) and their int32 mask.
+  pool = taps.parse_spec('tap=resampler_queries,reduce=attn_pool')
+  tokens, _ = feature_cache.cached_features(encoder, pool, examples, inputs,
+                                            cache_dir=cache)
+  again, hit = feature_cache.cached_features(encoder, pool, examples, inputs,
+                                             cache_dir=cache)
+  assert hit and again['x'].shape == (12, 2, 8)
+  assert again['mask'].dtype == np.int32
+  np.testing.assert_array_equal(again['mask'], np.ones((12, 2)))
+  np.testing.assert_array_equal(feature_cache.as_float32(again['x']),
+                                feature_cache.as_float32(tokens['x']))
+
+
+def test_old_float32_entries_are_not_read_and_bad_ones_raise(data, tmp_path,
+                                                             fast_compile):
+  encoder, inputs = stub.encoder(), stub.inputs()
+  examples = data['binary']['val']
+  cache = str(tmp_path)
+
+  def features():
+    return feature_cache.cached_features(encoder, SPEC, examples, inputs,
+                                         cache_dir=cache)
+
+  # An entry of the unversioned float32 layout, under the name its key gave
+  # (no format in the hash), holding zeros: never opened.
+  fp = feature_cache.fingerprint(examples, inputs.settings())
+  old = 'resampler_queries-flatten-' + hashlib.sha256(json.dumps(
+      [encoder.cache_id, SPEC.key, fp]).encode()).hexdigest()[:24]
+  os.makedirs(tmp_path / old)
+  np.save(tmp_path / old / 'x.npy', np.zeros((12, 16), np.float32))
+  (tmp_path / old / 'meta.json').write_text(json.dumps(
+      {'arrays': ['x'], 'encoder': encoder.cache_id, 'tap': SPEC.key,
+       'data': fp, 'num': 12}))
+  arrays, hit = features()
+  assert not hit and np.all(feature_cache.as_float32(arrays['x']) != 0)
+  [new] = set(os.listdir(cache)) - {old}
+  folder = os.path.join(cache, new)
+  x_path, meta_path = (os.path.join(folder, f) for f in ('x.npy', 'meta.json'))
+  delete = f'delete {re.escape(folder)} to rebuild it'
+
+  def fails(path, match):
+    with pytest.raises(feature_cache.FeatureCacheError,
+                       match=f'{re.escape(path)}: .*{match}.*{delete}'):
+      features()
+
+  with open(x_path, 'rb') as f:
+    good_x = f.read()
+  with open(x_path, 'wb') as f:
+    f.write(good_x[:150])  # Truncated inside the data.
+  fails(x_path, 'unreadable')
+  np.save(x_path, np.zeros((12, 16), np.float32))
+  fails(x_path, r'float32 \(12, 16\), expected uint16 with 12 rows')
+  np.save(x_path, np.zeros((11, 16), np.uint16))
+  fails(x_path, r'uint16 \(11, 16\), expected uint16 with 12 rows')
+  with open(x_path, 'wb') as f:
+    f.write(good_x)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  for bad, match in (({**meta, 'format': 'float32'}, "format 'float32'"),
+                     ({**meta, 'num': 13}, r"\{'num': \(13, 12\)\}"),
+                     ({**meta, 'tap': 'x'}, "'tap': \\('x'")):
+    with open(meta_path, 'w') as f:
+      json.dump(bad, f)
+    fails(meta_path, match)
+  with open(meta_path, 'w') as f:
+    f.write('{"arrays": ')
+  fails(meta_path, 'unreadable')
+  # Deleting the named folder rebuilds the entry; the old one is untouched.
+  shutil.rmtree(folder)
+  rebuilt, hit = features()
+  assert not hit and features()[1]
+  np.testing.assert_array_equal(rebuilt['x'].view(np.uint16),
+                                arrays['x'].view(np.uint16))
+  assert np.load(tmp_path / old / 'x.npy').dtype == np.float32
 
 
 def test_unfrozen_trains_resampler_not_vision(data, fast_compile):

@@ -64,15 +64,17 @@ _WORKDIR = None
 TABLE_TASK = {'refcocog_box': 'refcocog', 'vsr': 'vsr', 'rcm': 'rcm'}
 
 
-def define_flags() -> None:
-  """Defines the flags; called only when run as a program."""
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the flags in ``flag_values``; called only when run as a program
+  (tests parse a command line into their own ``flags.FlagValues``)."""
   global _CONFIG, _WORKDIR
   _CONFIG = config_flags.DEFINE_config_file(
       'config', None, 'A probe config file, e.g. configs/probe.py:tiny.',
-      lock_config=True)
+      flag_values=flag_values, lock_config=True)
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder: results, '
-                                 'predictions, feature cache, metrics.jsonl.')
-  flags.mark_flags_as_required(['config', 'workdir'])
+                                 'predictions, feature cache, metrics.jsonl.',
+                                 flag_values=flag_values)
+  flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
 
 
 # Data

@@ -8,11 +8,12 @@
 Two regimes, one loop:
 
 * **frozen**: the encoder runs once per split, without dropout, to extract
-  the tap after its fixed reducer (``attn_pool``: the tokens and mask) into a
-  feature cache on disk keyed by (encoder weights = checkpoint path and step,
-  tap spec, dataset fingerprint). Then a tiny jitted loop trains only the
-  probe on the cached arrays; the encoder's parameters are never in the
-  optimizer. A second run (another seed, another HPO trial) reads the cache.
+  the tap after its fixed reducer (``attn_pool``: the tokens and mask) into
+  ``vlg.probing.feature_cache`` (bfloat16 on disk, keyed by encoder weights =
+  checkpoint path and step, tap spec, dataset fingerprint). Then a tiny
+  jitted loop trains only the probe on the cached arrays, converted to
+  float32 per batch; the encoder's parameters are never in the optimizer. A
+  second run (another seed, another HPO trial) reads the cache.
 * **unfrozen**: one jitted step over ``{'probe', 'encoder'}`` parameters with
   ``optax.multi_transform``, labels from NNX path filters: ``probe`` →
   AdamW(lr); the resampler (for a vlg Model its text and fusion layers) →
@@ -33,12 +34,6 @@ metrics, per-example predictions (for ``vlg.analysis.probing``) and history.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +45,7 @@ from flax import nnx
 
 from vlg import optim
 from vlg.evaluators import common as eval_common
+from vlg.probing import feature_cache
 from vlg.probing import heads
 from vlg.probing import tasks as tasks_lib
 from vlg.probing import taps
@@ -183,100 +179,6 @@ class EarlyStopping:
     return improved, stop
 
 
-# Feature cache (frozen regime)
-# ---------------------------------------------------------------------------
-
-
-def fingerprint(examples: Sequence[tasks_lib.ProbeExample],
-                settings: dict[str, Any]) -> str:
-  """A hash of the examples (image file, size, mtime; text; target) and the
-  input settings: it changes whenever the model inputs could."""
-  h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-  for e in examples:
-    try:
-      st = os.stat(e.image)
-      stamp = f'{st.st_size}:{st.st_mtime_ns}'
-    except OSError:
-      stamp = 'missing'
-    h.update(json.dumps([e.image, stamp, e.text, list(e.target)]).encode())
-  return h.hexdigest()
-
-
-def cache_key(cache_id: str, spec: taps.TapSpec, data_fingerprint: str) -> str:
-  """The cache entry name of (encoder weights, tap, dataset)."""
-  digest = hashlib.sha256(json.dumps(
-      [cache_id, spec.key, data_fingerprint]).encode()).hexdigest()[:24]
-  tap = spec.key.replace('tap=', '').replace(',reduce=', '-').replace(':', '')
-  return f'{tap}-{digest}'
-
-
-def extract_features(encoder: Encoder, spec: taps.TapSpec,
-                     examples: Sequence[tasks_lib.ProbeExample],
-                     inputs: Inputs, batch_size: int
-                     ) -> dict[str, np.ndarray]:
-  """Runs the encoder (no dropout) over ``examples``: ``x`` is [n, F] after
-  a fixed reducer, or [n, N, D] tokens plus ``mask`` [n, N] for attn_pool."""
-
-  @jax.jit
-  def fn(params, batch):
-    model = nnx.merge(encoder.graphdef, params)
-    x, mask = encoder.tap_fn(model, batch, (spec.tap,), None)[spec.tap]
-    if spec.reduce == 'attn_pool':
-      return {'x': x.astype(jnp.float32), 'mask': mask.astype(jnp.int32)}
-    return {'x': taps.reduce_fixed(spec.reduce, x, mask)}
-
-  out: dict[str, list[np.ndarray]] = {}
-  n = len(examples)
-  for start in range(0, n, batch_size):
-    rows = [min(r, n - 1) for r in range(start, start + batch_size)]
-    res = jax.device_get(fn(encoder.params, inputs(examples, rows)))
-    for k, v in res.items():
-      out.setdefault(k, []).append(np.asarray(v)[:n - start])
-  return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def cached_features(encoder: Encoder, spec: taps.TapSpec,
-                    examples: Sequence[tasks_lib.ProbeExample],
-                    inputs: Inputs, *, cache_dir: str | None,
-                    batch_size: int = 256
-                    ) -> tuple[dict[str, np.ndarray], bool]:
-  """``(arrays, hit)``: the frozen features of ``examples``, read from
-  ``cache_dir`` when there (``hit``). An entry is a folder ``<tap>-<hash>/``
-  of ``.npy`` arrays and ``meta.json``, written beside its final name and
-  renamed into place, so a crash never leaves a half-written entry."""
-  if cache_dir is None:
-    return extract_features(encoder, spec, examples, inputs, batch_size), False
-  data = fingerprint(examples, inputs.settings())
-  final = os.path.join(cache_dir, cache_key(encoder.cache_id, spec, data))
-  meta_path = os.path.join(final, 'meta.json')
-  if os.path.isfile(meta_path):
-    with open(meta_path) as f:
-      names = json.load(f)['arrays']
-    arrays = {k: np.load(os.path.join(final, f'{k}.npy')) for k in names}
-    if all(len(a) == len(examples) for a in arrays.values()):
-      return arrays, True
-    logging.warning('Feature cache %s has the wrong length; re-extracting',
-                    final)
-    shutil.rmtree(final, ignore_errors=True)
-  arrays = extract_features(encoder, spec, examples, inputs, batch_size)
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=cache_dir, prefix='.partial-')
-  try:
-    for k, v in arrays.items():
-      np.save(os.path.join(tmp, f'{k}.npy'), v)
-    with open(os.path.join(tmp, 'meta.json'), 'w') as f:
-      json.dump({'arrays': sorted(arrays), 'encoder': encoder.cache_id,
-                 'tap': spec.key, 'data': data, 'num': len(examples)}, f)
-    try:
-      os.rename(tmp, final)
-    except OSError:  # Another process put the same entry in place first.
-      if not os.path.isfile(meta_path):
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return arrays, False
-
-
 # Optimizer
 # ---------------------------------------------------------------------------
 
@@ -403,14 +305,14 @@ def train_probe(encoder: Encoder, spec: taps.TapSpec, task: tasks_lib.Task,
     feats = {}
     for name, examples in splits.items():
       if examples:
-        feats[name], hits[name] = cached_features(
+        feats[name], hits[name] = feature_cache.cached_features(
             encoder, spec, examples, inputs, cache_dir=cache_dir,
             batch_size=hp.eval_batch_size)
     in_dim = feats['train']['x'].shape[-1]
 
     def rows_of(split, rows):
       f = feats[split]
-      return {'x': f['x'][rows],
+      return {'x': feature_cache.as_float32(f['x'][rows]),
               'mask': f['mask'][rows] if 'mask' in f else
                       np.ones((len(rows), 1), np.int32)}
   else:
