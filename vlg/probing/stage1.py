@@ -1,8 +1,15 @@
-r"""Stage-1 training of a Q-Former on a frozen vlg image tower (spec-probing §6.3).
+r"""Stage-1 training of a resampler on a frozen vlg image tower (spec §6.3).
 
-BLIP-2's first stage, on vlg's data: a :class:`vlg.models.resamplers.QFormer`
-learns ITC (max over queries), ITM (hard negatives) and ITG from image-text
-pairs, reading a *frozen* image tower at one layer (``vision_layer``, -2 =
+BLIP-2's first stage, on vlg's data, for either resampler
+(``config.resampler_kind``, :mod:`vlg.probing.stage1_models`):
+
+* 'qformer' (``configs/qformer.py``): a :class:`vlg.models.resamplers.QFormer`
+  learns ITC (max over queries), ITM (hard negatives) and ITG;
+* 'perceiver' (``configs/perceiver.py``): a Perceiver Resampler and the
+  small text decoder that cross-attends to its latents learn ITC (max over
+  latents) and ITG (Flamingo-style LM loss).
+
+Either reads a *frozen* image tower at one layer (``vision_layer``, -2 =
 BLIP-2's penultimate layer). The tower comes from a trained vlg run
 (``--config.vision_workdir``: its ViT, tokenizer and input resolution), or,
 without one, is a freshly initialised tiny ViT (for smoke tests only: a
@@ -13,7 +20,9 @@ random tower carries no semantics). Synthetic world, 2 CPU cores::
   python -m vlg.probing.stage1 --config=configs/qformer.py:tiny \
       --config.vision_workdir=workdirs/albef_tiny --workdir=workdirs/qformer
 
-and then probe it (frozen and unfrozen)::
+(or ``--config=configs/perceiver.py:tiny``) and then probe it (frozen and
+unfrozen; a Perceiver has no text path, so its latents are probed without
+the task text)::
 
   python -m vlg.probing.run --config=configs/probe.py:tiny \
       --config.model_workdir=workdirs/albef_tiny \
@@ -22,11 +31,12 @@ and then probe it (frozen and unfrozen)::
       --workdir=workdirs/probe_qformer
 
 The loop is the ALBEF loop's shape at a smaller scale: one jitted, donated
-step (only the Q-Former's parameters are differentiated; the tower is an
+step (only the resampler's side is differentiated; the tower is an
 argument under ``stop_gradient``), AdamW with warm-up and cosine decay,
-orbax checkpoints of the Q-Former, the tower and the data iterator (a
-re-run resumes exactly), ``metrics.jsonl`` and a progress line with steps/s
-and ETA. The vocabulary is the tokenizer's plus one [DEC] row for ITG.
+orbax checkpoints of the trained modules, the tower and the data iterator
+(a re-run resumes exactly), ``metrics.jsonl`` and a progress line with
+steps/s and ETA. The vocabulary is the tokenizer's plus one [DEC] row for
+ITG.
 """
 
 from __future__ import annotations
@@ -56,8 +66,8 @@ from vlg import sharding
 from vlg import writers
 from vlg.data import pipeline
 from vlg.models import create_model
-from vlg.models import resamplers
-from vlg.objectives import qformer as qformer_objectives
+from vlg.models import vit
+from vlg.probing import stage1_models
 from vlg.probing import taps
 
 
@@ -100,31 +110,37 @@ def load_tower(config: ml_collections.ConfigDict, workdir: str) -> Tower:
     return Tower(TowerLayer(model.vision, layer), run.tokenizer, input_cfg,
                  f'{os.path.abspath(run.workdir)}@{run.step}')
   input_cfg = config.input
-  with nnx.use_eager_sharding(False):
-    model = create_model(config.random_tower, nnx.Rngs(config.seed))
+  vision = stage1_models.jit_init(lambda: random_vision(config))
   tokenizer = pipeline.get_tokenizer(input_cfg, workdir)
-  return Tower(TowerLayer(model.vision, layer), tokenizer, input_cfg,
+  return Tower(TowerLayer(vision, layer), tokenizer, input_cfg,
                f'random init (seed {config.seed})')
 
 
-def qformer_config(config, tower: Tower) -> ml_collections.ConfigDict:
-  """The Q-Former's config: ``config.qformer`` sized to the tower's width
-  and the tokenizer's vocabulary plus [DEC]."""
-  width = int(tower.module.vision.pos_embed.shape[-1])
-  overrides = dict(config.qformer.to_dict())
-  size = overrides.pop('size')
-  overrides['vocab_size'] = tower.tokenizer.vocab_size + 1
-  cfg = resamplers.resampler_config('qformer', size, vision_width=width,
-                                    **overrides)
-  # Room for the training captions and for longer probe texts (RCM).
-  cfg.max_positions = max(int(cfg.max_positions),
-                          int(tower.input_cfg.max_text_len))
-  return cfg
+def random_vision(config: ml_collections.ConfigDict) -> nnx.Module:
+  """The random tower: the ViT of ``config.random_tower`` (an ALBEF-style
+  model config), drawn from ``config.seed`` (the ALBEF model builds its ViT
+  first, so the values are those of ``create_model(...).vision``)."""
+  return vit.VisionTransformer(config.random_tower,
+                               rngs=nnx.Rngs(config.seed))
 
 
-def make_step(config, qformer_graphdef, tower_graphdef, tx, bos_id: int):
-  """``step(state, tower_params, batch) -> (state, metrics)``."""
-  weights = {k: float(config.loss[k]) for k in ('itc', 'itm', 'itg')}
+def model_configs(config, tower: Tower
+                  ) -> dict[str, ml_collections.ConfigDict]:
+  """The configs of the trained modules (``stage1_models.model_configs``),
+  sized to the tower's width and the tokenizer's vocabulary plus [DEC]."""
+  return stage1_models.model_configs(
+      config, vision_width=int(tower.module.vision.pos_embed.shape[-1]),
+      vocab_size=tower.tokenizer.vocab_size,
+      max_text_len=int(tower.input_cfg.max_text_len))
+
+
+def make_step(config, graphdefs, tower_graphdef, tx, bos_id: int):
+  """``step(state, tower_params, batch) -> (state, metrics)``; the state's
+  ``params`` are those of the modules of ``graphdefs``, laid out by
+  ``stage1_models.state_params``."""
+  kind = stage1_models.resampler_kind(config)
+  weights = {k: float(config.loss[k])
+             for k in stage1_models.LOSS_NAMES[kind]}
   smoothing = float(config.loss.label_smoothing)
 
   def step(state, tower_params, batch):
@@ -133,9 +149,10 @@ def make_step(config, qformer_graphdef, tower_graphdef, tx, bos_id: int):
     image_embeds = jax.lax.stop_gradient(tower(batch['image']))
 
     def loss_fn(params):
-      model = nnx.merge(qformer_graphdef, params)
-      return qformer_objectives.stage1_loss(
-          model, image_embeds, batch, rng=rng, bos_id=bos_id,
+      by_name = stage1_models.params_by_name(kind, params)
+      models = {k: nnx.merge(g, by_name[k]) for k, g in graphdefs.items()}
+      return stage1_models.stage1_loss(
+          kind, models, image_embeds, batch, rng=rng, bos_id=bos_id,
           weights=weights, label_smoothing=smoothing)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -153,7 +170,7 @@ def make_step(config, qformer_graphdef, tower_graphdef, tx, bos_id: int):
 
 def train_resampler(config: ml_collections.ConfigDict,
                     workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the Q-Former of ``config`` in ``workdir``.
+  """Trains (or resumes) the resampler of ``config`` in ``workdir``.
 
   Returns:
     The last logged training metrics.
@@ -163,22 +180,25 @@ def train_resampler(config: ml_collections.ConfigDict,
   rules = [tuple(r) for r in config.sharding_rules]
   sharding.set_rules(rules)
   with jax.set_mesh(mesh):
+    kind = stage1_models.resampler_kind(config)
     tower = load_tower(config, workdir)
-    q_cfg = qformer_config(config, tower)
-    with nnx.use_eager_sharding(False):
-      qformer = resamplers.QFormer(q_cfg, rngs=nnx.Rngs(config.seed + 1))
-    q_graphdef, q_state = nnx.split(qformer, nnx.Param)
+    cfgs = model_configs(config, tower)
+    models = stage1_models.jit_init(
+        lambda: stage1_models.build_models(kind, cfgs, config.seed + 1))
+    split = {k: nnx.split(m, nnx.Param) for k, m in models.items()}
+    graphdefs = {k: g for k, (g, _) in split.items()}
     t_graphdef, t_state = nnx.split(tower.module, nnx.Param)
     rep = sharding.replicated(mesh)
     tower_params = jax.device_put(nnx.to_pure_dict(t_state), rep)
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-    params = jax.device_put(nnx.to_pure_dict(q_state), rep)
+    params = jax.device_put(stage1_models.state_params(
+        kind, {k: nnx.to_pure_dict(st) for k, (_, st) in split.items()}), rep)
     state = {'params': params, 'opt': tx.init(params),
              'step': jnp.zeros((), jnp.int32),
              'rng': jax.random.PRNGKey(config.seed)}
     state = jax.device_put(state, rep)
     step_fn = jax.jit(
-        make_step(config, q_graphdef, t_graphdef, tx,
+        make_step(config, graphdefs, t_graphdef, tx,
                   bos_id=tower.tokenizer.vocab_size),
         out_shardings=(rep, rep), donate_argnums=0)
 
@@ -190,18 +210,19 @@ def train_resampler(config: ml_collections.ConfigDict,
     latest = ckpt.latest_step()
     if latest is not None:
       restored, rest, _ = ckpt.restore(
-          latest, abstract_params={'qformer': checkpointing.abstract_like(
-              state['params']), 'tower': checkpointing.abstract_like(
-                  tower_params)},
+          latest, abstract_params=checkpointing.abstract_like(
+              {**stage1_models.params_by_name(kind, state['params']),
+               'tower': tower_params}),
           abstract_train_state=checkpointing.abstract_like(
               {k: v for k, v in state.items() if k != 'params'}),
           data_iter=data_iter)
-      state = {'params': restored['qformer'], **rest}
-      tower_params = restored['tower']
-      logging.info('Resumed the Q-Former from step %d', latest)
+      tower_params = restored.pop('tower')
+      state = {'params': stage1_models.state_params(kind, restored), **rest}
+      logging.info('Resumed the %s from step %d', kind, latest)
     meta = {'config': json.loads(config.to_json_best_effort()),
-            'qformer': q_cfg.to_dict(), 'tower': tower.source,
-            'input': tower.input_cfg.to_dict()}
+            'resampler_kind': kind, 'tower': tower.source,
+            'input': tower.input_cfg.to_dict(),
+            **{k: c.to_dict() for k, c in cfgs.items()}}
     with open(os.path.join(workdir, 'stage1.json'), 'w') as f:
       json.dump(meta, f, indent=1, default=str)
     tower.tokenizer.save(os.path.join(workdir, 'tokenizer',
@@ -220,7 +241,7 @@ def train_resampler(config: ml_collections.ConfigDict,
           host = {k: float(v) for k, v in jax.device_get(metrics).items()}
           if not host.pop('finite'):
             raise FloatingPointError(
-                f'Non-finite Q-Former loss at or before step {step}; last '
+                f'Non-finite {kind} loss at or before step {step}; last '
                 f'checkpoint: step {ckpt.latest_step()} in {ckpt.directory}')
           host['lr'] = float(schedule(step - 1))
           writer.write_scalars(step, {f'train/{k}': v
@@ -228,15 +249,17 @@ def train_resampler(config: ml_collections.ConfigDict,
           rate = (step - start_step) / max(time.time() - start, 1e-9)
           eta = time.strftime('%H:%M:%S', time.gmtime((total - step) /
                                                       max(rate, 1e-9)))
-          logging.info('qformer step %d/%d | loss %.4f | itc %.4f | itm %.4f'
-                       ' | itg %.4f | %.2f steps/s | ETA %s', step, total,
-                       host['loss'], host.get('itc_loss', np.nan),
-                       host.get('itm_loss', np.nan),
-                       host.get('itg_loss', np.nan), rate, eta)
+          losses = ' | '.join(
+              f'{k} {host.get(k + "_loss", np.nan):.4f}'
+              for k in stage1_models.LOSS_NAMES[kind])
+          logging.info('%s step %d/%d | loss %.4f | %s | %.2f steps/s | '
+                       'ETA %s', kind, step, total, host['loss'], losses,
+                       rate, eta)
           last = host
         if ckpt.should_save(step) or step == total:
-          ckpt.save(step, params={'qformer': state['params'],
-                                  'tower': tower_params},
+          ckpt.save(step, params={
+              **stage1_models.params_by_name(kind, state['params']),
+              'tower': tower_params},
                     train_state={k: v for k, v in state.items()
                                  if k != 'params'},
                     data_iter=data_iter, config=meta, force=step == total)
@@ -257,8 +280,20 @@ class TrainedResampler:
 
 
 def load_resampler(workdir: str, step: int | None = None,
-                   mode: str = 'multimodal') -> TrainedResampler:
-  """The tower + Q-Former of a :func:`train_resampler` workdir."""
+                   mode: str | None = 'multimodal') -> TrainedResampler:
+  """The tower + resampler of a :func:`train_resampler` workdir, to probe.
+
+  Args:
+    workdir: a stage-1 workdir (``stage1.json``, ``checkpoints/``,
+      ``tokenizer/``).
+    step: the checkpoint step; None: the latest.
+    mode: the Q-Former pass the probe reads (``taps.VisionResampler``);
+      ignored for a Perceiver, which has no text path (its latents are read
+      without the task text; its text decoder is not part of the probe).
+
+  Returns:
+    A :class:`TrainedResampler` whose module gives the resampler taps.
+  """
   meta_path = os.path.join(workdir, 'stage1.json')
   if not os.path.exists(meta_path):
     raise FileNotFoundError(f'{meta_path} not found: {workdir} is not a '
@@ -266,18 +301,30 @@ def load_resampler(workdir: str, step: int | None = None,
   with open(meta_path) as f:
     meta = json.load(f)
   config = ml_collections.ConfigDict(meta['config'])
-  q_cfg = ml_collections.ConfigDict(meta['qformer'])
+  kind = meta.get('resampler_kind', 'qformer')  # Older runs: Q-Former only.
+  if kind not in stage1_models.MODEL_NAMES:
+    raise ValueError(f'{meta_path}: unknown resampler_kind {kind!r}')
+  missing = [n for n in stage1_models.MODEL_NAMES[kind] if n not in meta]
+  if missing:
+    raise KeyError(f'{meta_path}: no config for the {kind} modules '
+                   f'{missing}')
+  cfgs = {n: ml_collections.ConfigDict(meta[n])
+          for n in stage1_models.MODEL_NAMES[kind]}
   from vlg.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizer_lib.Tokenizer.load(
       os.path.join(workdir, 'tokenizer', 'tokenizer.model'))
-  with nnx.use_eager_sharding(False):
-    qformer = resamplers.QFormer(q_cfg, rngs=nnx.Rngs(0))
-    vision_cfg = (restore.load_config(config.vision_workdir).model
-                  if config.vision_workdir else config.random_tower)
-    tower = TowerLayer(create_model(vision_cfg, nnx.Rngs(0)).vision,
-                       config.vision_layer)
-  q_graphdef, q_state = nnx.split(qformer, nnx.Param)
-  t_graphdef, t_state = nnx.split(tower, nnx.Param)
+  if config.vision_workdir:
+    vision_cfg = restore.load_config(config.vision_workdir).model
+    make_vision = lambda: create_model(vision_cfg, nnx.Rngs(0)).vision
+  else:
+    make_vision = lambda: random_vision(config)
+  # Shapes only: the values are restored.
+  models = stage1_models.jit_init(
+      lambda: stage1_models.build_models(kind, cfgs, 0), abstract=True)
+  tower = stage1_models.jit_init(
+      lambda: TowerLayer(make_vision(), config.vision_layer), abstract=True)
+  states = {k: nnx.split(m, nnx.Param) for k, m in models.items()}
+  states['tower'] = nnx.split(tower, nnx.Param)
   ckpt = checkpointing.Checkpointer(workdir, ckpt_steps=1)
   try:
     step = ckpt.latest_step() if step is None else step
@@ -285,15 +332,16 @@ def load_resampler(workdir: str, step: int | None = None,
       raise FileNotFoundError(f'No checkpoint in {ckpt.directory}')
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-        {'qformer': nnx.to_pure_dict(q_state),
-         'tower': nnx.to_pure_dict(t_state)})
+        {k: nnx.to_pure_dict(st) for k, (_, st) in states.items()})
     params = ckpt.manager.restore(step, args=ocp_params(abstract))['params']
   finally:
     ckpt.close()
-  nnx.replace_by_pure_dict(q_state, params['qformer'])
-  nnx.replace_by_pure_dict(t_state, params['tower'])
-  module = taps.VisionResampler(nnx.merge(t_graphdef, t_state),
-                                nnx.merge(q_graphdef, q_state), mode=mode)
+  merged = {}
+  for k, (graphdef, state) in states.items():
+    nnx.replace_by_pure_dict(state, params[k])
+    merged[k] = nnx.merge(graphdef, state)
+  resampler, mode = stage1_models.probed_resampler(kind, merged, mode)
+  module = taps.VisionResampler(merged['tower'], resampler, mode=mode)
   resolution = int(meta['input']['resolution'])
   return TrainedResampler(module, tokenizer, resolution, step,
                           f'{os.path.abspath(workdir)}@{step}')
@@ -313,8 +361,8 @@ def define_flags():
   """Registers this tool's flags (only when run as a program)."""
   global _CONFIG, _WORKDIR
   _CONFIG = config_flags.DEFINE_config_file(
-      'config', None, 'A configs/qformer.py config, e.g. '
-      'configs/qformer.py:tiny; override fields with --config.x=y.',
+      'config', None, 'A configs/qformer.py or configs/perceiver.py config, '
+      'e.g. configs/perceiver.py:tiny; override fields with --config.x=y.',
       lock_config=True)
   _WORKDIR = flags.DEFINE_string(
       'workdir', None, 'Directory for checkpoints and metrics; re-running '
