@@ -79,6 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  eps=1e-8, grad_clip_norm=0.0)
   c.loss = dict(itc=1.0, itg=1.0, label_smoothing=0.1)
   c.mesh = (-1, 1, 1)
+  c.num_devices = 0  # The first N devices of jax.devices(); 0 = all.
   c.sharding_rules = (('batch', ('data', 'fsdp')),)
   c.ckpt_steps = 100 if tiny else 5_000
   c.log_training_steps = 10 if tiny else 100

@@ -46,7 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A vlg.probing.stage1 workdir: probe its Q-Former (on its frozen tower)
   # instead of the model; taps resampler_queries / resampler_layer:k.
   c.resampler_workdir = ''
-  c.resampler_mode = 'multimodal'  # Text enters the queries (spec §2.3).
+  # Text enters the queries (spec §2.3). Ignored for a Perceiver workdir,
+  # which has no text path (taps: resampler_queries, resampler_layer:k).
+  c.resampler_mode = 'multimodal'
   c.model_name = ''  # Row label; '' = the workdir's base name.
   c.step = -1  # Checkpoint step; -1 = the latest kept.
   c.taps = ('tap=fused_cls,reduce=cls',)

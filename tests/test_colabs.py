@@ -11,13 +11,19 @@ import re
 import jax
 import nbformat
 import numpy as np
+import pytest
 from nbclient import NotebookClient
 
 from vlg import restore
+from vlg import sharding
 from vlg.data import benchmarks
 from vlg.evaluators import common
 
 from test_restore import trained_run
+
+# The session's tiny run is trained once for all its users: with
+# `pytest -n 2 --dist loadgroup` they share a worker.
+pytestmark = pytest.mark.xdist_group('tiny_run')
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 SCORE_LINE = re.compile(r'example (\d) \(([\w-]+)\): caption score ([\d.]+) \| '
@@ -34,7 +40,8 @@ def _outputs(nb) -> str:
 
 
 def _reference_scores(workdir, bench, n):
-  run = restore.load_run(workdir)
+  run = restore.load_run(workdir, mesh=sharding.make_mesh(
+      (1, 1, 1), devices=jax.devices()[:1]))
   ex = list(benchmarks.load_valse(f'{bench}/valse', valid_only=True))[:n]
   paths = [f'{bench}/valse/images/{e.image_file}' for e in ex]
   with jax.set_mesh(run.mesh):
@@ -52,6 +59,9 @@ def test_evaluate_notebook_runs_headless(tmp_path_factory, monkeypatch):
   monkeypatch.setenv('VLG_WORKDIR', workdir)
   monkeypatch.setenv('VLG_BENCH_DIR', bench)
   monkeypatch.setenv('PYTHONPATH', REPO)
+  # The kernel gets one CPU device, as a Colab host has one accelerator;
+  # the run was trained on a 2x2x2 mesh, so restoring re-shards it.
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
   nb = nbformat.read(os.path.join(REPO, 'colabs', 'evaluate.ipynb'),
                      as_version=4)
   NotebookClient(nb, kernel_name='python3', timeout=300,

@@ -22,6 +22,10 @@ from vlg.evaluators import common
 
 from test_train import tiny_test_config
 
+# The session's tiny run is trained once for all its users: with
+# `pytest -n 2 --dist loadgroup` they share a worker.
+pytestmark = pytest.mark.xdist_group('tiny_run')
+
 
 def trained_run(tmp_path_factory) -> tuple[str, str]:
   """(workdir, synthetic benchmark dir) of the session's tiny run."""
@@ -32,6 +36,7 @@ def trained_run(tmp_path_factory) -> tuple[str, str]:
                                    sets='valse,vsr')
     config = tiny_test_config()
     config.mesh = (2, 2, 2)
+    config.num_devices = 8
     config.evals = dict(
         valse=dict(type='valse', root=f'{bench}/valse',
                    image_root=f'{bench}/valse/images'),

@@ -25,6 +25,9 @@ def shrink_for_tests(c):
   c.input.data.synthetic.num_examples = 2000
   c.input.tokenizer.num_texts = 300
   c.input.max_text_len = 16
+  # One device: a program partitioned over 8 fake CPU devices compiles and
+  # runs several times slower; tests of sharding ask for the mesh they need.
+  c.num_devices = 1
   return c
 
 
@@ -44,6 +47,8 @@ def tiny_test_config(**overrides):
     for p in path:
       target = target[p]
     target[last] = value
+  if 'mesh' in overrides and 'num_devices' not in overrides:
+    c.num_devices = 0  # An explicit mesh spans the devices it names.
   return c
 
 
@@ -95,17 +100,29 @@ def test_train_writes_metrics_checkpoints_and_resumes_exactly(
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(
-    tmp_path, fast_compile):
+    tmp_path, monkeypatch, fast_compile):
+  # The resume test's config, so its compiled step is reused (no compile);
+  # at step 5 the texts turn into ids past the vocabulary, whose embedding
+  # lookup fills with NaN: a real non-finite loss inside the real step.
+  cfg = tiny_test_config()
   workdir = str(tmp_path / 'nan')
-  train.train_and_evaluate(tiny_test_config(), workdir)  # Good run to 6.
-  cfg = tiny_test_config(total_steps=9)
-  cfg.loss.itc = float('nan')
+  real_to_global = pipeline.to_global
+  calls = []
+
+  def poisoning_to_global(batch, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 5:
+      batch = dict(batch, text_ids=np.full_like(batch['text_ids'], 10**6))
+    return real_to_global(batch, *args, **kwargs)
+
+  monkeypatch.setattr(pipeline, 'to_global', poisoning_to_global)
   with pytest.raises(train.NonFiniteLossError,
-                     match=r'step 7.*Last good checkpoint: step 6'):
+                     match=r'step 5.*Last good checkpoint: step 3'):
     train.train_and_evaluate(cfg, workdir)
   steps = [int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
            if d.isdigit()]
-  assert max(steps) == 6
+  assert max(steps) == 3
+  assert max(_losses(workdir)) == 4  # Nothing logged from the bad step on.
 
 
 def _one_step(cfg, mesh_sizes, devices):

@@ -141,6 +141,9 @@ def _albef_config(arg: str | None) -> ml_collections.ConfigDict:
   # are averaged (in-batch ITC/ITM negatives then come from a micro-batch).
   c.grad_accum_steps = 1
   c.mesh = (-1, 1, 1)  # ('data', 'fsdp', 'tensor'); -1 fills.
+  # The mesh spans the first num_devices of jax.devices(); 0 = all of them
+  # (one process only: a multi-process run needs every device).
+  c.num_devices = 0
   c.sharding_rules = (
       ('batch', ('data', 'fsdp')),
       ('embed', 'fsdp'),

@@ -30,6 +30,26 @@ Rules = Sequence[tuple[str, Any]]
 _RULES: list[tuple[str, Any]] = []
 
 
+def mesh_devices(num_devices: int) -> list[jax.Device]:
+  """The first ``num_devices`` devices (0: all), for ``config.num_devices``.
+
+  Raises:
+    ValueError: more devices than there are, or a subset asked of a
+      multi-process run (whose mesh must span every process's devices).
+  """
+  devices = jax.devices()
+  if num_devices == 0 or num_devices == len(devices):
+    return devices
+  if not 0 < num_devices <= len(devices):
+    raise ValueError(f'config.num_devices={num_devices}: there are '
+                     f'{len(devices)} devices (0 means all)')
+  if jax.process_count() > 1:
+    raise ValueError(f'config.num_devices={num_devices}: a run of '
+                     f'{jax.process_count()} processes must use all '
+                     f'{len(devices)} devices; set it to 0')
+  return devices[:num_devices]
+
+
 def make_mesh(sizes: Sequence[int], devices=None) -> jax.sharding.Mesh:
   """A mesh over ('data', 'fsdp', 'tensor'); one size may be -1 (fill)."""
   sizes = list(sizes)

@@ -288,15 +288,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices=None) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming if a checkpoint exists).
 
-  The mesh ``config.mesh`` is built over ``devices`` (default: all) and set
-  for the duration of the call only (``jax.set_mesh`` as a context), so a
-  caller can evaluate on another mesh afterwards. A checkpoint written on
+  The mesh ``config.mesh`` is built over ``devices`` (default: the first
+  ``config.num_devices``, 0 = all) and set for the duration of the call
+  only (``jax.set_mesh`` as a context), so a caller can evaluate on another
+  mesh afterwards. A checkpoint written on
   any mesh resumes on any other: orbax restores each array straight into
   the shardings of this run's mesh.
 
   Returns:
     The last logged training metrics.
   """
+  if devices is None:
+    devices = sharding.mesh_devices(int(config.get('num_devices', 0)))
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   with jax.set_mesh(mesh):
     return _train_and_evaluate(config, workdir, mesh)

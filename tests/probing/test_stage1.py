@@ -24,6 +24,7 @@ def _config(total_steps):
   c.qformer = dict(size='tiny', layers=2, width=32, heads=2, mlp=64,
                    num_queries=4, embed_dim=16)
   c.batch_size = 8
+  c.num_devices = 1  # 8 fake devices would only slow the test.
   c.total_steps = total_steps
   c.ckpt_steps = 2
   c.log_training_steps = 1

@@ -18,6 +18,10 @@ from vlg.tools import eval as eval_tool
 
 from test_restore import trained_run
 
+# The session's tiny run is trained once for all its users: with
+# `pytest -n 2 --dist loadgroup` they share a worker.
+pytestmark = pytest.mark.xdist_group('tiny_run')
+
 REPO = os.path.join(os.path.dirname(__file__), '..', '..')
 
 

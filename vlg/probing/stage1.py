@@ -176,7 +176,8 @@ def train_resampler(config: ml_collections.ConfigDict,
     The last logged training metrics.
   """
   os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices=sharding.mesh_devices(
+      int(config.get('num_devices', 0))))
   rules = [tuple(r) for r in config.sharding_rules]
   sharding.set_rules(rules)
   with jax.set_mesh(mesh):
