@@ -1,0 +1,28 @@
+"""vlg.sharding: the mesh over config.mesh and config.num_devices."""
+
+import jax
+import pytest
+
+from vlg import sharding
+
+
+def test_mesh_devices_takes_the_first_n_or_all():
+  assert sharding.mesh_devices(0) == jax.devices()
+  assert sharding.mesh_devices(8) == jax.devices()
+  assert sharding.mesh_devices(2) == jax.devices()[:2]
+  mesh = sharding.make_mesh((-1, 1, 1), devices=sharding.mesh_devices(1))
+  assert mesh.size == 1 and dict(mesh.shape) == {'data': 1, 'fsdp': 1,
+                                                 'tensor': 1}
+
+
+@pytest.mark.parametrize('n', [9, -1])
+def test_mesh_devices_outside_the_host_is_a_clear_error(n):
+  with pytest.raises(ValueError, match=rf'config.num_devices={n}: there are '
+                     r'8 devices \(0 means all\)'):
+    sharding.mesh_devices(n)
+
+
+def test_a_mesh_that_does_not_fit_the_devices_names_both():
+  with pytest.raises(ValueError, match=r'Mesh \[2, 2, 1\] needs 4 devices '
+                     'but 1 are available'):
+    sharding.make_mesh((2, 2, 1), devices=sharding.mesh_devices(1))
