@@ -28,8 +28,6 @@ from vlg.objectives import itc
 PyTree = Any
 
 
-
-
 def abstract_model(model_cfg: ml_collections.ConfigDict, rules):
   """(graphdef, abstract params, PartitionSpecs) without allocating weights.
 
@@ -52,12 +50,20 @@ def abstract_model(model_cfg: ml_collections.ConfigDict, rules):
 
 
 def init_params(model_cfg, seed: int, shardings) -> PyTree:
-  """Creates the parameters directly in their shardings."""
-  def init():
+  """Creates the parameters directly in their shardings.
+
+  The seed enters the jitted initialiser as a traced key, not as a
+  constant, so every seed runs the same program: a later seed reuses the
+  first one's compilation (through JAX's persistent compilation cache,
+  when it is on) instead of compiling anew. ``nnx.Rngs(jax.random.key(s))``
+  draws exactly what ``nnx.Rngs(s)`` draws, so a seed's parameters are
+  those it always gave.
+  """
+  def init(key):
     with nnx.use_eager_sharding(False):
-      model = create_model(model_cfg, nnx.Rngs(seed))
+      model = create_model(model_cfg, nnx.Rngs(key))
     return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
-  return jax.jit(init, out_shardings=shardings)()
+  return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
 def state_shardings(mesh, param_shardings, abstract_state, tx) -> PyTree:

@@ -33,6 +33,7 @@ def shrink(config):
   config.keep_every_steps = None
   config.log_training_steps = 2
   config.optim.warmup_steps = 1
+  config.eval_batch_size = 8
   # Retrieval's text length: the two share their compiled text encoder.
   config.evals.paragraphs.max_text_len = 30
   for part in (config.input.get('parts') or {}).values():
@@ -54,6 +55,40 @@ def test_config_keeps_data_and_eval_sets_across_seeds_and_models():
   assert configs[-1].model.mrc_classes > 0  # rexvlm is the family asked for.
   with pytest.raises(ValueError, match="unknown model 'clip'"):
     study.study_config('clip', 0, steps=10, eval_every=5)
+  with pytest.raises(ValueError, match="unknown preset 'huge'"):
+    study.study_config('albef', 0, steps=10, eval_every=5, preset='huge')
+
+
+def test_hour_preset_changes_the_tiny_recipe_and_nothing_else():
+  tiny = study.study_config('rexvlm', 1, steps=100, eval_every=20,
+                            preset='tiny')
+  hour = study.study_config('rexvlm', 1, steps=100, eval_every=20)
+  # The tiny preset is the recipe's tiny variant as it is.
+  assert tiny.batch_size == 32 and tiny.input.parts.vsg.k == 8
+  assert {e.synthetic_num for e in tiny.evals.values()} == {50}
+  settings = study.HOUR
+  assert hour.batch_size == settings['batch_size'] < tiny.batch_size
+  assert hour.eval_batch_size == settings['eval_batch_size']
+  for name, part in settings['parts'].items():
+    for key, value in part.items():
+      assert hour.input.parts[name][key] == value, (name, key)
+  for key, value in settings['model'].items():
+    assert hour.model[key] == value, key
+  assert hour.ckpt_steps == 20  # One checkpoint per evaluation.
+  nums = {name: e.synthetic_num for name, e in hour.evals.items()}
+  assert nums['vsr_random_dev'] == nums['valse'] == 200
+  assert nums['retrieval'] == nums['paragraphs'] == 50
+  # The synthetic world and the benchmark sets' other settings are the
+  # tiny recipe's: the preset makes nothing easier.
+  assert hour.input.data.to_dict() == tiny.input.data.to_dict()
+  assert hour.input.resolution == tiny.input.resolution
+  for name, entry in hour.evals.items():
+    changed = {k for k, v in entry.items() if tiny.evals[name][k] != v}
+    assert changed <= {'synthetic_num'}, (name, changed)
+  changed_model = {k for k, v in hour.model.items() if tiny.model[k] != v}
+  assert changed_model == set(settings['model'])
+  assert study.default_eval_every(300) == 60
+  assert study.default_eval_every(3) == 1
 
 
 def test_two_model_study_writes_results_and_resumes(tmp_path, fast_compile):
@@ -161,5 +196,6 @@ def test_help_lists_the_flags():
                        cwd=REPO, capture_output=True, text=True, check=False)
   assert out.returncode in (0, 1), out.stderr  # absl's --help exits 1.
   assert 'The built-in study' in out.stdout
-  for flag in ('--out', '--seeds', '--steps', '--models', '--eval_every'):
+  for flag in ('--out', '--seeds', '--steps', '--models', '--eval_every',
+               '--preset'):
     assert flag in out.stdout

@@ -1,13 +1,45 @@
 r"""The built-in study: ALBEF, X-VLM, ReALBEF and ReX-VLM over several seeds.
 
-  python -m vlg.tools.study --out=DIR [--seeds=3] [--steps=600] \
-      [--models=albef,xvlm,realbef,rexvlm] [--eval_every=100]
+  python -m vlg.tools.study --out=DIR [--seeds=3] [--preset=hour] \
+      [--steps=N] [--eval_every=N] [--models=albef,xvlm,realbef,rexvlm]
 
-Trains the tiny config of each model family (``vlg/recipes.py``) for the
-same number of steps on the same synthetic data, once per seed, with every
+Trains each model family (``vlg/recipes.py``) under one preset for the same
+number of steps on the same synthetic data, once per seed, with every
 synthetic evaluator (``vlg.evaluators.synthetic``) running every
-``--eval_every`` steps and at the end, then writes ``DIR/results.md``,
-``DIR/results.json`` and ``DIR/curves.png`` (``vlg.analysis.study``).
+``--eval_every`` steps (default: steps / 5, so every curve has five points)
+and at the end, then writes ``DIR/results.md``, ``DIR/results.json`` and
+``DIR/curves.png`` (``vlg.analysis.study``).
+
+Presets. ``tiny`` and ``small`` are the recipes' variants as they are
+(``tiny``: batch 32, 600 steps, 50 examples per benchmark file). ``hour``
+(the default) is ``tiny`` sized so that 4 models x 3 seeds fit an hour on a
+2-core CPU, where ``tiny`` spent ~45 of the 60 minutes on fixed costs:
+
+- batch 16 captions and half the typed parts' batches (entity 4, MRC 4,
+  VSG 8; the parts keep their ratios to the captions). VSG keeps K = 8 at
+  64 tokens: whole triplets are kept while they fit, about 3 (measured:
+  32 tokens keep one triplet in most texts, which would starve the very
+  objective the study is about);
+- a 2-layer ViT (tiny has 4; width, text and fusion stacks unchanged): a
+  train step costs 18-32% less, an evaluation round ~25% less, and the
+  train step compiles in 21-64 s instead of 28-82 s;
+- 200 examples per file for the pairwise sets (VSR x 4, VALSE, SVO,
+  Winoground), whose accuracies carry the claims (binomial std of one
+  accuracy ~3.5 points instead of ~7 at 50); retrieval, paragraph
+  retrieval and RefCOCOg keep 50, since the ITM re-scoring of retrieval
+  costs images x k_test fusions and is already half of an evaluation;
+- evaluation batches of 32 rows, one checkpoint per evaluation (they serve
+  resumption only), and 100 steps, which is what fits.
+
+Measured on the idle 2-core machine (hour preset, seconds): steps/s ALBEF
+2.1, X-VLM 1.5, ReALBEF ~1.1, ReX-VLM ~0.8 (the last two scaled from a
+loaded-machine comparison of VSG at 64 and 32 tokens); one evaluation
+round ~30 (46 CPU-seconds: VALSE 11, paragraphs 14, retrieval 9);
+first-seed compilation ~35-100 per model, later seeds ~10-35 (the
+persistent cache). Projected: 3 seeds x 100 steps about 59 minutes, half
+of it evaluation; a loaded machine (load average ~5) takes ~1.6x as long.
+The same world, resolution and benchmark sets as ``tiny``: nothing is
+made easier.
 
 A seed is the config's ``seed``: the parameter initialisation, the ITM
 negatives, and the order and augmentation of the training examples. It
@@ -21,7 +53,7 @@ Running the same command again resumes the study: a run whose training
 reached the final step (marker file ``study_done.json``) is skipped, a
 killed run continues from its last checkpoint (``vlg.train``), and only
 then are the results written. ``DIR/study.json`` keeps the settings that
-must not change within a study (steps, eval interval, variant); more seeds
+must not change within a study (steps, eval interval, preset); more seeds
 or models can be added later. JAX's persistent compilation cache lives in
 ``DIR/cache/jax`` so that later seeds of a model reuse its compiled steps.
 """
@@ -45,67 +77,108 @@ _SEEDS = None
 _STEPS = None
 _MODELS = None
 _EVAL_EVERY = None
-_VARIANT = None
+_PRESET = None
 _EVAL_NUM = None
 _COMPILATION_CACHE = None
 
 SETTINGS_FILE = 'study.json'
+PRESETS = ('hour', 'tiny', 'small')
+DEFAULT_STEPS = {'hour': 100, 'tiny': 600, 'small': 2_000}
+# Evaluations per run: every curve has this many points.
+CURVE_POINTS = 5
+# The hour preset's changes to the tiny config (module docstring).
+HOUR = dict(
+    batch_size=16,
+    eval_batch_size=32,
+    model=dict(vision_depth=2),
+    parts=dict(entity=dict(batch_size=4), mrc=dict(batch_size=4),
+               vsg=dict(batch_size=8)),
+    # Examples per benchmark file: 200 for the pairwise sets, 50 for the
+    # others (retrieval's cost grows with images x k_test).
+    eval_num={name: 200 for name in (
+        'valse', 'svo_probes', 'winoground', 'vsr_random_dev',
+        'vsr_random_test', 'vsr_zeroshot_dev', 'vsr_zeroshot_test')},
+    eval_num_other=50,
+)
 ConfigHook = Callable[[ml_collections.ConfigDict], None]
 
 
 def define_flags() -> None:
   """Defines the flags; called only when run as a program, so that
   tests can import several tools into one process."""
-  global _OUT, _SEEDS, _STEPS, _MODELS, _EVAL_EVERY, _VARIANT, _EVAL_NUM
+  global _OUT, _SEEDS, _STEPS, _MODELS, _EVAL_EVERY, _PRESET, _EVAL_NUM
   global _COMPILATION_CACHE
   _OUT = flags.DEFINE_string('out', None, 'Study directory: runs/, results.md, '
                              'results.json, curves.png; an existing study '
                              'there is resumed.')
   _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per model (0..seeds-1).')
-  _STEPS = flags.DEFINE_integer('steps', 600, 'Training steps of every run.')
+  _STEPS = flags.DEFINE_integer(
+      'steps', None, "Training steps of every run; default: the preset's "
+      f'({DEFAULT_STEPS}).')
   _MODELS = flags.DEFINE_list('models', list(study_lib.MODELS),
                               f'Model families, of {study_lib.MODELS}.')
   _EVAL_EVERY = flags.DEFINE_integer(
-      'eval_every', 100, 'Run every synthetic evaluator every this many '
-      'steps (and at the last step).')
-  _VARIANT = flags.DEFINE_string('variant', 'tiny', 'Config variant of '
-                                 'every model (tiny | small).')
+      'eval_every', 0, 'Run every synthetic evaluator every this many '
+      f'steps (and at the last step); 0: steps / {CURVE_POINTS}, so every '
+      f'curve has {CURVE_POINTS} points.')
+  _PRESET = flags.DEFINE_enum(
+      'preset', 'hour', PRESETS, 'hour: the tiny models and evaluation '
+      'sized to fit 3 seeds in an hour on 2 CPU cores (module docstring); '
+      "tiny, small: the recipes' variants unchanged.")
   _EVAL_NUM = flags.DEFINE_integer(
-      'eval_num', 0, 'Examples per synthetic benchmark file; 0: the '
-      "config's default.")
+      'eval_num', 0, 'Examples per synthetic benchmark file, for every '
+      "set; 0: the preset's.")
   _COMPILATION_CACHE = flags.DEFINE_bool(
       'compilation_cache', True, "Keep JAX's persistent compilation cache "
       'in DIR/cache/jax, so later seeds of a model reuse its compiled steps.')
   flags.mark_flags_as_required(['out'])
 
 
+def _hour_preset(c: ml_collections.ConfigDict, eval_every: int) -> None:
+  """Turns the tiny config ``c`` into the ``hour`` preset's (docstring)."""
+  c.batch_size = HOUR['batch_size']
+  c.eval_batch_size = HOUR['eval_batch_size']
+  c.model.update(HOUR['model'])
+  for name, part in (c.input.get('parts') or {}).items():
+    part.update(HOUR['parts'][name])
+  # Checkpoints serve resumption only (the curves come from the metrics
+  # log): one per evaluation.
+  c.ckpt_steps = eval_every
+  c.keep_every_steps = None
+  for name, entry in c.evals.items():
+    entry.synthetic_num = HOUR['eval_num'].get(name, HOUR['eval_num_other'])
+
+
 def study_config(model: str, seed: int, *, steps: int, eval_every: int,
-                 variant: str = 'tiny', eval_num: int = 0,
+                 preset: str = 'hour', eval_num: int = 0,
                  cache_dir: str = '') -> ml_collections.ConfigDict:
-  """The config of one run: ``model``'s ``variant`` with ``seed``.
+  """The config of one run: ``model`` under ``preset``, with ``seed``.
 
   Args:
     model: a family of :data:`vlg.analysis.study.MODELS`.
     seed: the training seed (``config.seed``).
     steps: training steps (the schedule's length too).
     eval_every: every synthetic evaluator's ``log_steps``.
-    variant: the config variant (its synthetic evals must be on).
-    eval_num: examples per synthetic benchmark file; 0 keeps the config's.
+    preset: one of :data:`PRESETS` (module docstring).
+    eval_num: examples per synthetic benchmark file, for every set; 0
+      keeps the preset's.
     cache_dir: where the synthetic benchmark sets are written; '' keeps
       the default cache.
   """
   if model not in study_lib.MODELS:
     raise ValueError(f'unknown model {model!r}; valid: {study_lib.MODELS}')
+  if preset not in PRESETS:
+    raise ValueError(f'unknown preset {preset!r}; valid: {PRESETS}')
   if steps < 1 or eval_every < 1:
     raise ValueError(f'steps={steps} and eval_every={eval_every} must be '
                      '>= 1')
-  arg = f'{variant},evals=True'
+  arg = f'{"small" if preset == "small" else "tiny"},evals=True'
   c = (recipes.albef_config(arg) if model == 'albef' else
        recipes.family_config(model, arg))
-  if not c.evals:
-    raise ValueError(f'variant {variant!r} has no synthetic evals')
   c.seed = seed
   c.total_steps = steps
+  if preset == 'hour':
+    _hour_preset(c, eval_every)
   for entry in c.evals.values():
     entry.log_steps = eval_every
     if eval_num:
@@ -113,6 +186,11 @@ def study_config(model: str, seed: int, *, steps: int, eval_every: int,
     if cache_dir:
       entry.synthetic_cache = cache_dir
   return c
+
+
+def default_eval_every(steps: int) -> int:
+  """The evaluation interval that gives every curve ``CURVE_POINTS``."""
+  return max(1, steps // CURVE_POINTS)
 
 
 def is_done(workdir: str, steps: int) -> bool:
@@ -180,7 +258,7 @@ def _duration(seconds: float) -> str:
 
 
 def run_study(out: str, *, models: Sequence[str], seeds: int, steps: int,
-              eval_every: int, variant: str = 'tiny', eval_num: int = 0,
+              eval_every: int, preset: str = 'hour', eval_num: int = 0,
               config_hook: ConfigHook | None = None,
               log: Callable[[str], None] = print) -> dict[str, object]:
   """Trains (or resumes) every run of the study, then writes its results.
@@ -191,8 +269,8 @@ def run_study(out: str, *, models: Sequence[str], seeds: int, steps: int,
     seeds: seeds per model (0..seeds-1).
     steps: training steps of every run.
     eval_every: evaluation interval in steps.
-    variant: config variant of every model.
-    eval_num: examples per synthetic benchmark file (0: the config's).
+    preset: the preset of every run (:data:`PRESETS`).
+    eval_num: examples per synthetic benchmark file (0: the preset's).
     config_hook: changes each run's config in place before it trains
       (tests shrink the model with it); it must change every run alike.
     log: receives the progress lines.
@@ -210,13 +288,13 @@ def run_study(out: str, *, models: Sequence[str], seeds: int, steps: int,
   if seeds < 1:
     raise ValueError(f'--seeds={seeds} must be >= 1')
   _check_settings(out, dict(steps=steps, eval_every=eval_every,
-                            variant=variant, eval_num=eval_num))
+                            preset=preset, eval_num=eval_num))
   cache_dir = os.path.join(out, 'cache')
   plan = [(m, s) for m in models for s in range(seeds)]
   configs = {}
   for model, seed in plan:
     c = study_config(model, seed, steps=steps, eval_every=eval_every,
-                     variant=variant, eval_num=eval_num, cache_dir=cache_dir)
+                     preset=preset, eval_num=eval_num, cache_dir=cache_dir)
     if config_hook is not None:
       config_hook(c)
     configs[model, seed] = c
@@ -287,9 +365,11 @@ def main(argv):
   out = _OUT.value
   if _COMPILATION_CACHE.value:
     enable_compilation_cache(os.path.join(out, 'cache', 'jax'))
+  steps = _STEPS.value or DEFAULT_STEPS[_PRESET.value]
   result = run_study(out, models=_MODELS.value, seeds=_SEEDS.value,
-                     steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
-                     variant=_VARIANT.value, eval_num=_EVAL_NUM.value,
+                     steps=steps, eval_every=(_EVAL_EVERY.value or
+                                              default_eval_every(steps)),
+                     preset=_PRESET.value, eval_num=_EVAL_NUM.value,
                      log=lambda line: print(line, flush=True))
   if result['results'] is not None:
     with open(os.path.join(out, 'results.md')) as f:
