@@ -21,6 +21,9 @@ from vlg.models import resamplers
 from vlg.models import text_decoder
 from vlg.objectives import perceiver as objectives
 
+# The Q-Former test's float64 references (checked there on hand examples).
+from test_qformer import _smoothed_ce, _unit
+
 B, N, DV, L, V, BOS = 3, 4, 8, 6, 13, 12
 MASK = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]],
                 np.int32)
@@ -105,21 +108,6 @@ def _run(params, image, batch, weights):
 
 def _weighted(weights):
   return {k: jnp.float32(v) for k, v in weights.items()}
-
-
-def _log_softmax(row):
-  m = np.max(row)
-  return row - m - np.log(np.sum(np.exp(row - m)))
-
-
-def _smoothed_ce(row, label, eps):
-  target = np.full(len(row), eps / len(row))
-  target[label] += 1 - eps
-  return -np.sum(target * _log_softmax(row))
-
-
-def _unit(x):
-  return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def _ref_losses(params, states, ids, mask, eps=0.1):
