@@ -25,8 +25,11 @@ pytestmark = pytest.mark.xdist_group('tiny_run')
 REPO = os.path.join(os.path.dirname(__file__), '..', '..')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture
 def workdir(tmp_path_factory):
+  # A fresh copy per test: under `--dist loadgroup` this module's tests may
+  # interleave with other modules', so a module-scoped copy could be torn
+  # down and re-made between them, and no test may rely on another's appends.
   source, _ = trained_run(tmp_path_factory)
   copy = str(tmp_path_factory.mktemp('eval_tool') / 'run')
   shutil.copytree(source, copy)
@@ -101,7 +104,10 @@ def test_command_line_help_and_resumed_run(workdir):
        '--evals=valse', '--config.evals.valse.batch_size=16'],
       capture_output=True, text=True, env=env, cwd=REPO, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "evals ['valse']; 0 (step, eval) pair(s) to run" in out.stdout
+  # Training evaluated step 6; the command adds step 3 and nothing else.
+  assert ("evals ['valse']; 1 (step, eval) pair(s) to run, 1 already"
+          in out.stdout), out.stdout
+  assert sorted(writers.metric_curves(workdir)['valse/acc_r']) == [3, 6]
   helped = subprocess.run([sys.executable, '-m', 'vlg.tools.eval', '--help'],
                           capture_output=True, text=True, env=env, cwd=REPO,
                           check=False)
