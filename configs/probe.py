@@ -62,6 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seeds = (0, 1, 2)
   c.max_text_len = 64  # spec §2.3: 64 avoids truncating RCM phrases.
   c.cache_dir = ''  # Frozen feature cache; '' = WORKDIR/features.
+  # Keep the cells already in WORKDIR/results.json (same settings) instead
+  # of training them again (vlg/probing/run.py).
+  c.resume = True
 
   # train.HParams fields (spec §2.5); the HPO searches lr, epochs, loss
   # weights and lr_mult.

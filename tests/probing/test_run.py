@@ -100,8 +100,8 @@ def _table(markdown, section):
           for line in body.splitlines()]
 
 
-def test_grid_writes_tables_and_rerun_reads_the_cache(calls, monkeypatch,
-                                                      tmp_path, fast_compile):
+def test_grid_writes_tables_resumes_and_rerun_reads_the_cache(
+    calls, monkeypatch, tmp_path, fast_compile):
   workdir = str(tmp_path / 'probe')
   _main(monkeypatch, *COMMAND, f'--workdir={workdir}')
   assert (calls.sources, calls.closed) == (1, 1)
@@ -173,9 +173,43 @@ def test_grid_writes_tables_and_rerun_reads_the_cache(calls, monkeypatch,
         assert std == pytest.approx(100 * np.std(values, ddof=1), abs=0.006)
   assert '## VSR test accuracy per category' in markdown
 
-  # The same command again: every frozen split read from the cache.
+  # The same command again: every cell is kept, nothing is trained.
   calls.hits.clear()
   _main(monkeypatch, *COMMAND, f'--workdir={workdir}')
+  assert calls.hits == [] and calls.extractions == 6
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert json.load(f)['cells'] == cells
+
+  # An interrupted grid (its last cell missing): only that cell is trained.
+  with open(os.path.join(workdir, 'results.json')) as f:
+    partial = json.load(f)
+  partial['cells'] = partial['cells'][:3]
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(partial, f)
+  _main(monkeypatch, *COMMAND, f'--workdir={workdir}')
+  assert calls.hits == [{}, {}]  # vsr unfrozen, seeds 0 and 1.
+  with open(os.path.join(workdir, 'results.json')) as f:
+    resumed = json.load(f)['cells']
+  assert resumed[:3] == cells[:3]
+  assert [(c['task'], c['regime']) for c in resumed] == [
+      (c['task'], c['regime']) for c in cells]
+  calls.hits.clear()
+
+  # A narrower grid trains nothing and keeps the other cells in the file.
+  _main(monkeypatch, *COMMAND, '--config.regimes=("frozen",)',
+        f'--workdir={workdir}')
+  assert calls.hits == []
+
+  # Other training settings in the same workdir: refused, naming them.
+  with pytest.raises(ValueError, match=r"other settings \(hparams.epochs: 2 "
+                     r"then, 3 now\); use another --workdir"):
+    _main(monkeypatch, *COMMAND, '--config.hparams.epochs=3',
+          f'--workdir={workdir}')
+
+  # Without resuming: every cell trained again, every frozen split read
+  # from the feature cache.
+  _main(monkeypatch, *COMMAND, '--config.resume=False',
+        f'--workdir={workdir}')
   assert calls.extractions == 6
   frozen_hits = [h for h in calls.hits if h]
   assert len(frozen_hits) == 4 and all(all(h.values()) for h in frozen_hits)
@@ -210,3 +244,14 @@ def test_main_needs_a_model_and_no_extra_arguments(calls, monkeypatch,
   with pytest.raises(app.UsageError, match=r"unexpected arguments: \['x'\]"):
     _main(monkeypatch, *COMMAND, workdir, 'x')
   assert calls.sources == 0
+
+
+def test_unreadable_results_file_is_refused_by_name(tmp_path):
+  import configs.probe as probe_config  # pylint: disable=g-import-not-at-top
+  config = probe_config.get_config('tiny')
+  (tmp_path / 'results.json').write_text('{"config": {}, "cel')
+  with pytest.raises(ValueError, match=r'results.json is not a readable '
+                     r'results file .*move it away'):
+    run.finished_cells(config, str(tmp_path))
+  config.resume = False
+  assert run.finished_cells(config, str(tmp_path)) == []

@@ -19,6 +19,14 @@ re-runs the best settings per seed (``vlg.probing.hpo``). Output in
   ``vlg.analysis.probing``;
 * ``features/``: the frozen feature cache; ``metrics.jsonl``: HPO trials.
 
+The grid resumes (``config.resume``, on by default): a cell already in
+``results.json`` of ``--workdir``, for the same checkpoint step and the
+same settings, is kept and not trained again, so re-running an interrupted
+grid only trains what is missing, and cells can be added by widening the
+grid. A workdir whose results were made with other settings (hparams,
+seeds, data, ...) is refused with the differing fields named; use another
+``--workdir`` or ``--config.resume=False`` to train every cell anew.
+
 Data (``config.data``): with ``synthetic=True`` the synthetic RefCOCOg- and
 VSR-style sets (``vlg.evaluators.common.synthetic_root``) at the model's
 resolution. They have no train split, so the synthetic 'val' split (VSR:
@@ -272,6 +280,59 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
       mesh=run.mesh, close=run.close)
 
 
+# Config fields that choose cells rather than how a cell is trained: a
+# resumed grid may differ from the earlier one in these.
+GRID_FIELDS = ('taps', 'tasks', 'regimes', 'heads', 'resume', 'cache_dir')
+
+
+def _cell_key(cell: dict[str, Any]) -> tuple[Any, ...]:
+  return tuple(cell[k] for k in ('model', 'step', 'tap', 'task', 'regime',
+                                 'head'))
+
+
+def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def finished_cells(config: ml_collections.ConfigDict, workdir: str
+                   ) -> list[dict[str, Any]]:
+  """The cells of ``workdir/results.json`` if it was made with the same
+  settings as ``config`` (up to :data:`GRID_FIELDS`); [] if there is none.
+
+  Raises:
+    ValueError: the results were made with other settings, naming them.
+  """
+  path = os.path.join(workdir, 'results.json')
+  if not config.get('resume', True) or not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      earlier = json.load(f)
+    earlier_config, cells = earlier['config'], list(earlier['cells'])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path} is not a readable results file ({e}); move it '
+                     'away, or use another --workdir') from e
+  # Through JSON, as results.json was written: tuples become lists.
+  now = _flat(json.loads(json.dumps(config.to_dict(), default=float)))
+  then = _flat(earlier_config)
+  differ = sorted(k for k in set(now) | set(then)
+                  if k.split('.')[0] not in GRID_FIELDS
+                  and now.get(k) != then.get(k))
+  if differ:
+    shown = ', '.join(f'{k}: {then.get(k)!r} then, {now.get(k)!r} now'
+                      for k in differ[:6])
+    raise ValueError(
+        f'{workdir} holds probe results made with other settings ({shown}'
+        f'{", ..." if len(differ) > 6 else ""}); use another --workdir, or '
+        '--config.resume=False to train every cell anew')
+  return cells
+
+
 def run_grid(config: ml_collections.ConfigDict, workdir: str,
              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
   """Runs every cell of ``config`` and writes the results (module doc),
@@ -280,6 +341,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
     taps.parse_spec(spec)  # Fail on a bad tap before loading anything.
   for t in config.tasks:
     tasks_lib.get_task(t)
+  earlier = finished_cells(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   source = load_source(config)
   model = config.model_name or source.name
@@ -288,6 +350,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
                         max_text_len=config.max_text_len,
                         max_words=config.max_text_len)
   encoder = source.encoder
+  done = {_cell_key(c): c for c in earlier}
   cells = []
   try:
     # Every task's examples first: a set that cannot be built (e.g. too few
@@ -306,14 +369,20 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
             for head in config.heads:
               name = cell_name(model, tap, task_name, regime, head)
               hp = train.HParams(**{**config.hparams.to_dict(), 'head': head})
-              log(f'cell {name}')
               cell = dict(model=model, step=source.step, tap=spec.key,
                           task=task_name, regime=regime, head=head)
+              if _cell_key(cell) in done:
+                cells.append(done.pop(_cell_key(cell)))
+                log(f'cell {name}: kept from {workdir}/results.json')
+                continue
+              log(f'cell {name}')
               cell.update(run_cell(encoder, spec, task, splits, inputs,
                                    config, hp, regime=regime, name=name,
                                    workdir=workdir, log=log))
               cells.append(cell)
-              _write_results(workdir, config, model, source.step, cells)
+              # Earlier cells outside this grid are kept, after its own.
+              _write_results(workdir, config, model, source.step,
+                             cells + list(done.values()))
               log(f'{name}: ' + ', '.join(
                   f'{k} {v[0]:.4f}±{v[1]:.4f}'
                   for k, v in cell['summary'].items()
