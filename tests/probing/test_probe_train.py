@@ -223,6 +223,22 @@ def test_unfrozen_trains_resampler_not_vision(data, fast_compile):
   assert 'test/mean_box/acc@0.5' in result.metrics
 
 
+def test_inputs_pad_to_the_longest_text_only(data):
+  inputs = stub.inputs()  # max_text_len 6.
+  examples = data['box']['train']  # 'the square k': [CLS] + 3 words.
+  assert inputs.text_len(examples, multiple=1) == 4
+  assert inputs.text_len(examples, multiple=3) == 6
+  assert inputs.text_len(examples) == 6  # Rounded up to 8, capped at 6.
+  full = inputs(examples, [0, 1])
+  cut = inputs(examples, [0, 1], text_len=4)
+  assert full['text_ids'].shape == (2, 6) and cut['text_ids'].shape == (2, 4)
+  np.testing.assert_array_equal(cut['text_ids'], full['text_ids'][:, :4])
+  np.testing.assert_array_equal(cut['text_mask'].sum(1),
+                                full['text_mask'].sum(1))
+  with pytest.raises(ValueError, match='text_len=3 cuts real tokens'):
+    inputs(examples, [0], text_len=3)
+
+
 def test_early_stopping_on_a_plateau(data, fast_compile):
   stopper = train.EarlyStopping(patience=3)
   steps = [stopper.update(e, v) for e, v in
@@ -300,6 +316,15 @@ def test_vision_resampler_encoder_taps_and_labels(fast_compile):
                                 direct['resampler_queries'])
   np.testing.assert_array_equal(got['resampler_layer:1'][0],
                                 direct['resampler_layers'][1])
+  # More padding changes no tap (what Inputs.text_len relies on).
+  padded = dict(batch, text_ids=np.pad(batch['text_ids'], ((0, 0), (0, 11))),
+                text_mask=np.pad(batch['text_mask'], ((0, 0), (0, 11))))
+  longer = jax.jit(lambda p: encoder.tap_fn(
+      nnx.merge(encoder.graphdef, p), padded,
+      ('resampler_queries', 'resampler_layer:1'), None))(encoder.params)
+  for name in ('resampler_queries', 'resampler_layer:1'):
+    np.testing.assert_allclose(longer[name][0], got[name][0], rtol=1e-5,
+                               atol=1e-5)
   enc = train.param_labels({'probe': {}, 'encoder': encoder.params},
                            encoder)['encoder']
   assert set(jax.tree.leaves(enc['vision'])) == {'vision'}

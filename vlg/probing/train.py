@@ -20,7 +20,9 @@ Two regimes, one loop:
   AdamW(lr · lr_mult); ``vision`` (the image tower) and ``frozen`` (heads
   the tap does not pass through) → ``optax.set_to_zero()``. Their
   parameters also get ``stop_gradient``, so no gradient is computed for
-  them. Dropout runs as configured in the encoder.
+  them. Dropout runs as configured in the encoder. Texts are padded only
+  to the longest text of the task (``Inputs.text_len``), not to
+  ``max_text_len``: the same taps for a fraction of the compute.
 
 Both: AdamW, weight decay on matrices only (``vlg.optim.decay_mask``), wd
 0.01, linear warm-up over the first 10% of steps then linear (or cosine)
@@ -132,13 +134,36 @@ class Inputs:
     self.load_image = eval_common.ImageCache(resolution)
 
   def __call__(self, examples: Sequence[tasks_lib.ProbeExample],
-               rows: Sequence[int]) -> dict[str, np.ndarray]:
+               rows: Sequence[int], *, text_len: int | None = None
+               ) -> dict[str, np.ndarray]:
+    """Images and texts of ``examples[rows]``; texts padded to
+    ``max_text_len``, or cut to ``text_len`` (from :meth:`text_len`)."""
     ids, masks = eval_common.encode_texts(
         self.tokenizer, [examples[r].text for r in rows], self.max_text_len,
         self.max_words)
+    if text_len is not None:
+      if masks[:, text_len:].any():
+        raise ValueError(f'text_len={text_len} cuts real tokens; use '
+                         'Inputs.text_len over every example fed')
+      ids, masks = ids[:, :text_len], masks[:, :text_len]
     return {'image': np.stack([self.load_image(examples[r].image)
                                for r in rows]),
             'text_ids': ids, 'text_mask': masks}
+
+  def text_len(self, examples: Sequence[tasks_lib.ProbeExample],
+               multiple: int = 8) -> int:
+    """The tokens of the longest text of ``examples``, rounded up to
+    ``multiple`` and at most ``max_text_len``: the padding that suffices.
+
+    Cutting only padding changes no tap (padded tokens are masked out of
+    every attention), and an encoder trained through a 64-token padding
+    mostly computes padding on short probe texts: the unfrozen regime pads
+    to this length instead."""
+    _, masks = eval_common.encode_texts(
+        self.tokenizer, [e.text for e in examples], self.max_text_len,
+        self.max_words)
+    longest = int(masks.sum(1).max()) if len(masks) else 1
+    return min(self.max_text_len, -(-longest // multiple) * multiple)
 
   def settings(self) -> dict[str, Any]:
     """What besides the examples decides the model inputs."""
@@ -316,7 +341,7 @@ def train_probe(encoder: Encoder, spec: taps.TapSpec, task: tasks_lib.Task,
               'mask': f['mask'][rows] if 'mask' in f else
                       np.ones((len(rows), 1), np.int32)}
   else:
-    probe_rows = inputs(splits['train'], [0])
+    probe_rows = inputs(splits['train'], [0])  # For the tap's shape only.
     shape = jax.eval_shape(
         lambda p, b: encoder.tap_fn(nnx.merge(encoder.graphdef, p), b,
                                     (spec.tap,), None)[spec.tap][0],
@@ -325,8 +350,10 @@ def train_probe(encoder: Encoder, spec: taps.TapSpec, task: tasks_lib.Task,
     if spec.reduce == 'attn_pool':
       in_dim = shape.shape[2]
 
+    text_len = inputs.text_len([e for v in splits.values() for e in v])
+
     def rows_of(split, rows):
-      return inputs(splits[split], rows)
+      return inputs(splits[split], rows, text_len=text_len)
 
   probe_graphdef, probe_params = init_probe(spec, in_dim, task.out_dim, hp)
   params = {'probe': probe_params}
