@@ -43,6 +43,12 @@ class Model(nnx.Module):
   """ALBEF; see the module docstring and ``vlg/models/sizes.py`` for config."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    # Configs saved before init_std existed were initialised at 0.02.
+    with layers.default_init_std(float(config.get('init_std',
+                                                  layers.INIT_STD))):
+      self._build(config, rngs)
+
+  def _build(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs):
     self.dtype = dtype = jnp.dtype(config.dtype)
     vision_width, text_width = int(config.vision_width), int(config.text_width)
     embed_dim = int(config.embed_dim)

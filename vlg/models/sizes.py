@@ -52,6 +52,11 @@ _COMMON = dict(
     box_head=False,  # X-VLM's box head (d→2d→LN→GELU→4, sigmoid).
     mrc_classes=0,  # > 0: the MRC head over this many relations.
     mrc_hidden=0,  # MRC head hidden width; 0 means 4 × text_width.
+    # Std of the normal inits (BERT's initializer_range, timm's ViT): 0.02
+    # is the published models'. Trained from scratch at tiny width it leaves
+    # every text's [CLS] almost the same (``layers.default_init_std``);
+    # ~1/sqrt(width) (0.088 at 128) breaks that symmetry.
+    init_std=0.02,
 )
 
 
