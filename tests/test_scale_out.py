@@ -24,13 +24,26 @@ LOSS_KEYS = ('train/loss', 'train/itc_loss', 'train/itm_loss',
 RESHARD_RTOL = 1e-4
 
 
-@pytest.fixture(scope='module')
+# The reference run's users share a worker under `--dist loadgroup`.
+REFERENCE_GROUP = pytest.mark.xdist_group('scale_out_reference')
+
+
+@pytest.fixture
 def reference_run(tmp_path_factory):
-  """Six steps on mesh (8, 1, 1), checkpoints kept at steps 3 and 6."""
-  jax.config.update('jax_disable_most_optimizations', True)
-  workdir = str(tmp_path_factory.mktemp('ref') / 'run')
-  train.train_and_evaluate(tiny_test_config(mesh=(8, 1, 1)), workdir)
-  jax.config.update('jax_disable_most_optimizations', False)
+  """Six steps on mesh (8, 1, 1), checkpoints kept at steps 3 and 6.
+
+  Trained once per worker (kept under the worker's base temp with a marker
+  file), however its users are interleaved with other modules' tests."""
+  base = tmp_path_factory.getbasetemp() / 'scale_out_reference'
+  workdir = str(base / 'run')
+  if not (base / 'done').exists():
+    shutil.rmtree(base, ignore_errors=True)
+    jax.config.update('jax_disable_most_optimizations', True)
+    try:
+      train.train_and_evaluate(tiny_test_config(mesh=(8, 1, 1)), workdir)
+    finally:
+      jax.config.update('jax_disable_most_optimizations', False)
+    (base / 'done').write_text('ok')
   return workdir, _losses(workdir)
 
 
@@ -40,6 +53,7 @@ def _resume_from_step_3(reference_workdir, workdir):
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '6'))
 
 
+@REFERENCE_GROUP
 @pytest.mark.parametrize('mesh_sizes', [(2, 4, 1), (1, 1, 1)])
 def test_checkpoint_from_mesh_8_resumes_on_another_mesh(
     mesh_sizes, reference_run, tmp_path, fast_compile):
@@ -64,6 +78,7 @@ def _read(workdir):
   return list(writers.read_metrics(workdir))
 
 
+@REFERENCE_GROUP
 def test_sigterm_saves_and_the_run_resumes_exactly(
     reference_run, tmp_path, monkeypatch, fast_compile):
   _, ref = reference_run
