@@ -101,10 +101,16 @@ def _table(markdown, section):
 
 
 def test_grid_writes_tables_resumes_and_rerun_reads_the_cache(
-    calls, monkeypatch, tmp_path, fast_compile):
+    calls, monkeypatch, tmp_path, fast_compile, capsys):
   workdir = str(tmp_path / 'probe')
   _main(monkeypatch, *COMMAND, f'--workdir={workdir}')
+  lines = capsys.readouterr().out.splitlines()
   assert (calls.sources, calls.closed) == (1, 1)
+  # Progress: one line per epoch of every probe (2 epochs x 2 seeds x 4).
+  epochs = [l for l in lines if re.match(
+      r'  seed [01]: epoch [12], train_loss .*\[\d+s, at most \d+s left\]$',
+      l)]
+  assert len(epochs) == 16, lines
   # Frozen: each task's train/val/test split extracted once; 8 probes.
   assert calls.extractions == 6 and len(calls.hits) == 8
   assert sum(not h for h in calls.hits) == 4  # Unfrozen: no cache.

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -192,8 +193,16 @@ def run_cell(encoder, spec, task, splits, inputs, config, hp, *, regime, name,
   cache = config.cache_dir or os.path.join(workdir, 'features')
 
   def train_fn(h):
+    start, epochs = time.time(), [0]
+
+    def progress(line):  # One line per epoch, with the time left.
+      epochs[0] += 1
+      spent = time.time() - start
+      left = spent / epochs[0] * (h.epochs - epochs[0])
+      log(f'  seed {h.seed}: {line} [{spent:.0f}s, at most {left:.0f}s '
+          'left]')
     return train.train_probe(encoder, spec, task, splits, inputs, h,
-                             regime=regime, cache_dir=cache)
+                             regime=regime, cache_dir=cache, log=progress)
   out: dict[str, Any] = {}
   if config.hpo.enabled:
     search = hpo.run_search(
