@@ -47,40 +47,16 @@ from __future__ import annotations
 import ml_collections
 
 from vlg import config_lib
-from vlg import recipes
+from vlg.probing import stage1
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The Perceiver stage-1 config of ``variant`` (tiny by default)."""
   arg = config_lib.parse_arg(arg, variant='tiny')
-  if arg.variant not in ('tiny', 'base'):
-    raise ValueError(f"variant={arg.variant!r}; valid: 'tiny', 'base'")
-  tiny = arg.variant == 'tiny'
-  albef = recipes.albef_config(f'{arg.variant},evals=False')
-  c = ml_collections.ConfigDict()
-  c.resampler_kind = 'perceiver'
-  c.seed = 0
-  c.vision_workdir = ''  # A trained vlg run; '' = a random tower (tests).
-  c.vision_step = -1  # Its checkpoint step; -1 = the latest.
-  c.vision_layer = -2  # Which ViT state the latents read (-2: BLIP-2's).
-  # The tower used when vision_workdir is empty, and the input pipeline
-  # then (with a vision_workdir, the run's own input config is used).
-  c.random_tower = albef.model
-  c.input = albef.input
+  c = stage1.base_config('perceiver', arg.variant)
   # + any field of vlg.models.resamplers.resampler_config('perceiver', ...)
   # (its width is the tower's) and of text_decoder.decoder_config.
   c.perceiver = dict(size=arg.variant)
   c.decoder = dict(size=arg.variant)
-  c.batch_size = 32 if tiny else 1024
-  c.total_steps = 300 if tiny else 250_000
-  c.optim = dict(lr=1e-3 if tiny else 1e-4, warmup_init_lr=1e-6,
-                 min_lr=1e-5, warmup_steps=30 if tiny else 2_000,
-                 weight_decay=0.05, b1=0.9, b2=0.98 if not tiny else 0.999,
-                 eps=1e-8, grad_clip_norm=0.0)
   c.loss = dict(itc=1.0, itg=1.0, label_smoothing=0.1)
-  c.mesh = (-1, 1, 1)
-  c.num_devices = 0  # The first N devices of jax.devices(); 0 = all.
-  c.sharding_rules = (('batch', ('data', 'fsdp')),)
-  c.ckpt_steps = 100 if tiny else 5_000
-  c.log_training_steps = 10 if tiny else 100
   return c

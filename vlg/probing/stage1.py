@@ -61,6 +61,7 @@ from ml_collections import config_flags
 from vlg import checkpointing
 from vlg import config_lib
 from vlg import optim
+from vlg import recipes
 from vlg import restore
 from vlg import sharding
 from vlg import writers
@@ -69,6 +70,39 @@ from vlg.models import create_model
 from vlg.models import vit
 from vlg.probing import stage1_models
 from vlg.probing import taps
+
+
+def base_config(kind: str, variant: str) -> ml_collections.ConfigDict:
+  """What every stage-1 config shares (``configs/qformer.py``,
+  ``configs/perceiver.py``): the tower, input, optimiser (BLIP-2's stage-1
+  settings for ``base``), mesh and schedule of ``variant`` (tiny | base).
+  The caller adds its resampler's sections and ``loss``."""
+  if variant not in ('tiny', 'base'):
+    raise ValueError(f"variant={variant!r}; valid: 'tiny', 'base'")
+  tiny = variant == 'tiny'
+  albef = recipes.albef_config(f'{variant},evals=False')
+  c = ml_collections.ConfigDict()
+  c.resampler_kind = kind  # vlg/probing/stage1_models.py
+  c.seed = 0
+  c.vision_workdir = ''  # A trained vlg run; '' = a random tower (tests).
+  c.vision_step = -1  # Its checkpoint step; -1 = the latest.
+  c.vision_layer = -2  # Which ViT state the resampler reads (-2: BLIP-2's).
+  # The tower used when vision_workdir is empty, and the input pipeline
+  # then (with a vision_workdir, the run's own input config is used).
+  c.random_tower = albef.model
+  c.input = albef.input
+  c.batch_size = 32 if tiny else 1024
+  c.total_steps = 300 if tiny else 250_000
+  c.optim = dict(lr=1e-3 if tiny else 1e-4, warmup_init_lr=1e-6,
+                 min_lr=1e-5, warmup_steps=30 if tiny else 2_000,
+                 weight_decay=0.05, b1=0.9, b2=0.98 if not tiny else 0.999,
+                 eps=1e-8, grad_clip_norm=0.0)
+  c.mesh = (-1, 1, 1)
+  c.num_devices = 0  # The first N devices of jax.devices(); 0 = all.
+  c.sharding_rules = (('batch', ('data', 'fsdp')),)
+  c.ckpt_steps = 100 if tiny else 5_000
+  c.log_training_steps = 10 if tiny else 100
+  return c
 
 
 class TowerLayer(nnx.Module):
