@@ -9,6 +9,7 @@ import pytest
 
 from vlg import sharding
 from vlg import train
+from vlg import train_state
 from vlg import writers
 from vlg.data import pipeline
 
@@ -29,6 +30,18 @@ def shrink_for_tests(c):
   # runs several times slower; tests of sharding ask for the mesh they need.
   c.num_devices = 1
   return c
+
+
+def shrunk_model_setup():
+  """The shrunk tiny ALBEF config, a one-device mesh, its logical rules (set
+  as the current rules) and the abstract model's graphdef and specs."""
+  c = shrink_for_tests(albef_config.get_config('tiny,evals=False'))
+  mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
+  rules = [tuple(r) for r in c.sharding_rules]
+  with jax.set_mesh(mesh):
+    sharding.set_rules(rules)
+    graphdef, _, specs = train_state.abstract_model(c.model, rules)
+  return c, mesh, rules, graphdef, specs
 
 
 def tiny_test_config(**overrides):

@@ -16,19 +16,13 @@ from vlg import sharding
 from vlg import train_state
 from vlg.models import create_model
 
-import configs.albef as albef_config
-from test_train import shrink_for_tests
+from test_train import shrunk_model_setup
 
 
 @pytest.fixture(scope='module')
 def setup():
   """The shrunk tiny ALBEF model's config, mesh, rules and shardings."""
-  c = shrink_for_tests(albef_config.get_config('tiny,evals=False'))
-  mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
-  rules = [tuple(r) for r in c.sharding_rules]
-  with jax.set_mesh(mesh):
-    sharding.set_rules(rules)
-    _, _, specs = train_state.abstract_model(c.model, rules)
+  c, mesh, _, _, specs = shrunk_model_setup()
   return c.model, mesh, sharding.named(mesh, specs)
 
 

@@ -19,8 +19,7 @@ from vlg import train_state
 from vlg.data import tokenizer as tok_lib
 from vlg.evaluators import common
 
-import configs.albef as albef_config
-from test_train import shrink_for_tests
+from test_train import shrunk_model_setup
 
 TEXTS = ('a red circle', 'a blue square left of a red circle',
          'two green stars', 'a small ring above a large hexagon',
@@ -30,11 +29,8 @@ TEXTS = ('a red circle', 'a blue square left of a red circle',
 @pytest.fixture(scope='module')
 def model():
   """Predict functions, params, mesh and rules of the shrunk tiny model."""
-  c = shrink_for_tests(albef_config.get_config('tiny,evals=False'))
-  mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
-  rules = [tuple(r) for r in c.sharding_rules]
+  c, mesh, rules, graphdef, specs = shrunk_model_setup()
   with jax.set_mesh(mesh):
-    graphdef, _, specs = train_state.abstract_model(c.model, rules)
     params = train_state.init_params(c.model, 0, sharding.named(mesh, specs))
   return predict.make_predict_fns(graphdef), params, mesh, rules
 
