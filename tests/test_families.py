@@ -5,7 +5,10 @@ import pytest
 
 from vlg import recipes
 from vlg import train
+from vlg import restore
 from vlg import writers
+from vlg.data import pipeline
+from vlg.tools import validate
 
 from test_train import shrink_for_tests
 
@@ -58,6 +61,34 @@ def test_family_trains_and_logs_every_part(family, tmp_path, fast_compile):
   if 'mrc' in ratios:
     want += ratios['mrc'] * last['train/mrc_loss']
   assert last['train/loss'] == pytest.approx(want, rel=1e-4)
+  _check_heldout_validation(cfg, workdir)
+
+
+def _check_heldout_validation(cfg, workdir):
+  """vlg.tools.validate on the trained run: the held-out batch it reads is
+  the val split's, rebuilt here, and its results reach metrics.jsonl."""
+  got = validate.validate(workdir, steps=[0, 3], batches=1, batch_size=8,
+                          write=True, log=lambda line: None)
+  assert sorted(got) == [0, 3]
+  batch = next(iter(pipeline.make_dataset(
+      validate.heldout_input(cfg.input, 'val', 8),
+      restore.load_tokenizer(workdir, cfg), global_batch=8, seed=cfg.seed)))
+  labels = batch['mrc_label'][batch['mrc_valid'] > 0]
+  for step, res in got.items():
+    assert res['box_num'] == batch['ent_is_box'].sum() > 0, step
+    assert res['mrc_num'] == labels.size > 0, step
+    assert res['mrc_majority_rate'] == validate.majority_rate(labels)
+    assert res['mrc_chance'] == 1 / cfg.model.mrc_classes
+    for key in ('box_mean_iou', 'box_acc50', 'mrc_acc', 'itm_acc'):
+      assert 0 <= res[key] <= 1, (step, key)
+    assert np.isfinite(res['loss']) and np.isfinite(res['giou_loss'])
+  # Step 0 is the model at initialisation: three steps of training moved
+  # the held-out loss.
+  assert got[0]['loss'] != pytest.approx(got[3]['loss'], rel=1e-4)
+  curves = writers.metric_curves(workdir)
+  assert sorted(curves['heldout/mrc_acc']) == [0, 3]
+  assert curves['heldout/box_mean_iou'][3] == pytest.approx(
+      got[3]['box_mean_iou'])
 
 
 def test_parts_must_fit_the_model():
