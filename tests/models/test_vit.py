@@ -112,3 +112,38 @@ def test_forward_shapes_uint8_and_other_resolution(tiny_vit):
   assert np.isfinite(np.asarray(out_big)).all()
   with pytest.raises(ValueError, match='multiples'):
     fwd(state, np.zeros((1, cfg.image_size + 1, cfg.image_size, 3)))
+
+
+def test_sincos2d_posemb_matches_the_formula():
+  grid, dim = 3, 8
+  got = np.asarray(vit.sincos2d_posemb(grid, dim), np.float64)
+  assert got.shape == (1 + grid * grid, dim)
+  np.testing.assert_array_equal(got[0], 0.0)  # [CLS] has no position.
+  omega = 1.0 / 10_000.0 ** (np.arange(2) / 1.0)  # dim/4 = 2 frequencies.
+  for y in range(grid):
+    for x in range(grid):
+      want = np.concatenate([np.sin(x * omega), np.cos(x * omega),
+                             np.sin(y * omega), np.cos(y * omega)])
+      np.testing.assert_allclose(got[1 + y * grid + x], want, atol=1e-6)
+  with pytest.raises(ValueError, match='divisible by 4'):
+    vit.sincos2d_posemb(grid, 6)
+
+
+def test_posemb_init_option():
+  def pos_embed(posemb, seed):
+    cfg = sizes.model_config('tiny', vision_depth=1,
+                             vision_posemb_init=posemb)
+    with nnx.use_eager_sharding(False):
+      model = vit.VisionTransformer(cfg, rngs=nnx.Rngs(seed))
+    return np.asarray(model.pos_embed[...]), np.asarray(model.cls_token[...])
+
+  grid = sizes.SIZES['tiny']['image_size'] // sizes.SIZES['tiny']['patch_size']
+  sincos, cls_s = pos_embed('sincos2d', 0)
+  np.testing.assert_allclose(
+      sincos, vit.sincos2d_posemb(grid, sizes.SIZES['tiny']['vision_width']))
+  random, cls_r = pos_embed('trunc_normal', 0)
+  assert np.abs(random).max() <= 2 * 0.02 + 1e-6  # Truncated at 2 std.
+  # The option changes only the table: the other draws are the same.
+  np.testing.assert_array_equal(cls_s, cls_r)
+  with pytest.raises(ValueError, match='vision_posemb_init'):
+    pos_embed('learned', 0)

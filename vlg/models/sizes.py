@@ -57,6 +57,9 @@ _COMMON = dict(
     # every text's [CLS] almost the same (``layers.default_init_std``);
     # ~1/sqrt(width) (0.088 at 128) breaks that symmetry.
     init_std=0.02,
+    # Initial ViT position embeddings: 'trunc_normal' (DeiT, ALBEF) or
+    # 'sincos2d' (MAE/big_vision; box position readable from the start).
+    vision_posemb_init='trunc_normal',
 )
 
 

@@ -71,12 +71,43 @@ def interpolate_pos_embed(pos_embed: jax.Array,
   return jnp.concatenate([cls, patches], axis=0)
 
 
+POSEMB_INITS = ('trunc_normal', 'sincos2d')
+
+
+def sincos2d_posemb(grid: int, dim: int, temperature: float = 10_000.0
+                    ) -> jax.Array:
+  """2-D sine-cosine position embeddings [1 + grid², dim], [CLS] row zero.
+
+  A patch at (row y, column x) gets ``[sin(x ω), cos(x ω), sin(y ω),
+  cos(y ω)]`` with ``ω_k = temperature^(-k / (dim/4 - 1))``, k < dim/4
+  (MAE, MoCo v3, big_vision's ``sincos2d``). The mean of these rows over a
+  box is a smooth function of the box's centre and extent, so position is
+  readable from pooled patch tokens from the first step, where random
+  embeddings make the model learn a smooth layout first.
+  """
+  if dim % 4:
+    raise ValueError(f'sincos2d needs a width divisible by 4, got {dim}')
+  quarter = dim // 4
+  omega = 1.0 / temperature ** (jnp.arange(quarter, dtype=jnp.float32) /
+                                max(quarter - 1, 1))
+  y, x = jnp.meshgrid(jnp.arange(grid, dtype=jnp.float32),
+                      jnp.arange(grid, dtype=jnp.float32), indexing='ij')
+  x = x.reshape(-1, 1) * omega
+  y = y.reshape(-1, 1) * omega
+  patches = jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)],
+                            axis=1)
+  return jnp.concatenate([jnp.zeros((1, dim), jnp.float32), patches])
+
+
 class VisionTransformer(nnx.Module):
   """ViT image encoder: pixels [B, H, W, 3] → tokens [B, 1 + N, D].
 
   Config fields: ``image_size``, ``patch_size``, ``vision_width``,
   ``vision_depth``, ``vision_heads``, ``vision_mlp``, ``vision_ln_eps``,
-  ``vision_dropout``, ``image_mean``, ``image_std``, ``dtype``, ``remat``.
+  ``vision_dropout``, ``image_mean``, ``image_std``, ``dtype``, ``remat``,
+  ``vision_posemb_init`` (optional): the position embeddings' initial
+  value, ``'trunc_normal'`` (DeiT/ALBEF, the default) or ``'sincos2d'``
+  (:func:`sincos2d_posemb`; still a learned parameter).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
@@ -98,7 +129,16 @@ class VisionTransformer(nnx.Module):
     init = layers.trunc_normal_init()
     # 1-D so that weight decay, which skips vectors, skips it (spec §2.4).
     self.cls_token = layers.make_param(rngs, init, (dim,), ('embed',))
-    self.pos_embed = layers.make_param(rngs, init, (1 + self.grid ** 2, dim),
+    posemb = str(config.get('vision_posemb_init', 'trunc_normal'))
+    if posemb not in POSEMB_INITS:
+      raise ValueError(f'vision_posemb_init={posemb!r}; valid: '
+                       f'{POSEMB_INITS}')
+    pos_init = init
+    if posemb == 'sincos2d':
+      table = sincos2d_posemb(self.grid, dim)
+      pos_init = lambda key, shape, dtype: table.astype(dtype)
+    self.pos_embed = layers.make_param(rngs, pos_init,
+                                       (1 + self.grid ** 2, dim),
                                        (None, 'embed'))
     self.blocks = nnx.List([
         layers.ViTBlock(dim, int(config.vision_heads),
