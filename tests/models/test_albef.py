@@ -246,8 +246,10 @@ def test_bfloat16_compute_matches_float32(tiny):
 
 
 def test_sharded_init_and_forward_match_unsharded():
+  # The published initialisers (tiny defaults to from-scratch ones).
   cfg = sizes.model_config('tiny', vision_depth=1, text_layers=1,
-                           fusion_layers=1)
+                           fusion_layers=1, init_std=0.02,
+                           vision_posemb_init='trunc_normal')
   mesh = sharding.make_mesh([2, 2, 2])
 
   def init():
@@ -351,8 +353,10 @@ def _text_cls_cosine(model, rng):
 
 
 def test_init_std_scales_the_normal_inits_and_breaks_cls_symmetry():
-  cfg = sizes.model_config('tiny', vision_depth=1)
-  wide = sizes.model_config('tiny', vision_depth=1, init_std=0.088)
+  cfg = sizes.model_config('tiny', vision_depth=1, init_std=0.02,
+                           vision_posemb_init='trunc_normal')
+  wide = sizes.model_config('tiny', vision_depth=1, init_std=0.088,
+                            vision_posemb_init='trunc_normal')
   with nnx.use_eager_sharding(False):
     default, scaled = (albef.Model(c, rngs=nnx.Rngs(0)) for c in (cfg, wide))
   # The ViT's normals are truncated at ±2 std, which leaves 0.88 of it.
