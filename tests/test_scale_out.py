@@ -217,9 +217,21 @@ def test_remat_changes_neither_losses_nor_updates(tmp_path, fast_compile):
         tiny_test_config(**{'model.remat': policy}), batches)
     for a, b in zip(plain, remat):
       np.testing.assert_allclose(b['loss'], a['loss'], rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5,
-                                                         atol=1e-7),
-                 plain_state['params'], remat_state['params'])
+    jax.tree_util.tree_map_with_path(_assert_same_update,
+                                     plain_state['params'],
+                                     remat_state['params'])
+
+
+def _assert_same_update(path, a, b):
+  # An attention key bias has exactly zero gradient (softmax over the keys
+  # ignores the shift q·b shared by all of them), so what Adam does with it
+  # is float rounding noise normalised to about ±lr, which any change of
+  # operation order flips; every other parameter must match.
+  if jax.tree_util.keystr(path).endswith("['key']['bias']"):
+    assert np.abs(np.asarray(b)).max() < 1e-3
+    return
+  np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7,
+                             err_msg=jax.tree_util.keystr(path))
 
 
 def test_unknown_remat_policy_is_a_clear_error(tmp_path):
