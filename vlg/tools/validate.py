@@ -109,8 +109,7 @@ def heldout_input(input_cfg: ml_collections.ConfigDict, split: str,
 def make_metrics_fn(config: ml_collections.ConfigDict, graphdef
                     ) -> Callable[[Any, dict[str, Any]], dict[str, jax.Array]]:
   """Jitted ``(params, batch) → metrics``: the pretraining metrics plus the
-  box head's per-pair IoU (``box_iou`` [P], ``box_is_box`` [P]) and the
-  MRC labels (``mrc_labels`` / ``mrc_valid``)."""
+  box head's per-pair IoU (``box_iou`` [P], ``box_is_box`` [P])."""
   weights = train.loss_weights(config)
   ratios = train.part_ratios(config)
   concept = str((config.input.get('parts') or {}).get('mrc', {}).get(
