@@ -61,3 +61,25 @@ def test_adamw_decays_only_masked_params():
   updates, _ = tx.update(zeros, tx.init(params), params)
   np.testing.assert_allclose(updates['kernel'], -0.5)
   np.testing.assert_allclose(updates['bias'], 0.0)
+
+
+def test_temp_lr_scale_moves_the_temperature_slower():
+  """Adam moves every parameter by about lr per step; with temp_lr_scale
+  the temperature moves by scale * lr and the rest as before."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  params = {'temp': jnp.asarray(0.07), 'w': {'kernel': jnp.ones((2, 2))}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  moved = {}
+  for scale in (1.0, 0.1):
+    cfg = _cfg(lr=1e-3, warmup_init_lr=1e-3, warmup_steps=0, min_lr=1e-3,
+               weight_decay=0.0, temp_lr_scale=scale)
+    tx, _ = optim.make_optimizer(cfg, total_steps=100)
+    state = tx.init(params)
+    updates, _ = tx.update(grads, state, params)
+    moved[scale] = jax.tree.map(lambda u: float(jnp.abs(u).max()), updates)
+  assert moved[1.0]['temp'] == pytest.approx(1e-3, rel=1e-3)
+  assert moved[0.1]['temp'] == pytest.approx(1e-4, rel=1e-3)
+  assert moved[0.1]['w']['kernel'] == pytest.approx(
+      moved[1.0]['w']['kernel'], rel=1e-6)
+  with pytest.raises(ValueError, match='temp_lr_scale'):
+    optim.make_optimizer(_cfg(temp_lr_scale=0.0), total_steps=10)

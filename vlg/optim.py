@@ -38,15 +38,46 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def temp_labels(params: Any) -> Any:
+  """'temp' for the top-level temperature parameter, 'default' elsewhere."""
+  def label(path, _):
+    first = path[0] if path else None
+    return 'temp' if getattr(first, 'key', None) == 'temp' else 'default'
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 def make_optimizer(cfg: ml_collections.ConfigDict,
                    total_steps: int) -> tuple[optax.GradientTransformation,
                                               optax.Schedule]:
-  """AdamW (+ optional global-norm clipping) and its learning-rate schedule."""
+  """AdamW (+ optional global-norm clipping) and its learning-rate schedule.
+
+  ``cfg.temp_lr_scale`` (default 1) runs the ITC temperature at that
+  fraction of the schedule. Adam moves a parameter by about the learning
+  rate per step whatever its gradient's scale, so at the tiny recipes'
+  1e-3 the temperature travels from 0.07 to its floor within a couple of
+  hundred steps; ALBEF's 1e-4 moves it ten times slower. A scale other
+  than 1 adds a second AdamW (same betas, no decay) for the temperature,
+  which changes the optimizer state's layout (checkpoints of the other
+  layout do not restore).
+  """
   schedule = make_schedule(cfg, total_steps)
   parts = []
   if cfg.get('grad_clip_norm'):
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))
-  parts.append(optax.adamw(
-      schedule, b1=float(cfg.b1), b2=float(cfg.b2), eps=float(cfg.eps),
-      weight_decay=float(cfg.weight_decay), mask=decay_mask))
+
+  def adamw(lr, weight_decay):
+    return optax.adamw(lr, b1=float(cfg.b1), b2=float(cfg.b2),
+                       eps=float(cfg.eps), weight_decay=weight_decay,
+                       mask=decay_mask)
+
+  scale = float(cfg.get('temp_lr_scale', 1.0))
+  if scale <= 0:
+    raise ValueError(f'optim.temp_lr_scale={scale}; need > 0')
+  if scale == 1.0:
+    parts.append(adamw(schedule, float(cfg.weight_decay)))
+  else:
+    parts.append(optax.multi_transform(
+        {'default': adamw(schedule, float(cfg.weight_decay)),
+         'temp': adamw(lambda step: scale * schedule(step), 0.0)},
+        temp_labels))
   return optax.chain(*parts), schedule

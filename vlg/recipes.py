@@ -115,7 +115,7 @@ def _albef_config(arg: str | None) -> ml_collections.ConfigDict:
     c.input.tokenizer.vocab_size = 32_000
     c.optim = dict(lr=1e-4, warmup_init_lr=1e-5, min_lr=1e-5,
                    warmup_steps=2_000, weight_decay=0.02, b1=0.9, b2=0.999,
-                   eps=1e-8, grad_clip_norm=0.0)
+                   eps=1e-8, grad_clip_norm=0.0, temp_lr_scale=1.0)
     c.queue_size = 65_536
     c.alpha_warmup_steps = 7_800
     c.ckpt_steps = 2_000
@@ -127,7 +127,7 @@ def _albef_config(arg: str | None) -> ml_collections.ConfigDict:
     c.input = _input(res, max_text_len=25)
     c.optim = dict(lr=1e-3, warmup_init_lr=1e-5, min_lr=1e-5,
                    warmup_steps=20, weight_decay=0.02, b1=0.9, b2=0.999,
-                   eps=1e-8, grad_clip_norm=0.0)
+                   eps=1e-8, grad_clip_norm=0.0, temp_lr_scale=1.0)
     c.queue_size = 256
     c.alpha_warmup_steps = 100
     c.ckpt_steps = 50
@@ -176,7 +176,8 @@ def _parts(variant: str, patch_size: int, names: tuple[str, ...]
   all_parts = dict(
       entity=dict(enabled=True, batch_size=256 if base else 8, max_pairs=4,
                   ratio=0.75, objects=True, regions=True,
-                  whole_image_caption=True, patch_size=patch_size, data={}),
+                  whole_image_caption=True, group_by_box=True,
+                  patch_size=patch_size, data={}),
       mrc=dict(enabled=True, batch_size=64 if base else 8, num_relations=2,
                ratio=0.5, max_text_len=12, vocab='', concept='masked',
                patch_size=patch_size,

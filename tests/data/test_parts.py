@@ -151,3 +151,54 @@ def test_zipped_parts_batch(tok):
   cfg.parts.mrc.enabled = False
   b = next(iter(pipeline.make_dataset(cfg, tok, global_batch=4, seed=0)))
   assert not any(k.startswith('mrc_') for k in b)
+
+
+def _entity_transform(tok, **part):
+  """An entity transform without crops (no box is clipped onto another)
+  and with room for many pairs of a synthetic scene."""
+  cfg = _input_cfg()
+  cfg.augment = ('flip', 'brightness')
+  part_cfg = ml_collections.ConfigDict(cfg.parts.entity)
+  part_cfg.update(max_pairs=12, **part)
+  return parts.EntityTransform(tok, cfg, part_cfg)
+
+
+def test_entity_box_group_equal_exactly_for_the_same_box(tok):
+  t = _entity_transform(tok)
+  shared = 0
+  for i in range(8):
+    rec = synth_source.make_record('train', i)
+    out = t.random_map(rec, np.random.default_rng(i))
+    valid = out['ent_valid'].astype(bool)
+    group, box = out['ent_box_group'], out['ent_box']
+    assert np.all(group[~valid] == -1) and np.all(group[valid] >= 0)
+    # The whole-image caption (pair 0) is a box of its own.
+    assert out['ent_is_box'][0] == 0
+    assert np.sum(group == group[0]) == 1
+    pos = np.flatnonzero(out['ent_is_box'])
+    for j in pos:
+      for k in pos:
+        same_box = np.array_equal(box[j], box[k])
+        assert (group[j] == group[k]) == same_box, (i, j, k)
+        shared += bool(j != k and same_box)
+        if j != k and same_box:
+          # One box, two different texts (an object label and a region).
+          assert out['ent_text_group'][j] != out['ent_text_group'][k]
+  assert shared > 0  # Synthetic scenes give boxes more than one text.
+
+
+def test_entity_group_by_box_false_is_text_only(tok):
+  """group_by_box=False changes only ent_box_group (-1: text-only grouping
+  in the entity loss); every other slot is the same draw."""
+  on, off = _entity_transform(tok), _entity_transform(tok, group_by_box=False)
+  assert recipes.family_config('xvlm', 'tiny').input.parts.entity.group_by_box
+  for i in range(4):
+    rec = synth_source.make_record('train', i)
+    a = on.random_map(rec, np.random.default_rng(i))
+    b = off.random_map(rec, np.random.default_rng(i))
+    assert set(a) == set(b)
+    assert np.all(b['ent_box_group'] == -1)
+    assert np.any(a['ent_box_group'] >= 0)
+    for key in a:
+      if key != 'ent_box_group':
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -245,7 +245,7 @@ def check_record(oracle, record, seen):
       assert g[0] in ('a', 'an') and oracle.holds(s, PHRASES[g[4]], o), text
       seen['caption', PHRASES[g[4]]] += 1
     else:
-      if m := re.match(rf'^({_alt(NUMBERS)}) objects: (.*)$', body):
+      if m := re.match(rf'^({_alt(NUMBERS)}) objects?: (.*)$', body):
         assert NUMBERS[m.group(1)] == len(oracle.objs), text
         body = m.group(2)
       _check_items(oracle, text, body)

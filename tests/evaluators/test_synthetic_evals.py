@@ -35,7 +35,8 @@ def test_synthetic_root_written_once_and_atomically(tmp_path, monkeypatch):
 
   monkeypatch.setattr(synthetic_benchmarks, 'write_all', counting_write)
   root = common.synthetic_root(48, seed=1, num=2, cache_dir=str(tmp_path))
-  assert os.path.basename(root) == 'res48_seed1_num2'
+  assert os.path.basename(root) == (
+      f'res48_seed1_num2_v{synthetic_benchmarks.VERSION}')
   assert json.load(open(os.path.join(root, 'manifest.json')))['settings'][
       'num'] == 2
   assert common.synthetic_root(48, 1, 2, str(tmp_path)) == root

@@ -20,8 +20,17 @@ entity (X-VLM box concepts, spec §3.1–3.3), M = ``max_pairs``::
   ent_patch_mask   int32 [M, 1+G*G]  [CLS] + patches the box covers
   ent_valid        int32 [M]         1 on real pairs
   ent_is_box       int32 [M]         1 on real box pairs (not whole-image)
-  ent_text_group   int32 [M]         equal for identical texts (never ITM
-                                     negatives of each other)
+  ent_text_group   int32 [M]         equal for identical texts
+  ent_box_group    int32 [M]         equal for pairs of the same box of the
+                                     row (the whole-image pair has its own
+                                     id); -1 on padding, and on every pair
+                                     when ``group_by_box`` is False
+
+Pairs with equal ``ent_text_group``, and pairs of one row with equal
+``ent_box_group``, show the model the same text or the same box concept:
+the entity loss makes them ITC positives of each other and never ITM
+negatives (``vlg/objectives/pairs.py``). ``group_by_box=False`` leaves only
+the text rule for ITM and the diagonal as ITC target.
 
 mrc (spec §5), Q = ``num_relations``; subject/object as entity label texts::
 
@@ -87,6 +96,16 @@ class RecordsWith:
 def text_group(text: str) -> np.int32:
   """A stable int32 id of a normalised text (crc32, not Python's hash)."""
   return np.int32(zlib.crc32(text.encode('utf-8')) & 0x7FFFFFFF)
+
+
+def _box_ids(boxes: np.ndarray) -> np.ndarray:
+  """int32 [K]: for each of K annotated boxes the index of the first box
+  with identical coordinates — an object label and the region texts whose
+  subject it is get one id. Compared before augmentation, which moves equal
+  boxes equally."""
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  same = np.all(boxes[:, None] == boxes[None, :], axis=-1)
+  return np.argmax(same, axis=1).astype(np.int32)
 
 
 def crop_keeping_anchor(image: np.ndarray, boxes: np.ndarray, anchor: int,
@@ -185,6 +204,7 @@ class EntityTransform(grain.transforms.RandomMap):
     self.use_objects = bool(part_cfg.get('objects', True))
     self.use_regions = bool(part_cfg.get('regions', True))
     self.whole_image = bool(part_cfg.get('whole_image_caption', True))
+    self.group_by_box = bool(part_cfg.get('group_by_box', True))
     self.grid, self.patch = _grid(input_cfg, part_cfg)
     if not (self.use_objects or self.use_regions):
       raise ValueError('input.parts.entity needs objects or regions')
@@ -197,6 +217,7 @@ class EntityTransform(grain.transforms.RandomMap):
       elems += [(r['text'], r['box']) for r in record.get('regions', [])]
     texts = [t for t, _ in elems]
     boxes = np.array([b for _, b in elems], np.float32).reshape(-1, 4)
+    box_ids = _box_ids(boxes)
     anchor = int(rng.integers(len(elems))) if elems else 0
     caption = None
     if self.whole_image and record.get('captions'):
@@ -206,9 +227,9 @@ class EntityTransform(grain.transforms.RandomMap):
         anchor, rng)
     order = [i for i in rng.permutation(len(elems)) if kept[i]]
     order.sort(key=lambda i: i != anchor)  # The anchor is always kept.
-    pairs = [(all_texts[i], boxes[i], True) for i in order]
-    if caption is not None:
-      pairs.insert(0, (all_texts[-1], WHOLE_IMAGE, False))
+    pairs = [(all_texts[i], boxes[i], True, box_ids[i]) for i in order]
+    if caption is not None:  # The whole image is a box of its own.
+      pairs.insert(0, (all_texts[-1], WHOLE_IMAGE, False, len(elems)))
     pairs = pairs[:self.max_pairs]
     m, length = self.max_pairs, self.max_len
     out = {
@@ -221,8 +242,9 @@ class EntityTransform(grain.transforms.RandomMap):
         'valid': np.zeros((m,), np.int32),
         'is_box': np.zeros((m,), np.int32),
         'text_group': np.zeros((m,), np.int32),
+        'box_group': np.full((m,), -1, np.int32),
     }
-    for j, (text, box, is_box) in enumerate(pairs):
+    for j, (text, box, is_box, box_id) in enumerate(pairs):
       ids, mask = self.texts.encode(text, length)
       out['text_ids'][j], out['text_mask'][j] = ids, mask
       out['mlm_ids'][j], out['mlm_labels'][j] = self.texts.mask(ids, rng)
@@ -230,6 +252,8 @@ class EntityTransform(grain.transforms.RandomMap):
       out['valid'][j], out['is_box'][j] = 1, int(is_box)
       out['text_group'][j] = text_group(ops.pre_caption(text,
                                                         self.texts.max_words))
+      if self.group_by_box:
+        out['box_group'][j] = box_id
     whole = out['is_box'] == 0
     out['patch_mask'] = box_masks.box_patch_mask_np(
         out['box'], self.grid, self.patch, self.grid * self.patch,

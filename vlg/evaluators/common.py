@@ -294,7 +294,9 @@ def synthetic_root(resolution: int, seed: int = 0, num: int = 200,
   cache_dir = cache_dir or os.environ.get('VLG_CACHE_DIR') or os.path.join(
       os.path.expanduser('~'), '.cache', 'vlg')
   parent = os.path.join(cache_dir, 'synthetic_benchmarks')
-  final = os.path.join(parent, f'res{resolution}_seed{seed}_num{num}')
+  version = synthetic_benchmarks.VERSION
+  final = os.path.join(parent,
+                       f'res{resolution}_seed{seed}_num{num}_v{version}')
   if os.path.isfile(os.path.join(final, 'manifest.json')):
     return final
   os.makedirs(parent, exist_ok=True)

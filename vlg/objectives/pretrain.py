@@ -49,20 +49,27 @@ def _pair_index(valid: jax.Array) -> jax.Array:
 
 def entity_loss(model, batch: Batch, *, rng, temp, weights, dropout_rngs
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """X-VLM's box-concept losses and box regression (spec §3.1–3.2)."""
+  """X-VLM's box-concept losses and box regression (spec §3.1–3.2).
+
+  Pairs of one image row and box (two texts of one box share the box
+  concept) and pairs with identical texts are one group: ITC positives of
+  each other and never ITM negatives (``pairs.box_pair_groups``; pairs with
+  ``ent_box_group`` < 0 are grouped by text for ITM only).
+  """
   img = model.embed_image(batch['ent_image'], rngs=dropout_rngs)
   index = _pair_index(batch['ent_valid'])
   concept = model.embed_concept(img['image_embeds'], index,
                                 _flat(batch['ent_patch_mask']))
   ids, mask = _flat(batch['ent_text_ids']), _flat(batch['ent_text_mask'])
+  positives, not_negatives = pairs.box_pair_groups(
+      _flat(batch['ent_text_group']), index, _flat(batch['ent_box_group']))
   total, metrics = pairs.image_text_losses(
       model, image_embeds=concept['concept_embeds'],
       image_feat=concept['concept_feat'], image_mask=concept['concept_mask'],
       text_ids=ids, text_mask=mask, mlm_ids=_flat(batch['ent_mlm_ids']),
-      mlm_labels=_flat(batch['ent_mlm_labels']),
-      groups=_flat(batch['ent_text_group']),
+      mlm_labels=_flat(batch['ent_mlm_labels']), groups=not_negatives,
       valid=_flat(batch['ent_valid']), rng=rng, temp=temp, weights=weights,
-      dropout_rngs=dropout_rngs)
+      dropout_rngs=dropout_rngs, positives=positives)
   metrics = {f'box_{k}': v for k, v in metrics.items()}
   # Box regression: the *full* image fused with the box text.
   txt = model.embed_text(ids, mask, rngs=dropout_rngs)

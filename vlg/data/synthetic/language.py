@@ -58,7 +58,6 @@ VERBS = {
 PREFIXES = ('', 'a picture of ', 'an image of ', 'an image with ')
 # How much of an object a noun phrase names.
 DETAILS = ('category', 'colour', 'size', 'full')
-_DETAIL_CUM_P = (0.2, 0.55, 0.65, 1.0)
 _PREFIX_CUM_P = (0.55, 0.7, 0.85, 1.0)
 
 
@@ -180,16 +179,22 @@ def _join(items: Sequence[str]) -> str:
 def _pick(rng: np.random.Generator, options: Sequence[str],
           cum_p: Sequence[float]) -> str:
   u = rng.random()
-  return next(o for o, c in zip(options, cum_p) if u < c)
+  # The last option also takes u past a rounded-down final cumulative.
+  return next((o for o, c in zip(options, cum_p) if u < c), options[-1])
 
 
 def _coarse_caption(names: _Names, rng: np.random.Generator,
-                    count_rate: float) -> str:
-  """Names 1–3 objects (one item per category; several objects of a category
-  become an exact count), now and then with a count."""
+                    cfg: world.WorldConfig) -> str:
+  """Names ``caption_min_named``–``caption_max_named`` objects (one item
+  per category; several objects of a category become an exact count), now
+  and then with a count (``count_rate``); one that names every object
+  says how many there are (``caption_total_rate``)."""
   objs = names.objects
-  chosen = rng.permutation(len(objs))[:int(rng.integers(1, min(3, len(objs))
-                                                        + 1))]
+  low = min(cfg.caption_min_named, len(objs))
+  high = min(cfg.caption_max_named, len(objs))
+  chosen = rng.permutation(len(objs))[:int(rng.integers(low, high + 1))]
+  weights = np.asarray(cfg.caption_detail_weights, np.float64)
+  detail_cum_p = tuple(np.cumsum(weights / weights.sum()))
   groups = collections.OrderedDict()
   for k in chosen:
     groups.setdefault(objs[k].category, []).append(objs[k])
@@ -197,19 +202,25 @@ def _coarse_caption(names: _Names, rng: np.random.Generator,
   for category, group in groups.items():
     if len(group) == 1:
       items.append(with_article(noun_phrase(
-          group[0], _pick(rng, DETAILS, _DETAIL_CUM_P))))
+          group[0], _pick(rng, DETAILS, detail_cum_p))))
     elif all(o.colour == group[0].colour for o in group) and rng.random() < .5:
       items.append(names.count_phrase(group[0], 'colour'))
     else:
       items.append(names.count_phrase(group[0], 'category'))
   head = ''
-  if rng.random() < count_rate:
+  if rng.random() < cfg.count_rate:
     others = [o for o in objs if o.category not in groups and
               names.count(o, 'category') > 1]
     if others and rng.random() < 0.5:
       items.append(names.count_phrase(others[0], 'category'))
     elif len(objs) > 1:
       head = f'{NUMBER_WORDS[len(objs)]} objects: '
+  if (not head and len(chosen) == len(objs) and
+      rng.random() < cfg.caption_total_rate):
+    # Everything is named: say so, or 'a red circle' is as true of every
+    # larger scene with a red circle.
+    head = (f'{NUMBER_WORDS[len(objs)]} '
+            f'{"object" if len(objs) == 1 else "objects"}: ')
   return _pick(rng, PREFIXES, _PREFIX_CUM_P) + head + _join(items)
 
 
@@ -244,7 +255,7 @@ def captions(scene: world.Scene, rng: np.random.Generator,
       text = None
       if rng.random() < cfg.caption_relation_rate:
         text = _relation_caption(names, scene, rng)
-      text = text or _coarse_caption(names, rng, cfg.count_rate)
+      text = text or _coarse_caption(names, rng, cfg)
       if text not in out:
         break
     out.append(text)

@@ -68,6 +68,19 @@ class WorldConfig:
     num_captions: captions per image.
     caption_relation_rate: fraction of captions that state a relation.
     count_rate: fraction of coarse captions that add a count ('two stars').
+    caption_min_named: a coarse caption names at least this many objects
+      (all of them in a smaller scene).
+    caption_max_named: and at most this many.
+    caption_total_rate: chance that a coarse caption naming every object of
+      its scene starts with their number ('one object: a red circle').
+    caption_detail_weights: relative chances that a noun phrase of a coarse
+      caption names an object by category alone ('a circle'), colour ('a red
+      circle'), size ('a large circle') or all three (see
+      ``language.DETAILS``). With the defaults a random other caption is true
+      of an image in under 1% of in-batch pairs, as in COCO-like data; the
+      loose captions of ``LOOSE_CAPTIONS`` (1–3 objects, a fifth of them by
+      category alone) are true of another image 5% of the time and of some
+      other image of a batch of 32 for ~70% of images (``truth.caption_stats``).
     graph_rate: fraction of images flagged as carrying a scene graph.
     box_rate: fraction of images flagged as carrying box annotations.
     action_rate: chance, tried twice per scene, of drawing an action (an
@@ -89,6 +102,10 @@ class WorldConfig:
   num_captions: int = 5
   caption_relation_rate: float = 0.1
   count_rate: float = 0.2
+  caption_min_named: int = 3
+  caption_max_named: int = 4
+  caption_total_rate: float = 1.0
+  caption_detail_weights: tuple[float, ...] = (0.0, 0.5, 0.0, 0.5)
   graph_rate: float = 0.15
   box_rate: float = 0.15
   action_rate: float = 0.25
@@ -104,6 +121,16 @@ class WorldConfig:
     # Configs arrive from ml_collections as lists; keep the dataclass hashable.
     heldout = tuple((str(c), str(k)) for c, k in self.heldout)
     object.__setattr__(self, 'heldout', heldout)
+    weights = tuple(float(w) for w in self.caption_detail_weights)
+    object.__setattr__(self, 'caption_detail_weights', weights)
+    if len(weights) != 4 or min(weights) < 0 or sum(weights) <= 0:
+      raise ValueError('caption_detail_weights needs 4 non-negative weights '
+                       '(category, colour, size, full) with a positive sum, '
+                       f'got {weights}')
+    if not 1 <= self.caption_min_named <= self.caption_max_named:
+      raise ValueError('need 1 <= caption_min_named <= caption_max_named, '
+                       f'got {self.caption_min_named}, '
+                       f'{self.caption_max_named}')
     for colour, category in heldout:
       if colour not in PALETTE or category not in CATEGORIES:
         raise ValueError(f'heldout composition {(colour, category)} is not in '
@@ -115,13 +142,22 @@ class WorldConfig:
     if not 1 <= self.min_objects <= self.max_objects <= 6:
       raise ValueError('need 1 <= min_objects <= max_objects <= 6, got '
                        f'{self.min_objects}, {self.max_objects}')
-    for name in ('caption_relation_rate', 'count_rate', 'graph_rate',
+    for name in ('caption_relation_rate', 'count_rate', 'caption_total_rate',
+                 'graph_rate',
                  'box_rate', 'action_rate', 'touch_rate', 'inside_rate',
                  'repeat_rate', 'comparative_rate', 'texture_rate'):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f'{name}={getattr(self, name)} is not in [0, 1]')
     if self.supersample < 1 or self.num_captions < 1 or self.seed < 0:
       raise ValueError('need supersample >= 1, num_captions >= 1, seed >= 0')
+
+
+# The coarser captions of earlier worlds, for ablations:
+# ``WorldConfig(**LOOSE_CAPTIONS)`` or, in a config,
+# ``input.data.synthetic.world.caption_min_named=1`` and so on.
+LOOSE_CAPTIONS = dict(caption_min_named=1, caption_max_named=3,
+                      caption_total_rate=0.0,
+                      caption_detail_weights=(0.2, 0.35, 0.1, 0.35))
 
 
 @dataclasses.dataclass(frozen=True)

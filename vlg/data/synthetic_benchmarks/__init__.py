@@ -61,6 +61,12 @@ BUILDERS: dict[str, Builder] = {
     'refcocog': refcocog.build,
 }
 SETS: tuple[str, ...] = tuple(BUILDERS)
+# The sets' generation version: part of the cache folder's name
+# (``vlg.evaluators.common.synthetic_root``), raised whenever the same
+# settings would write different files, so a cache of older sets is never
+# read as current ones. 2: the world's captions name 3–4 objects by colour
+# or in full (retrieval captions).
+VERSION = 2
 
 
 def parse_sets(sets: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -106,6 +112,7 @@ def write_all(out_dir: str, resolution: int = 64, seed: int = 0,
   os.makedirs(out_dir, exist_ok=True)
   manifest = {
       'generator': 'python -m vlg.tools.synth',
+      'version': VERSION,
       'settings': {'resolution': resolution, 'seed': seed, 'num': num,
                    'sets': list(names),
                    'heldout': [list(h) for h in cfg.heldout]},
