@@ -38,12 +38,22 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def temp_labels(params: Any) -> Any:
-  """'temp' for the top-level temperature parameter, 'default' elsewhere."""
-  def label(path, _):
-    first = path[0] if path else None
-    return 'temp' if getattr(first, 'key', None) == 'temp' else 'default'
-  return jax.tree_util.tree_map_with_path(label, params)
+def scale_temp_updates(scale: float) -> optax.GradientTransformation:
+  """Multiplies the update of the top-level ``temp`` parameter by ``scale``.
+
+  Placed after AdamW (which does not decay ``temp``), it runs the
+  temperature at ``scale`` times the learning rate and leaves every other
+  parameter's update unchanged. Stateless.
+  """
+  def update(updates, state, params=None):
+    del params
+
+    def scaled(path, u):
+      first = path[0] if path else None
+      return u * scale if getattr(first, 'key', None) == 'temp' else u
+    return jax.tree_util.tree_map_with_path(scaled, updates), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict,
@@ -56,28 +66,19 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
   rate per step whatever its gradient's scale, so at the tiny recipes'
   1e-3 the temperature travels from 0.07 to its floor within a couple of
   hundred steps; ALBEF's 1e-4 moves it ten times slower. A scale other
-  than 1 adds a second AdamW (same betas, no decay) for the temperature,
-  which changes the optimizer state's layout (checkpoints of the other
-  layout do not restore).
+  than 1 appends a stateless step to the chain (so the optimizer state of
+  a run with scale 1 has one element fewer).
   """
   schedule = make_schedule(cfg, total_steps)
   parts = []
   if cfg.get('grad_clip_norm'):
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))
-
-  def adamw(lr, weight_decay):
-    return optax.adamw(lr, b1=float(cfg.b1), b2=float(cfg.b2),
-                       eps=float(cfg.eps), weight_decay=weight_decay,
-                       mask=decay_mask)
-
+  parts.append(optax.adamw(
+      schedule, b1=float(cfg.b1), b2=float(cfg.b2), eps=float(cfg.eps),
+      weight_decay=float(cfg.weight_decay), mask=decay_mask))
   scale = float(cfg.get('temp_lr_scale', 1.0))
   if scale <= 0:
     raise ValueError(f'optim.temp_lr_scale={scale}; need > 0')
-  if scale == 1.0:
-    parts.append(adamw(schedule, float(cfg.weight_decay)))
-  else:
-    parts.append(optax.multi_transform(
-        {'default': adamw(schedule, float(cfg.weight_decay)),
-         'temp': adamw(lambda step: scale * schedule(step), 0.0)},
-        temp_labels))
+  if scale != 1.0:
+    parts.append(scale_temp_updates(scale))
   return optax.chain(*parts), schedule

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vlg.data import ops
 from vlg.data import pipeline
 from vlg.data import tokenizer as tok_lib
 
@@ -38,6 +39,27 @@ def test_batch_contract(tok):
   np.testing.assert_array_equal(b['mlm_labels'][masked],
                                 b['text_ids'][masked])
   assert b['image_id'].dtype == np.int32 and b['_num_bad'].sum() == 0
+  assert b['caption_index'].shape == (8,)
+  assert b['caption_index'].dtype == np.int32
+
+
+def test_caption_index_names_the_caption_that_was_tokenised(tok):
+  cfg = _input_cfg()
+  transform = pipeline.CaptionTransform(tok, cfg)
+  source, _ = pipeline.build_sources(cfg)['synthetic']
+  drawn = set()
+  for i in range(12):
+    record = source[i]
+    out = transform.random_map(record, np.random.default_rng(i))
+    k = int(out['caption_index'])
+    caption = record['captions'][k]
+    # The flip augmentation may have swapped left and right.
+    candidates = [tok.encode(ops.pre_caption(c, cfg.max_words),
+                             cfg.max_text_len)[0]
+                  for c in (caption, ops.swap_left_right(caption))]
+    assert any(np.array_equal(out['text_ids'], c) for c in candidates), i
+    drawn.add(k)
+  assert len(drawn) > 1  # The index varies, so it is not a constant.
 
 
 def test_process_shards_are_disjoint_and_cover():

@@ -82,3 +82,26 @@ def test_deterministic_training():
   a = tok_lib.train_tokenizer(TEXTS, 200)
   b = tok_lib.train_tokenizer(TEXTS, 200)
   assert a.fingerprint == b.fingerprint
+
+
+def test_bpe_keeps_every_word_of_the_synthetic_world_whole():
+  """The recipes' tokenizer (BPE, ``input.tokenizer.model_type``) spells
+  each colour, size, category and relation word as one piece; the unigram
+  trainer on the same small corpus splits some into letters."""
+  from vlg.data import ops  # pylint: disable=g-import-not-at-top
+  from vlg.data.synthetic import source  # pylint: disable=g-import-not-at-top
+  from vlg.data.synthetic import world  # pylint: disable=g-import-not-at-top
+  texts = []
+  for i in range(300):
+    rec = source.make_record('train', i)
+    texts += [ops.pre_caption(t, 1000) for t in rec['captions'] +
+              [r['text'] for r in rec['regions']]]
+  words = (list(world.COLOURS) + list(world.CATEGORIES) + list(world.SIZES)
+           + ['objects', 'image', 'above', 'below'])
+  bpe = tok_lib.train_tokenizer(texts, 1024, model_type='bpe')
+  assert all(len(bpe.pieces(w)) == 1 for w in words), [
+      (w, bpe.pieces(w)) for w in words if len(bpe.pieces(w)) > 1]
+  unigram = tok_lib.train_tokenizer(texts, 1024, model_type='unigram')
+  assert max(len(unigram.pieces(w)) for w in words) > 1
+  with pytest.raises(ValueError, match='model_type'):
+    tok_lib.train_tokenizer(texts, 1024, model_type='char')

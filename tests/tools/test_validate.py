@@ -1,18 +1,32 @@
 """vlg.tools.validate: held-out data of the run's own mixture, combined by count.
 
-The end-to-end run (a trained ReX-VLM workdir at steps 0 and 3) is in
-``tests/test_families.py``, which trains that workdir anyway.
+The end-to-end run of every part (a trained ReX-VLM workdir at steps 0 and
+3) is in ``tests/test_families.py``, which trains that workdir anyway; the
+caption ITM probe and false negatives are checked end to end here on the
+session's tiny ALBEF run of ``tests/test_restore.py``.
 """
 
+import dataclasses
+import math
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from vlg import recipes
+from vlg import restore
+from vlg import sharding
+from vlg.data import pipeline
+from vlg.data.synthetic import layout
+from vlg.data.synthetic import source as synthetic_source
+from vlg.data.synthetic import truth
+from vlg.data.synthetic import world
 from vlg.tools import validate
+
+from test_restore import trained_run
 
 REPO = os.path.join(os.path.dirname(__file__), '..', '..')
 
@@ -86,3 +100,142 @@ def test_command_line_help():
   assert 'on held-out data, per kept checkpoint' in helped.stdout
   for flag in ('--workdir', '--steps', '--batches', '--split', '--write'):
     assert flag in helped.stdout, flag
+
+
+def _logits(margins):
+  """[N, 2] ITM logits whose match-minus-mismatch margin is ``margins``."""
+  margins = np.asarray(margins, np.float32)
+  return np.stack([np.zeros_like(margins), margins], axis=-1)
+
+
+def _probe(ids, truth_matrix=None):
+  ids = np.asarray(ids)
+  neg_image, neg_text, has = validate.uniform_negatives(
+      ids, np.random.default_rng(0))
+  return validate.CaptionProbe(ids, neg_image, neg_text, has, truth_matrix)
+
+
+def test_auroc_counts_ties_half():
+  # Positives 0.9 and 0.5 against 0.5, 0.1, 0.3, 0.95: 3 + (2 + ½) wins of
+  # 8 pairs.
+  assert validate.auroc([0.9, 0.5, 0.5, 0.1, 0.3, 0.95],
+                        [1, 1, 0, 0, 0, 0]) == pytest.approx(5.5 / 8)
+  assert validate.auroc([1.0, 0.0], [0, 1]) == 0.0
+  assert np.isnan(validate.auroc([0.3, 0.4], [1, 1]))
+
+
+def test_itm_probe_pools_accuracy_and_auroc_over_batches():
+  # Batch 1: two images, rows [pos, pos, neg image, neg image, neg text,
+  # neg text]. Batch 2 shows one image twice: its negative rows have no
+  # negative and are left out, whatever their logits.
+  per_batch = [
+      {'itm_random_logits': _logits([2.0, -1.0, -1.0, -3.0, 0.5, 0.0])},
+      {'itm_random_logits': _logits([1.0, -2.0, 5.0, 5.0, 5.0, 5.0])},
+  ]
+  probes = [_probe([10, 11]), _probe([12, 12])]
+  assert not probes[1].has_negative.any()
+  got = validate.itm_probe_metrics(per_batch, probes)
+  # Positives 2, -1, 1, -2 against negatives -1, -3, 0.5, 0: wins 4, 1.5,
+  # 4 and 1 of 16 pairs (the tie at -1 counts half).
+  assert got['itm_random_auroc'] == pytest.approx(10.5 / 16)
+  # Argmax: positives 2 and 1 right, -1 and -2 wrong; negatives -1, -3 and
+  # 0 (a tie answers "not matched") right, 0.5 wrong: 5 of 8.
+  assert got['itm_random_acc'] == pytest.approx(5 / 8)
+  assert got['itm_random_prior'] == pytest.approx(2 / 3)
+  assert 'fn_hard_share' not in got  # No truth given.
+
+
+def test_uniform_negatives_are_of_another_image_and_cover_them():
+  rng = np.random.default_rng(3)
+  ids = np.array([4, 4, 9, 4, 7, 9, 4, 1])
+  seen = {b: set() for b in range(ids.size)}
+  for _ in range(200):
+    neg_image, neg_text, has = validate.uniform_negatives(ids, rng)
+    assert has.all() and neg_image.dtype == np.int32
+    assert np.all(ids[neg_image] != ids) and np.all(ids[neg_text] != ids)
+    for b in range(ids.size):
+      seen[b] |= {int(neg_image[b]), int(neg_text[b])}
+  for b in range(ids.size):
+    assert seen[b] == set(np.flatnonzero(ids != ids[b])), b
+  # One image only: no negative, each row keeps its own index.
+  neg_image, neg_text, has = validate.uniform_negatives(np.array([5, 5, 5]),
+                                                        rng)
+  assert not has.any() and list(neg_image) == list(neg_text) == [0, 1, 2]
+
+
+# Caption j true of image i; the diagonal (own captions) true.
+_TRUTH = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]], bool)
+_SIM_I2T = np.array([[5.0, 0.0, np.log(3)], [0.0, 9.0, 0.0],
+                     [np.log(4), 0.0, 7.0]])
+_SIM_T2I = np.array([[0.0, np.log(3), 0.0], [0.0, 0.0, 0.0],
+                     [0.0, 0.0, 0.0]])
+
+
+def test_hard_negative_true_share_by_hand():
+  # Image → text weights (diagonal excluded): rows [0, 1/4, 3/4],
+  # [1/2, 0, 1/2], [4/5, 1/5, 0]; true negatives 1/4 + 1/2 + 4/5.
+  # Text → image: text 0 draws image 1 (3/4, false) or 2 (1/4, true);
+  # texts 1 and 2 each one true image of two: 1/4 + 1/2 + 1/2.
+  got, num = validate.hard_negative_true_share(_SIM_I2T, _SIM_T2I,
+                                               np.array([1, 2, 3]), _TRUTH)
+  assert num == 6 and got == pytest.approx(1.55 + 1.25)
+  # Images 0 and 1 are one image: neither is the other's negative. Image →
+  # text: 0 picks text 2 (false), 1 picks text 2 (true), 2 picks 0 (4/5,
+  # true) or 1; text → image: texts 0 and 1 pick image 2 (true, false),
+  # text 2 picks image 0 or 1 (one true).
+  got, num = validate.hard_negative_true_share(_SIM_I2T, _SIM_T2I,
+                                               np.array([1, 1, 3]), _TRUTH)
+  assert num == 6 and got == pytest.approx(1.8 + 1.5)
+
+
+def test_false_negative_rates_by_hand():
+  probe = validate.CaptionProbe(
+      image_ids=np.array([1, 2, 3]), neg_image=np.array([2, 0, 1], np.int32),
+      neg_text=np.array([1, 2, 0], np.int32),
+      has_negative=np.ones(3, bool), truth=_TRUTH)
+  got = validate.false_negative_rates([probe])
+  # Off-diagonal true pairs: (0, 1), (1, 2), (2, 0) of 6.
+  assert got['fn_pair_rate'] == pytest.approx(3 / 6)
+  # Texts 1, 2, 0 for images 0, 1, 2: all true; images 2, 0, 1 for texts
+  # 0, 1, 2: truth[2, 0], truth[0, 1], truth[1, 2], all true.
+  assert got['fn_random_share'] == pytest.approx(1.0)
+  probe = dataclasses.replace(probe, neg_text=np.array([2, 0, 1], np.int32))
+  assert validate.false_negative_rates([probe])[
+      'fn_random_share'] == pytest.approx(0.5)
+  assert validate.false_negative_rates(
+      [dataclasses.replace(probe, truth=None)]) == {}
+
+
+@pytest.mark.xdist_group('tiny_run')
+def test_validate_reports_itm_probe_and_false_negatives(tmp_path_factory,
+                                                        fast_compile):
+  """On the session's tiny run: the new metrics are there and in range, and
+  the false-negative pair rate is the truth of the captions that the
+  batches' ``caption_index`` names in the records."""
+  workdir, _ = trained_run(tmp_path_factory)
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  got = validate.validate(workdir, steps=[6], batches=2, batch_size=16,
+                          mesh=mesh, log=lambda line: None)
+  res = got[6]
+  for key in ('itm_random_acc', 'itm_random_auroc', 'fn_random_share',
+              'fn_hard_share', 'fn_pair_rate'):
+    assert 0 <= res[key] <= 1, key
+  assert res['itm_random_prior'] == pytest.approx(2 / 3)
+  cfg = restore.load_config(workdir)
+  stream = iter(pipeline.make_dataset(
+      validate.heldout_input(cfg.input, 'val', 16),
+      restore.load_tokenizer(workdir, cfg), global_batch=16, seed=cfg.seed))
+  world_cfg = world.WorldConfig(**dict(cfg.input.data.synthetic.world))
+  true = pairs = 0
+  for _ in range(2):
+    batch = next(stream)
+    index = [int(i) - world.image_id('val', 0) for i in batch['image_id']]
+    texts = [synthetic_source.make_record('val', i, world_cfg)['captions'][k]
+             for i, k in zip(index, batch['caption_index'])]
+    m = truth.truth_matrix(
+        [layout.generate_scene('val', i, world_cfg) for i in index], texts)
+    other = batch['image_id'][:, None] != batch['image_id'][None, :]
+    true += (m & other).sum()
+    pairs += other.sum()
+  assert res['fn_pair_rate'] == pytest.approx(true / pairs)
+  assert math.isfinite(res['itm_random_auroc'])

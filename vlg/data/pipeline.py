@@ -16,13 +16,17 @@ Chain (grain Dataset API, top-level ``import grain``)::
 Batch contract (caption kind, ``input.kind='caption'``; numpy, leading dim
 is the per-process batch B)::
 
-  image      uint8 [B, R, R, 3]  raw pixels; the model normalises them
-  image_id   int32 [B]           equal ids = same image (never ITM negatives)
-  text_ids   int32 [B, L]        [CLS] pieces [SEP] [PAD]...
-  text_mask  int32 [B, L]        1 on real tokens
-  mlm_ids    int32 [B, L]        text_ids with 15% of tokens masked (80/10/10)
-  mlm_labels int32 [B, L]        original id where masked, -100 elsewhere
-  _num_bad   int32 [B]           bad examples skipped to produce this one
+  image          uint8 [B, R, R, 3]  raw pixels; the model normalises them
+  image_id       int32 [B]           equal ids = same image (never ITM
+                                     negatives)
+  caption_index  int32 [B]           which of the record's ``captions`` was
+                                     drawn (tools rebuild the raw text)
+  text_ids       int32 [B, L]        [CLS] pieces [SEP] [PAD]...
+  text_mask      int32 [B, L]        1 on real tokens
+  mlm_ids        int32 [B, L]        text_ids with 15% of tokens masked
+                                     (80/10/10)
+  mlm_labels     int32 [B, L]        original id where masked, -100 elsewhere
+  _num_bad       int32 [B]           bad examples skipped to produce this one
 
 Evaluation streams add ``_mask`` (1 real, 0 padding). The typed parts of
 ``config.input.parts`` (entities for X-VLM, MRC triplets, VSG texts; see
@@ -90,7 +94,8 @@ class CaptionTransform(grain.transforms.RandomMap):
           f'record {record.get("image_id")} has no caption: box- or '
           'graph-only data (coco_instances, vg_*, gqa, openimages) belongs in '
           'input.parts.<part>.data, not in the caption mixture input.data')
-    caption = record['captions'][rng.integers(len(record['captions']))]
+    caption_index = int(rng.integers(len(record['captions'])))
+    caption = record['captions'][caption_index]
     # Boxes of every object, so a crop never cuts away what a caption names.
     boxes = np.array([o['box'] for o in record.get('objects', [])],
                      np.float32).reshape(-1, 4)
@@ -112,6 +117,7 @@ class CaptionTransform(grain.transforms.RandomMap):
     return {
         'image': image,
         'image_id': _int32_id(record['image_id']),
+        'caption_index': np.int32(caption_index),
         'text_ids': ids,
         'text_mask': mask,
         'mlm_ids': mlm_ids.astype(np.int32),
@@ -284,12 +290,16 @@ def get_tokenizer(input_cfg: ml_collections.ConfigDict,
   if tcfg.get('path'):
     return tokenizer_lib.Tokenizer.load(tcfg.path)
   spec = json.dumps(input_cfg.data.to_dict(), sort_keys=True, default=str)
+  model_type = str(tcfg.get('model_type', 'unigram'))
+  # The unigram key keeps the form it had before model_type existed, so
+  # cached unigram tokenizers still match.
+  suffix = '' if model_type == 'unigram' else f'|{model_type}'
   key = hashlib.sha256(
-      f'{spec}|{tcfg.num_texts}'.encode()).hexdigest()[:16]
+      f'{spec}|{tcfg.num_texts}{suffix}'.encode()).hexdigest()[:16]
   return tokenizer_lib.load_or_train(
       os.path.join(cache_dir, 'tokenizer'),
       lambda: training_texts(input_cfg, int(tcfg.num_texts)),
-      int(tcfg.vocab_size), key=key)
+      int(tcfg.vocab_size), key=key, model_type=model_type)
 
 
 def wait_for_tokenizer(input_cfg: ml_collections.ConfigDict, cache_dir: str,

@@ -115,6 +115,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *,
   no sentence shuffling). ``vocab_size`` is an upper bound: a small corpus
   (the synthetic world) yields fewer pieces rather than failing.
   """
+  if model_type not in ('unigram', 'bpe'):
+    raise ValueError(f"tokenizer model_type={model_type!r}; valid: 'unigram', "
+                     "'bpe'")
   sentences = [t for t in texts if t and t.strip()]
   if not sentences:
     raise ValueError('Cannot train a tokenizer on zero texts')
@@ -135,7 +138,7 @@ KEY_FILE = 'tokenizer.key'
 
 
 def load_or_train(directory: str, texts_fn, vocab_size: int, *,
-                  key: str = '') -> Tokenizer:
+                  key: str = '', model_type: str = 'unigram') -> Tokenizer:
   """Reuses ``directory/tokenizer.model`` if it matches ``key``, else trains.
 
   Args:
@@ -145,6 +148,7 @@ def load_or_train(directory: str, texts_fn, vocab_size: int, *,
     vocab_size: upper bound on the number of pieces.
     key: a fingerprint of the training data and settings; a cached model
       trained under another key is an error rather than silently reused.
+    model_type: SentencePiece's model type ('unigram' or 'bpe').
   """
   path = os.path.join(directory, MODEL_FILE)
   key_path = os.path.join(directory, KEY_FILE)
@@ -156,7 +160,7 @@ def load_or_train(directory: str, texts_fn, vocab_size: int, *,
           f'{path} was trained for {have!r} but this run needs {want!r}. '
           'Use another directory or delete the cached tokenizer.')
     return Tokenizer.load(path)
-  tok = train_tokenizer(texts_fn(), vocab_size)
+  tok = train_tokenizer(texts_fn(), vocab_size, model_type=model_type)
   tok.save(path)
   with open(key_path + '.tmp', 'w') as f:
     f.write(want)
