@@ -141,7 +141,11 @@ def _albef_config(arg: str | None) -> ml_collections.ConfigDict:
   c.model.vocab_size = max(int(c.model.vocab_size),
                            int(c.input.tokenizer.vocab_size))
 
-  c.loss = dict(itc=1.0, itm=1.0, mlm=1.0, alpha=0.4, momentum=0.995)
+  c.loss = dict(itc=1.0, itm=1.0, mlm=1.0, alpha=0.4, momentum=0.995,
+                # ITC ignores the queue's rows until they hold momentum
+                # features: with ALBEF's random initial rows a model
+                # trained from scratch collapses its features (itc.py).
+                queue_mask_unfilled=True)
   # Split each step's batch into this many micro-batches whose gradients
   # are averaged (in-batch ITC/ITM negatives then come from a micro-batch).
   c.grad_accum_steps = 1

@@ -86,6 +86,8 @@ def make_train_step(config, graphdef, tx, schedule):
   ratios = part_ratios(config)
   momentum = float(config.loss.momentum)
   distill = bool(config.loss.get('momentum_distill', True))
+  # ITC leaves the queue rows not yet written out (itc.itc_loss).
+  mask_unfilled = bool(config.loss.get('queue_mask_unfilled', False))
   mrc_concept = str((config.input.get('parts') or {}).get('mrc', {}).get(
       'concept', 'masked'))
   use_dropout = float(config.model.get('dropout', 0.0)) > 0
@@ -100,6 +102,10 @@ def make_train_step(config, graphdef, tx, schedule):
     alpha = itc.alpha_at(step, config.loss.alpha, config.alpha_warmup_steps)
     mom = (albef_objective.momentum_outputs(nnx.merge(graphdef, ema), batch)
            if distill else None)
+
+    if mask_unfilled and distill:
+      queues = dict(queues, filled=itc.queue_filled(
+          step, int(config.batch_size), int(config.queue_size)))
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params)

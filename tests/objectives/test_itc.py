@@ -186,3 +186,31 @@ def test_update_queue_errors_and_empty_queue():
     itc.update_queue(jnp.zeros((8, 3)), jnp.zeros((4, 2)), jnp.int32(0))
   q, p = itc.update_queue(jnp.zeros((0, 3)), jnp.ones((4, 3)), jnp.int32(0))
   assert q.shape == (0, 3) and int(p) == 0
+
+
+@pytest.mark.parametrize('filled', [0, 3, 8, 12])
+@pytest.mark.parametrize('alpha', [0.0, 0.4])
+def test_unfilled_queue_rows_are_left_out(filled, alpha):
+  """queue_filled=k gives exactly the loss (and accuracy) of the float64
+  reference with the queue cut to its first k rows; k >= Q is every row."""
+  b, q = 4, 8
+  feats = [np.asarray(f, np.float64) for f in _inputs(7, b, q)]
+  cut = feats[:4] + [feats[4][:filled], feats[5][:filled]]
+  t = 0.07
+  with jax.enable_x64(True):
+    loss, metrics, aux = itc.itc_loss(*feats, jnp.float64(t), alpha,
+                                      queue_filled=filled)
+    want, _, _, acc = ref.itc_loss(*cut, t, alpha)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-10)
+    assert float(metrics['itc_acc']) == pytest.approx(acc)
+    k = min(filled, q)
+    assert np.all(np.asarray(aux['sim_i2t'])[:, b + k:] < -1e8)
+    grads = jax.grad(lambda v: itc.itc_loss(
+        v, *feats[1:], jnp.float64(t), alpha, queue_filled=filled)[0])(
+            feats[0])
+    assert np.all(np.isfinite(np.asarray(grads)))
+
+
+def test_queue_filled_counts_rows_written_before_a_step():
+  assert [int(itc.queue_filled(s, 32, 256)) for s in (0, 1, 7, 8, 100)] == [
+      0, 32, 224, 256, 256]

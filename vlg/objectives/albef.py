@@ -45,7 +45,9 @@ def albef_loss(model: nnx.Module, batch: Batch, momentum: dict[str, Any],
     model: the online model (merged from the parameters being trained).
     batch: the caption batch (see ``vlg/data/pipeline.py``).
     momentum: :func:`momentum_outputs` of the EMA model on the same batch.
-    queues: ``{'image': [Q, E], 'text': [Q, E]}`` momentum feature queues.
+    queues: ``{'image': [Q, E], 'text': [Q, E]}`` momentum feature queues,
+      optionally with ``'filled'``: the rows written so far (the rest are
+      left out of ITC, see ``itc.itc_loss``).
     rng: key for the hard-negative draws.
     alpha: distillation weight (already ramped).
     weights: ``{'itc', 'itm', 'mlm'}`` loss weights.
@@ -61,7 +63,8 @@ def albef_loss(model: nnx.Module, batch: Batch, momentum: dict[str, Any],
   temp = itc.clamp_temp(model.temp[...])
   loss_itc, metrics, aux = itc.itc_loss(
       img['image_feat'], txt['text_feat'], momentum['image_feat'],
-      momentum['text_feat'], queues['image'], queues['text'], temp, alpha)
+      momentum['text_feat'], queues['image'], queues['text'], temp, alpha,
+      queue_filled=queues.get('filled'))
 
   b = batch['text_ids'].shape[0]
   neg_image, neg_text, neg_metrics = itm.sample_hard_negatives(
