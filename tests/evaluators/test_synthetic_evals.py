@@ -50,7 +50,7 @@ def test_synthetic_root_written_once_and_atomically(tmp_path, monkeypatch):
   with pytest.raises(RuntimeError, match='disk full'):
     common.synthetic_root(48, seed=2, num=2, cache_dir=str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'synthetic_benchmarks')) == [
-      'res48_seed1_num2']
+      f'res48_seed1_num2_v{synthetic_benchmarks.VERSION}']
 
 
 def test_placeholder_without_synthetic_is_an_error():
