@@ -4,8 +4,12 @@ Tiny, on the built-in synthetic world (the default; minutes on 2 CPU cores):
 
   python -m vlg.main --config=configs/albef.py:tiny --workdir=workdirs/albef_tiny
 
-Expected: over the first 150 steps train/loss falls below 0.8x its first
-value and each of train/itc_loss, train/itm_loss and train/mlm_loss falls.
+Expected (one measured run in docs/results.md): MLM falls first; ITM leaves
+its 1:2 prior after a few hundred steps (held-out AUROC on uniform
+negatives ~0.9 at step 1,000, ``python -m vlg.tools.validate``) and the
+synthetic retrieval R@1 ends well above its 0.02 chance level
+(``python -m vlg.tools.skills --workdir=...``). ITC's logged loss rises
+while the queue fills (its softmax gains B columns a step) before it falls.
 
 Base (ALBEF 4M hyperparameters, spec §2.4; point input.data at prepared real
 data — the synthetic world at 256 px is the default so the config runs):
