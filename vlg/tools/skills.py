@@ -13,6 +13,8 @@ Exits 0 whatever it finds: it reports, it does not judge.
 
 from __future__ import annotations
 
+import os
+
 from absl import app
 from absl import flags
 
@@ -77,8 +79,15 @@ def report(workdir: str, step: int | None = None, sds: float = 3.0,
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  print(report(_FLAGS['workdir'].value, _FLAGS['step'].value,
-               _FLAGS['sds'].value, _FLAGS['all'].value))
+  workdir = _FLAGS['workdir'].value
+  if not os.path.isfile(os.path.join(workdir, 'metrics.jsonl')):
+    raise app.UsageError(f'{workdir}/metrics.jsonl does not exist: is '
+                         '--workdir a training run directory?')
+  try:
+    print(report(workdir, _FLAGS['step'].value, _FLAGS['sds'].value,
+                 _FLAGS['all'].value))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
 
 
 if __name__ == '__main__':
