@@ -24,6 +24,7 @@ from vlg.data.synthetic import layout
 from vlg.data.synthetic import source as synthetic_source
 from vlg.data.synthetic import truth
 from vlg.data.synthetic import world
+from vlg.evaluators import common as eval_common
 from vlg.tools import validate
 
 from test_restore import trained_run
@@ -118,10 +119,11 @@ def _probe(ids, truth_matrix=None):
 def test_auroc_counts_ties_half():
   # Positives 0.9 and 0.5 against 0.5, 0.1, 0.3, 0.95: 3 + (2 + ½) wins of
   # 8 pairs.
-  assert validate.auroc([0.9, 0.5, 0.5, 0.1, 0.3, 0.95],
-                        [1, 1, 0, 0, 0, 0]) == pytest.approx(5.5 / 8)
-  assert validate.auroc([1.0, 0.0], [0, 1]) == 0.0
-  assert np.isnan(validate.auroc([0.3, 0.4], [1, 1]))
+  # validate pools its ITM scores through the evaluators' AUROC.
+  assert eval_common.auroc([0.9, 0.5], [0.5, 0.1, 0.3, 0.95]) == (
+      pytest.approx(5.5 / 8))
+  assert eval_common.auroc([0.0], [1.0]) == 0.0
+  assert np.isnan(eval_common.auroc([0.3, 0.4], []))
 
 
 def test_itm_probe_pools_accuracy_and_auroc_over_batches():

@@ -47,6 +47,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from scipy import stats
 from PIL import Image
 
 from vlg import sharding
@@ -246,22 +247,16 @@ class PairScorer:
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
-  """Area under the ROC curve: P(pos > neg) + 0.5 P(pos == neg)."""
-  pos, neg = np.asarray(positive, np.float64), np.asarray(negative,
-                                                         np.float64)
+  """Area under the ROC curve: P(pos > neg) + 0.5 P(pos == neg).
+
+  The Mann–Whitney U of the mid-ranks (ties share their mean rank) over
+  the number of (positive, negative) pairs; NaN if either side is empty.
+  """
+  pos, neg = np.asarray(positive, np.float64).ravel(), np.asarray(
+      negative, np.float64).ravel()
   if not len(pos) or not len(neg):
     return float('nan')
-  allv = np.concatenate([pos, neg])
-  order = allv.argsort(kind='mergesort')
-  ranks = np.empty(len(allv), np.float64)
-  sorted_v = allv[order]
-  i = 0
-  while i < len(allv):  # Average ranks over ties.
-    j = i
-    while j + 1 < len(allv) and sorted_v[j + 1] == sorted_v[i]:
-      j += 1
-    ranks[order[i:j + 1]] = (i + j) / 2 + 1
-    i = j + 1
+  ranks = stats.rankdata(np.concatenate([pos, neg]))
   u = ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
   return float(u / (len(pos) * len(neg)))
 

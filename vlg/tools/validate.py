@@ -71,7 +71,6 @@ import numpy as np
 from absl import app
 from absl import flags
 from flax import nnx
-from scipy import stats
 
 from vlg import restore
 from vlg import sharding
@@ -84,6 +83,7 @@ from vlg.data.synthetic import layout
 from vlg.data.synthetic import source as synthetic_source
 from vlg.data.synthetic import truth as truth_lib
 from vlg.data.synthetic import world
+from vlg.evaluators import common as eval_common
 from vlg.objectives import boxes as boxes_lib
 from vlg.objectives import itc
 from vlg.objectives import itm as itm_lib
@@ -248,24 +248,6 @@ def majority_rate(labels: np.ndarray) -> float:
   labels = np.asarray(labels)
   return float(np.bincount(labels).max() / labels.size) if labels.size else (
       float('nan'))
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-  """Area under the ROC curve of ``scores`` separating labels 1 from 0.
-
-  The chance that a random positive scores above a random negative, a tie
-  counting half: the Mann–Whitney U of the mid-ranks over the number of
-  (positive, negative) pairs. NaN without a positive or a negative.
-  """
-  scores = np.asarray(scores, np.float64).ravel()
-  labels = np.asarray(labels).astype(bool).ravel()
-  n_pos = int(labels.sum())
-  n_neg = labels.size - n_pos
-  if n_pos == 0 or n_neg == 0:
-    return float('nan')
-  ranks = stats.rankdata(scores)  # Ties get the mean of their ranks.
-  u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
-  return float(u / (n_pos * n_neg))
 
 
 def uniform_negatives(image_ids: np.ndarray, rng: np.random.Generator
@@ -475,11 +457,12 @@ def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
       hard_true += true
       hard_num += num
   correct = np.concatenate(correct)
+  scores = np.concatenate(scores)
+  labels = np.concatenate(labels).astype(bool)
   res = {
       'itm_random_acc': float(correct.mean()) if correct.size else float(
           'nan'),
-      'itm_random_auroc': auroc(np.concatenate(scores),
-                                np.concatenate(labels)),
+      'itm_random_auroc': eval_common.auroc(scores[labels], scores[~labels]),
       'itm_random_prior': ITM_PRIOR,
   }
   if probes and all(p.truth is not None for p in probes):
