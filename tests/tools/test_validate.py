@@ -25,6 +25,7 @@ from vlg.data.synthetic import source as synthetic_source
 from vlg.data.synthetic import truth
 from vlg.data.synthetic import world
 from vlg.evaluators import common as eval_common
+from vlg.tools import itm_probe
 from vlg.tools import validate
 
 from test_restore import trained_run
@@ -111,9 +112,9 @@ def _logits(margins):
 
 def _probe(ids, truth_matrix=None):
   ids = np.asarray(ids)
-  neg_image, neg_text, has = validate.uniform_negatives(
+  neg_image, neg_text, has = itm_probe.uniform_negatives(
       ids, np.random.default_rng(0))
-  return validate.CaptionProbe(ids, neg_image, neg_text, has, truth_matrix)
+  return itm_probe.CaptionProbe(ids, neg_image, neg_text, has, truth_matrix)
 
 
 def test_auroc_counts_ties_half():
@@ -136,7 +137,7 @@ def test_itm_probe_pools_accuracy_and_auroc_over_batches():
   ]
   probes = [_probe([10, 11]), _probe([12, 12])]
   assert not probes[1].has_negative.any()
-  got = validate.itm_probe_metrics(per_batch, probes)
+  got = itm_probe.itm_probe_metrics(per_batch, probes)
   # Positives 2, -1, 1, -2 against negatives -1, -3, 0.5, 0: wins 4, 1.5,
   # 4 and 1 of 16 pairs (the tie at -1 counts half).
   assert got['itm_random_auroc'] == pytest.approx(10.5 / 16)
@@ -152,7 +153,7 @@ def test_uniform_negatives_are_of_another_image_and_cover_them():
   ids = np.array([4, 4, 9, 4, 7, 9, 4, 1])
   seen = {b: set() for b in range(ids.size)}
   for _ in range(200):
-    neg_image, neg_text, has = validate.uniform_negatives(ids, rng)
+    neg_image, neg_text, has = itm_probe.uniform_negatives(ids, rng)
     assert has.all() and neg_image.dtype == np.int32
     assert np.all(ids[neg_image] != ids) and np.all(ids[neg_text] != ids)
     for b in range(ids.size):
@@ -160,7 +161,7 @@ def test_uniform_negatives_are_of_another_image_and_cover_them():
   for b in range(ids.size):
     assert seen[b] == set(np.flatnonzero(ids != ids[b])), b
   # One image only: no negative, each row keeps its own index.
-  neg_image, neg_text, has = validate.uniform_negatives(np.array([5, 5, 5]),
+  neg_image, neg_text, has = itm_probe.uniform_negatives(np.array([5, 5, 5]),
                                                         rng)
   assert not has.any() and list(neg_image) == list(neg_text) == [0, 1, 2]
 
@@ -178,33 +179,33 @@ def test_hard_negative_true_share_by_hand():
   # [1/2, 0, 1/2], [4/5, 1/5, 0]; true negatives 1/4 + 1/2 + 4/5.
   # Text → image: text 0 draws image 1 (3/4, false) or 2 (1/4, true);
   # texts 1 and 2 each one true image of two: 1/4 + 1/2 + 1/2.
-  got, num = validate.hard_negative_true_share(_SIM_I2T, _SIM_T2I,
+  got, num = itm_probe.hard_negative_true_share(_SIM_I2T, _SIM_T2I,
                                                np.array([1, 2, 3]), _TRUTH)
   assert num == 6 and got == pytest.approx(1.55 + 1.25)
   # Images 0 and 1 are one image: neither is the other's negative. Image →
   # text: 0 picks text 2 (false), 1 picks text 2 (true), 2 picks 0 (4/5,
   # true) or 1; text → image: texts 0 and 1 pick image 2 (true, false),
   # text 2 picks image 0 or 1 (one true).
-  got, num = validate.hard_negative_true_share(_SIM_I2T, _SIM_T2I,
+  got, num = itm_probe.hard_negative_true_share(_SIM_I2T, _SIM_T2I,
                                                np.array([1, 1, 3]), _TRUTH)
   assert num == 6 and got == pytest.approx(1.8 + 1.5)
 
 
 def test_false_negative_rates_by_hand():
-  probe = validate.CaptionProbe(
+  probe = itm_probe.CaptionProbe(
       image_ids=np.array([1, 2, 3]), neg_image=np.array([2, 0, 1], np.int32),
       neg_text=np.array([1, 2, 0], np.int32),
       has_negative=np.ones(3, bool), truth=_TRUTH)
-  got = validate.false_negative_rates([probe])
+  got = itm_probe.false_negative_rates([probe])
   # Off-diagonal true pairs: (0, 1), (1, 2), (2, 0) of 6.
   assert got['fn_pair_rate'] == pytest.approx(3 / 6)
   # Texts 1, 2, 0 for images 0, 1, 2: all true; images 2, 0, 1 for texts
   # 0, 1, 2: truth[2, 0], truth[0, 1], truth[1, 2], all true.
   assert got['fn_random_share'] == pytest.approx(1.0)
   probe = dataclasses.replace(probe, neg_text=np.array([2, 0, 1], np.int32))
-  assert validate.false_negative_rates([probe])[
+  assert itm_probe.false_negative_rates([probe])[
       'fn_random_share'] == pytest.approx(0.5)
-  assert validate.false_negative_rates(
+  assert itm_probe.false_negative_rates(
       [dataclasses.replace(probe, truth=None)]) == {}
 
 

@@ -59,7 +59,6 @@ to switch to: the tool refuses it, naming the source.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -77,22 +76,15 @@ from vlg import sharding
 from vlg import train
 from vlg import train_state
 from vlg import writers
-from vlg.data import ops
 from vlg.data import pipeline
-from vlg.data.synthetic import layout
-from vlg.data.synthetic import source as synthetic_source
-from vlg.data.synthetic import truth as truth_lib
-from vlg.data.synthetic import world
-from vlg.evaluators import common as eval_common
 from vlg.objectives import boxes as boxes_lib
 from vlg.objectives import itc
 from vlg.objectives import itm as itm_lib
 from vlg.objectives import pairs
 from vlg.objectives import pretrain
+from vlg.tools import itm_probe
 
 PREFIX = 'heldout'
-# Accuracy of always answering "not matched" on 1 positive : 2 negatives.
-ITM_PRIOR = 2 / 3
 _FLAGS = {}
 
 
@@ -151,7 +143,8 @@ def make_metrics_fn(config: ml_collections.ConfigDict, graphdef
   """Jitted ``(params, batch, negatives) → metrics``.
 
   The pretraining metrics plus per-example outputs that
-  :func:`combine` and :func:`itm_probe_metrics` pool over batches: the box
+  :func:`combine` and ``itm_probe.itm_probe_metrics`` pool over batches:
+  the box
   head's per-pair IoU (``box_iou`` [P], ``box_is_box`` [P]), the caption
   ITM logits of the uniform negatives ``negatives`` (``neg_image``,
   ``neg_text``, [B] each; ``itm_random_logits`` [3B, 2] in the row order
@@ -212,7 +205,7 @@ WEIGHTED_BY = {'mrc_acc': 'mrc_num', 'mrc_loss': 'mrc_num',
                **{f'{p}mlm_{m}': f'{p}mlm_num_masked'
                   for p in ('', 'box_', 'vsg_') for m in ('acc', 'loss')}}
 # Recomputed over every batch at once rather than averaged (the ITM probe's
-# by :func:`itm_probe_metrics`).
+# by ``itm_probe.itm_probe_metrics``).
 RECOMPUTED = ('box_iou', 'box_is_box', 'box_mean_iou', 'box_num',
               'mrc_majority_rate', 'itm_random_logits', 'itm_sim_i2t',
               'itm_sim_t2i')
@@ -250,226 +243,6 @@ def majority_rate(labels: np.ndarray) -> float:
       float('nan'))
 
 
-def uniform_negatives(image_ids: np.ndarray, rng: np.random.Generator
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """One negative image per text and one negative text per image, uniform.
-
-  Each is drawn uniformly among the batch entries of another image (equal
-  ids are never negatives, as in training's ITM).
-
-  Returns:
-    ``(neg_image, neg_text, has_negative)``: int32 [B] the negative image of
-    each text and the negative text of each image, bool [B] whether entry b
-    has any (a row without one gets its own index and is left out of the
-    ITM probe).
-  """
-  ids = np.asarray(image_ids).reshape(-1)
-  allowed = ids[:, None] != ids[None, :]
-  neg_image = np.arange(ids.size, dtype=np.int32)
-  neg_text = np.arange(ids.size, dtype=np.int32)
-  for b in range(ids.size):
-    candidates = np.flatnonzero(allowed[b])
-    if candidates.size:
-      neg_image[b] = rng.choice(candidates)
-      neg_text[b] = rng.choice(candidates)
-  return neg_image, neg_text, allowed.any(axis=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class CaptionProbe:
-  """The fixed ITM probe of one held-out caption batch.
-
-  Attributes:
-    image_ids: [B] the batch's image ids.
-    neg_image, neg_text, has_negative: :func:`uniform_negatives`.
-    truth: [B, B] bool, True where caption j is true of image i, or None
-      where the captions could not be checked (see :func:`caption_probes`).
-  """
-  image_ids: np.ndarray
-  neg_image: np.ndarray
-  neg_text: np.ndarray
-  has_negative: np.ndarray
-  truth: np.ndarray | None
-
-
-def caption_world(input_cfg: ml_collections.ConfigDict
-                  ) -> world.WorldConfig | None:
-  """The world configuration of every caption source of ``input.data``, as
-  ``vlg.data.sources`` builds it; None if the sources differ (a batch does
-  not say which source an example came from)."""
-  worlds = [world.WorldConfig(**dict(source.get('world', {})))
-            for source in input_cfg.data.values()]
-  return worlds[0] if all(w == worlds[0] for w in worlds) else None
-
-
-def batch_truth(batch: dict[str, np.ndarray], cfg: world.WorldConfig,
-                split: str, tokenizer, input_cfg: ml_collections.ConfigDict
-                ) -> np.ndarray:
-  """[B, B] bool: the caption of example j is true of the scene of image i.
-
-  Rebuilds each example's scene from its image id and its caption from
-  ``caption_index`` (the record's captions are drawn by
-  ``source.scene_record``, as ``source.make_record`` does), and checks that
-  the rebuilt caption tokenises to the batch's ``text_ids``: with ``flip``
-  augmentation a caption's left and right would be swapped and no longer
-  the world's text. Truth is of the whole caption, also where the model
-  sees it truncated to ``max_text_len`` tokens.
-
-  Raises:
-    ValueError: ``input.augment`` has ``flip``, an image id is not of
-      ``split``, or a rebuilt caption is not the batch's text.
-    truth.ParseError: a caption is not in the world's grammar.
-  """
-  if 'flip' in tuple(input_cfg.augment):
-    raise ValueError('input.augment has flip, which swaps left and right in '
-                     'the captions; the truth of the rebuilt texts needs '
-                     'augmentation off (see heldout_input)')
-  base = world.image_id(split, 0)
-  scenes, texts = [], []
-  for image_id, k, ids in zip(np.asarray(batch['image_id']),
-                              np.asarray(batch['caption_index']),
-                              np.asarray(batch['text_ids'])):
-    index = int(image_id) - base
-    if not 0 <= index < 10**9:
-      raise ValueError(f'image id {int(image_id)} is not of the {split!r} '
-                       'split of the synthetic world')
-    scene = layout.generate_scene(split, index, cfg)
-    captions = synthetic_source.scene_record(
-        scene, cfg, world.scene_rng(split, index, cfg, stream=1))['captions']
-    text = captions[int(k)]
-    want, _ = tokenizer.encode(
-        ops.pre_caption(text, int(input_cfg.max_words)),
-        int(input_cfg.max_text_len))
-    if not np.array_equal(want, ids):
-      raise ValueError(
-          f'caption {int(k)} of {split} image {index}, {text!r}, does not '
-          'tokenise to the batch\'s text: the batch was not drawn from this '
-          'world configuration without augmentation')
-    scenes.append(scene)
-    texts.append(text)
-  return truth_lib.truth_matrix(scenes, texts)
-
-
-def caption_probes(data: Sequence[dict[str, np.ndarray]],
-                   input_cfg: ml_collections.ConfigDict, tokenizer,
-                   split: str, seed: int,
-                   log: Callable[[str], None] = print) -> list[CaptionProbe]:
-  """The ITM probe of every held-out batch: uniform negatives from one
-  generator seeded with ``seed`` and, where the captions can be checked
-  (one world configuration, captions in its grammar), their truth."""
-  rng = np.random.default_rng(seed)
-  cfg = caption_world(input_cfg)
-  if cfg is None:
-    log('The caption sources have different world configurations: the '
-        'false-negative metrics are left out')
-  truths = [None] * len(data)
-  if cfg is not None:
-    try:
-      truths = [batch_truth(b, cfg, split, tokenizer, input_cfg)
-                for b in data]
-    except truth_lib.ParseError as e:
-      log(f'A held-out caption is not in the world\'s grammar ({e}): the '
-          'false-negative metrics are left out')
-      truths = [None] * len(data)
-  probes = []
-  for batch, truth in zip(data, truths):
-    ids = np.asarray(batch['image_id'])
-    probes.append(CaptionProbe(ids, *uniform_negatives(ids, rng), truth))
-  return probes
-
-
-def false_negative_rates(probes: Sequence[CaptionProbe]) -> dict[str, float]:
-  """``fn_pair_rate`` and ``fn_random_share`` (see the module docstring),
-  pooled over batches; empty if a batch's truth is unknown."""
-  if not probes or any(p.truth is None for p in probes):
-    return {}
-  pairs_true = pairs_num = neg_true = neg_num = 0
-  for p in probes:
-    other = p.image_ids[:, None] != p.image_ids[None, :]
-    pairs_true += int((p.truth & other).sum())
-    pairs_num += int(other.sum())
-    rows = np.flatnonzero(p.has_negative)
-    # Image b's negative text, and text b's negative image.
-    neg_true += int(p.truth[rows, p.neg_text[rows]].sum() +
-                    p.truth[p.neg_image[rows], rows].sum())
-    neg_num += 2 * rows.size
-  nan = float('nan')
-  return {'fn_pair_rate': pairs_true / pairs_num if pairs_num else nan,
-          'fn_random_share': neg_true / neg_num if neg_num else nan}
-
-
-def hard_negative_true_share(sim_i2t: np.ndarray, sim_t2i: np.ndarray,
-                             image_ids: np.ndarray, truth: np.ndarray
-                             ) -> tuple[float, int]:
-  """Expected number of true captions among training's hard negatives.
-
-  With ``w = itm.hard_negative_weights(sim_i2t, sim_t2i, image_ids)`` (the
-  sampling distributions of the hard negatives), image b's negative text
-  is true with probability ``Σ_j w_i2t[b, j] · truth[b, j]`` and text b's
-  negative image with ``Σ_j w_t2i[b, j] · truth[j, b]``.
-
-  Args:
-    sim_i2t, sim_t2i: [B, B] in-batch ITC logits image → text, text → image.
-    image_ids: [B] image ids.
-    truth: [B, B] bool, caption j true of image i.
-
-  Returns:
-    ``(expected true negatives, negatives)`` summed over both directions
-    and the entries that have a negative (training weights the others out).
-  """
-  w_i2t, w_t2i = itm_lib.hard_negative_weights(
-      jnp.asarray(sim_i2t, jnp.float32), jnp.asarray(sim_t2i, jnp.float32),
-      jnp.asarray(image_ids))
-  p_i2t = np.exp(np.asarray(w_i2t, np.float64))
-  p_t2i = np.exp(np.asarray(w_t2i, np.float64))
-  truth = np.asarray(truth, bool)
-  ids = np.asarray(image_ids).reshape(-1)
-  has = (ids[:, None] != ids[None, :]).any(axis=1)
-  expected = (p_i2t * truth).sum(axis=1) + (p_t2i * truth.T).sum(axis=1)
-  return float(expected[has].sum()), int(2 * has.sum())
-
-
-def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
-                      probes: Sequence[CaptionProbe]) -> dict[str, float]:
-  """The uniform-negative ITM metrics and ``fn_hard_share`` of one step.
-
-  ``per_batch`` are the metrics function's outputs on the batches of
-  ``probes``. Accuracy and AUROC pool every scored pair (B positives and
-  the 2B negatives of the entries that have one); the AUROC ranks the
-  match-minus-mismatch logit, which orders the pairs as p(match) does
-  without its float32 saturation to exact ties.
-  """
-  scores, labels, correct = [], [], []
-  hard_true = hard_num = 0.0
-  for out, probe in zip(per_batch, probes):
-    logits = np.asarray(out['itm_random_logits'], np.float64)
-    b = probe.image_ids.size
-    keep = np.concatenate([np.ones(b, bool), probe.has_negative,
-                           probe.has_negative])
-    label = np.asarray(itm_lib.itm_labels(b))
-    scores.append((logits[:, 1] - logits[:, 0])[keep])
-    labels.append(label[keep])
-    correct.append((np.argmax(logits, axis=-1) == label)[keep])
-    if probe.truth is not None:
-      true, num = hard_negative_true_share(
-          out['itm_sim_i2t'], out['itm_sim_t2i'], probe.image_ids,
-          probe.truth)
-      hard_true += true
-      hard_num += num
-  correct = np.concatenate(correct)
-  scores = np.concatenate(scores)
-  labels = np.concatenate(labels).astype(bool)
-  res = {
-      'itm_random_acc': float(correct.mean()) if correct.size else float(
-          'nan'),
-      'itm_random_auroc': eval_common.auroc(scores[labels], scores[~labels]),
-      'itm_random_prior': ITM_PRIOR,
-  }
-  if probes and all(p.truth is not None for p in probes):
-    res['fn_hard_share'] = hard_true / hard_num if hard_num else float('nan')
-  return res
-
-
 def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
              batch_size: int = 64, split: str = 'val', write: bool = False,
              mesh=None, log: Callable[[str], None] = print
@@ -493,9 +266,9 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
         input_cfg, run.tokenizer, global_batch=batch_size,
         seed=int(config.seed)))
     data = [next(stream) for _ in range(batches)]
-    probes = caption_probes(data, input_cfg, run.tokenizer, split,
+    probes = itm_probe.caption_probes(data, input_cfg, run.tokenizer, split,
                             int(config.seed), log=log)
-    fn_rates = false_negative_rates(probes)
+    fn_rates = itm_probe.false_negative_rates(probes)
     labels = np.concatenate([
         np.asarray(b['mrc_label']).ravel()[np.asarray(b['mrc_valid']).ravel()
                                            > 0] for b in data]
@@ -517,7 +290,7 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
                                run.rules)))
                      for b, p in zip(data, probes)]
         res = combine(per_batch)
-        res.update(itm_probe_metrics(per_batch, probes))
+        res.update(itm_probe.itm_probe_metrics(per_batch, probes))
         res.update(fn_rates)
         if labels is not None:
           res['mrc_majority_rate'] = majority_rate(labels)
