@@ -11,7 +11,7 @@ synthetic retrieval R@1 ends well above its 0.02 chance level
 (``python -m vlg.tools.skills --workdir=...``). ITC's logged loss rises
 while the queue fills (its softmax gains B columns a step) before it falls.
 
-Base (ALBEF 4M hyperparameters, spec §2.4; point input.data at prepared real
+Base (ALBEF 4M hyperparameters; point input.data at prepared real
 data — the synthetic world at 256 px is the default so the config runs):
 
   python -m vlg.main --config=configs/albef.py:base --workdir=gs://.../albef

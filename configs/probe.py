@@ -11,7 +11,7 @@ It probes ``fused_cls`` (the fusion encoder's [CLS], text-conditioned like
 the paper's Q-Former queries) with a linear head, frozen and unfrozen, 3
 seeds, and writes ``results.md`` (Tables 1–3 layout, chance and mean-box
 baselines first) and ``results.json``. Expected direction on the synthetic
-world (spec §6.3 item 7): unfrozen above frozen on RCM and on box Acc@0.5.
+world: unfrozen above frozen on RCM and on box Acc@0.5.
 
 The paper's protocol (``paper``): HPO on (≥ 10 TPE trials per cell, Table 4
 ranges, best re-run over 3 seeds), linear + SwiGLU heads, real data::
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A vlg.probing.stage1 workdir: probe its Q-Former (on its frozen tower)
   # instead of the model; taps resampler_queries / resampler_layer:k.
   c.resampler_workdir = ''
-  # Text enters the queries (spec §2.3). Ignored for a Perceiver workdir,
+  # Text enters the queries. Ignored for a Perceiver workdir,
   # which has no text path (taps: resampler_queries, resampler_layer:k).
   c.resampler_mode = 'multimodal'
   c.model_name = ''  # Row label; '' = the workdir's base name.
@@ -60,13 +60,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.heads = ('linear', 'swiglu2', 'swiglu4') if (
       arg.grid or not tiny) else ('linear',)
   c.seeds = (0, 1, 2)
-  c.max_text_len = 64  # spec §2.3: 64 avoids truncating RCM phrases.
+  c.max_text_len = 64  # 64 avoids truncating RCM phrases.
   c.cache_dir = ''  # Frozen feature cache; '' = WORKDIR/features.
   # Keep the cells already in WORKDIR/results.json (same settings) instead
   # of training them again (vlg/probing/run.py).
   c.resume = True
 
-  # train.HParams fields (spec §2.5); the HPO searches lr, epochs, loss
+  # train.HParams fields; the HPO searches lr, epochs, loss
   # weights and lr_mult.
   c.hparams = dict(
       hidden=256 if tiny else 768, pre_norm=False, dropout=0.0,

@@ -1,4 +1,4 @@
-"""Patch masks of boxes on a ViT grid, in NumPy (spec §3.1).
+"""Patch masks of boxes on a ViT grid, in NumPy (X-VLM's box concepts).
 
 A box concept (X-VLM) sees only the patches its box covers: the mask has
 one entry per image token, ``[CLS]`` first, then the G×G patches row-major
@@ -69,7 +69,7 @@ def patch_ranges_np(boxes_cxcywh: np.ndarray, grid: int, patch_size: int,
 def box_patch_mask_np(boxes_cxcywh: np.ndarray, grid: int, patch_size: int,
                       image_size: int,
                       whole_image: np.ndarray | None = None) -> np.ndarray:
-  """The [CLS] + patch mask of each box (spec §3.1), NumPy.
+  """The [CLS] + patch mask of each box, NumPy.
 
   Args:
     boxes_cxcywh: [..., 4] normalised (cx, cy, w, h) in the resized image.

@@ -2,7 +2,7 @@
 
 The papers vlg follows train on typed data (captions, detection-style
 entities, scene graphs), each type with its own batch size and sampling
-ratio (spec §5b). vlg builds one stream per enabled part of
+ratio. vlg builds one stream per enabled part of
 ``config.input.parts`` and zips them, so a step sees every part at once and
 the objectives sum the parts' losses weighted by their ``ratio`` — the same
 objective in expectation as sampling one type per step, with one compiled
