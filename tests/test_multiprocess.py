@@ -123,7 +123,8 @@ def _reference_metrics(cfg, tokenizer, num_processes=2):
       state, metrics = built['train_step'](
           state, pipeline.to_global(batch, mesh, rules))
       out[step] = {f'train/{k}': float(v)
-                   for k, v in jax.device_get(metrics).items()}
+                   for k, v in jax.device_get(metrics).items()
+                   if not np.ndim(v)}
   return out, first_batch
 
 

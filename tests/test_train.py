@@ -84,6 +84,9 @@ def test_train_writes_metrics_checkpoints_and_resumes_exactly(
               'train/mlm_loss', 'train/itm_acc', 'train/lr', 'train/temp'):
     assert key in ref[6], key
   assert np.isfinite(ref[6]['train/loss'])
+  # The synthetic world's false-negative shares of the drawn ITM negatives.
+  for key in ('train/fn_itm_neg_share', 'train/fn_pair_rate'):
+    assert all(0 <= ref[s][key] <= 1 for s in ref), key
   assert sorted(int(d) for d in os.listdir(os.path.join(full, 'checkpoints'))
                 if d.isdigit()) == [3, 6]
 
@@ -106,7 +109,7 @@ def test_train_writes_metrics_checkpoints_and_resumes_exactly(
   got = _losses(broken)
   for step in range(1, 7):
     for key in ('train/loss', 'train/itc_loss', 'train/itm_loss',
-                'train/mlm_loss'):
+                'train/mlm_loss', 'train/fn_itm_neg_share'):
       assert abs(got[step][key] - ref[step][key]) <= 1e-4, (step, key)
   meta = json.load(open(os.path.join(broken, 'config.json')))
   assert meta['total_steps'] == 6

@@ -29,6 +29,7 @@ from flax import nnx
 
 from vlg import checkpointing
 from vlg import config_lib
+from vlg import false_negatives
 from vlg import optim
 from vlg import predict
 from vlg import sharding
@@ -80,7 +81,12 @@ def check_parts(config) -> None:
 
 
 def make_train_step(config, graphdef, tx, schedule):
-  """Returns the pure ``train_step(state, batch) -> (state, metrics)``."""
+  """Returns the pure ``train_step(state, batch) -> (state, metrics)``.
+
+  ``metrics`` are scalars, plus (without gradient accumulation) the [B]
+  vectors of the drawn caption ITM negatives, ``itm_neg_image`` and
+  ``itm_neg_text`` (``vlg.false_negatives`` reads them).
+  """
   check_parts(config)
   weights = loss_weights(config)
   ratios = part_ratios(config)
@@ -140,7 +146,10 @@ def make_train_step(config, graphdef, tx, schedule):
     grads_sum, (metrics, feats) = jax.lax.scan(
         body, zeros, (micro, jnp.arange(accum)))
     grads = jax.tree.map(lambda g: g / accum, grads_sum)
-    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    # Scalars only: a per-example vector (e.g. the drawn ITM negatives)
+    # indexes its own micro-batch, so a mean of them means nothing.
+    metrics = {k: jnp.mean(m, axis=0) for k, m in metrics.items()
+               if m.ndim == 1}
     feats = jax.tree.map(lambda f: f.reshape(-1, f.shape[-1]), feats)
     return grads, metrics, feats
 
@@ -347,6 +356,9 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
       seed=config.seed, process_index=process_index,
       process_count=process_count)
   data_iter = iter(dataset)
+  # On the synthetic world: how many drawn ITM negatives are true captions.
+  fn_monitor = false_negatives.FalseNegativeMonitor.for_config(
+      config, tokenizer, process_count)
 
   # --- Model, optimizer and sharded state -------------------------------------
   built = build_step(config, mesh, rules)
@@ -420,7 +432,8 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
   step = first_step
   try:
     while step < total:
-      batch = pipeline.to_global(next(data_iter), mesh, rules)
+      host_batch = next(data_iter)
+      batch = pipeline.to_global(host_batch, mesh, rules)
       if step == first_step:
         # Ahead-of-time compile on the first batch, so the per-device memory
         # the step needs is in the log before it runs.
@@ -450,7 +463,11 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
               f'Last good checkpoint: step {ckpt.latest_step()} in '
               f'{ckpt.directory}.')
       if log_now:
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        host = jax.device_get(metrics)
+        vectors = {k: v for k, v in host.items() if np.ndim(v)}
+        host = {k: float(v) for k, v in host.items() if not np.ndim(v)}
+        if fn_monitor is not None:
+          host.update(fn_monitor(host_batch, vectors))
         elapsed = time.time() - window_start
         sps = window_steps / max(elapsed, 1e-9)
         writer.write_scalars(step, {f'train/{k}': v for k, v in host.items()})

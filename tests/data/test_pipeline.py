@@ -41,25 +41,28 @@ def test_batch_contract(tok):
   assert b['image_id'].dtype == np.int32 and b['_num_bad'].sum() == 0
   assert b['caption_index'].shape == (8,)
   assert b['caption_index'].dtype == np.int32
+  assert b['flipped'].dtype == np.int32 and set(b['flipped']) <= {0, 1}
 
 
-def test_caption_index_names_the_caption_that_was_tokenised(tok):
+def test_caption_index_and_flipped_name_the_text_that_was_tokenised(tok):
   cfg = _input_cfg()
   transform = pipeline.CaptionTransform(tok, cfg)
   source, _ = pipeline.build_sources(cfg)['synthetic']
-  drawn = set()
+  drawn, flips = set(), set()
   for i in range(12):
     record = source[i]
     out = transform.random_map(record, np.random.default_rng(i))
     k = int(out['caption_index'])
     caption = record['captions'][k]
-    # The flip augmentation may have swapped left and right.
-    candidates = [tok.encode(ops.pre_caption(c, cfg.max_words),
-                             cfg.max_text_len)[0]
-                  for c in (caption, ops.swap_left_right(caption))]
-    assert any(np.array_equal(out['text_ids'], c) for c in candidates), i
+    if out['flipped']:  # The flip swapped left and right in the caption.
+      caption = ops.swap_left_right(caption)
+    want, _ = tok.encode(ops.pre_caption(caption, cfg.max_words),
+                         cfg.max_text_len)
+    np.testing.assert_array_equal(out['text_ids'], want, err_msg=str(i))
     drawn.add(k)
-  assert len(drawn) > 1  # The index varies, so it is not a constant.
+    flips.add(int(out['flipped']))
+  # Both vary, so neither is a constant.
+  assert len(drawn) > 1 and flips == {0, 1}
 
 
 def test_process_shards_are_disjoint_and_cover():

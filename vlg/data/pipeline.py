@@ -21,6 +21,8 @@ is the per-process batch B)::
                                      negatives)
   caption_index  int32 [B]           which of the record's ``captions`` was
                                      drawn (tools rebuild the raw text)
+  flipped        int32 [B]           1 where the example was mirrored (its
+                                     caption's left/right swapped)
   text_ids       int32 [B, L]        [CLS] pieces [SEP] [PAD]...
   text_mask      int32 [B, L]        1 on real tokens
   mlm_ids        int32 [B, L]        text_ids with 15% of tokens masked
@@ -103,7 +105,8 @@ class CaptionTransform(grain.transforms.RandomMap):
       image, boxes, _ = ops.random_square_crop(image, boxes, rng,
                                                self.crop_scale)
     texts = [caption]
-    if 'flip' in self.augment and rng.random() < 0.5:
+    flipped = 'flip' in self.augment and rng.random() < 0.5
+    if flipped:
       image, boxes, texts = ops.hflip(image, boxes, texts)
     image = ops.resize(image, self.resolution)
     if 'brightness' in self.augment:
@@ -118,6 +121,7 @@ class CaptionTransform(grain.transforms.RandomMap):
         'image': image,
         'image_id': _int32_id(record['image_id']),
         'caption_index': np.int32(caption_index),
+        'flipped': np.int32(flipped),
         'text_ids': ids,
         'text_mask': mask,
         'mlm_ids': mlm_ids.astype(np.int32),

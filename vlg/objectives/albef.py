@@ -55,7 +55,9 @@ def albef_loss(model: nnx.Module, batch: Batch, momentum: dict[str, Any],
 
   Returns:
     (total loss, metrics) with ``itc_loss``, ``itm_loss``, ``mlm_loss``,
-    ``itm_acc``, ``mlm_acc``, ``temp``, ``alpha`` and more.
+    ``itm_acc``, ``mlm_acc``, ``temp``, ``alpha`` and more scalars, and the
+    [B] vectors ``itm_neg_image`` (the negative image of each text) and
+    ``itm_neg_text`` (the negative text of each image).
   """
   mask = batch['text_mask']
   img = model.embed_image(batch['image'], rngs=dropout_rngs)
@@ -85,5 +87,8 @@ def albef_loss(model: nnx.Module, batch: Batch, momentum: dict[str, Any],
   total = (weights['itc'] * loss_itc + weights['itm'] * loss_itm +
            weights['mlm'] * loss_mlm)
   metrics = {**metrics, **neg_metrics, **itm_metrics, **mlm_metrics}
+  # [B] vectors, not logged as scalars: which negatives were drawn (the
+  # train loop checks them against the synthetic world's ground truth).
+  metrics.update(itm_neg_image=neg_image, itm_neg_text=neg_text)
   metrics['loss'] = total
   return total, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}

@@ -187,8 +187,11 @@ def masked_itm(fuse_fn, image_embeds: jax.Array, image_mask: jax.Array | None,
     rng: key for the negative draws.
 
   Returns:
-    ``(loss, {'itm_loss', 'itm_acc', 'itm_no_negative'})``;
-    ``itm_no_negative`` is the number of valid pairs without a negative.
+    ``(loss, {'itm_loss', 'itm_acc', 'itm_no_negative', 'itm_neg_image',
+    'itm_neg_text'})``; ``itm_no_negative`` is the number of valid pairs
+    without a negative; the last two are [P] vectors: the negative image
+    of each text and the negative text of each image (a pair without a
+    negative names itself).
   """
   ok = valid.astype(bool)
   p = ok.shape[0]
@@ -210,7 +213,8 @@ def masked_itm(fuse_fn, image_embeds: jax.Array, image_mask: jax.Array | None,
   loss = jnp.sum(ce * weight) / n
   acc = jnp.sum((jnp.argmax(logits, -1) == labels) * weight) / n
   no_neg = jnp.sum(ok & ~has_neg).astype(jnp.float32)
-  return loss, {'itm_loss': loss, 'itm_acc': acc, 'itm_no_negative': no_neg}
+  return loss, {'itm_loss': loss, 'itm_acc': acc, 'itm_no_negative': no_neg,
+                'itm_neg_image': neg_img, 'itm_neg_text': neg_txt}
 
 
 def image_text_losses(model, *, image_embeds: jax.Array,

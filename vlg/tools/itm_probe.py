@@ -6,7 +6,8 @@ similarities, so under a sharp ITC a perfect matcher scores below the 1:2
 prior and the logged ITM accuracy cannot show ITM learning. This module
 draws, once per held-out caption batch, one uniform negative each way
 (:func:`uniform_negatives`), rebuilds the batch's synthetic scenes and
-captions to know which pairs are in fact true (:func:`batch_truth`), and
+captions to know which pairs are in fact true
+(``vlg/data/synthetic/batch_truth.py``), and
 pools what the jitted metrics function of ``validate`` returns into
 ``itm_random_acc``, ``itm_random_auroc`` and the false-negative shares
 (``validate``'s module docstring defines each). All on the host, after
@@ -22,11 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlg.data import ops
-from vlg.data.synthetic import layout
-from vlg.data.synthetic import source as synthetic_source
+from vlg.data.synthetic import batch_truth as batch_truth_lib
 from vlg.data.synthetic import truth as truth_lib
-from vlg.data.synthetic import world
 from vlg.evaluators import common as eval_common
 from vlg.objectives import itm as itm_lib
 
@@ -76,64 +74,6 @@ class CaptionProbe:
   truth: np.ndarray | None
 
 
-def caption_world(input_cfg: ml_collections.ConfigDict
-                  ) -> world.WorldConfig | None:
-  """The world configuration of every caption source of ``input.data``, as
-  ``vlg.data.sources`` builds it; None if the sources differ (a batch does
-  not say which source an example came from)."""
-  worlds = [world.WorldConfig(**dict(source.get('world', {})))
-            for source in input_cfg.data.values()]
-  return worlds[0] if all(w == worlds[0] for w in worlds) else None
-
-
-def batch_truth(batch: dict[str, np.ndarray], cfg: world.WorldConfig,
-                split: str, tokenizer, input_cfg: ml_collections.ConfigDict
-                ) -> np.ndarray:
-  """[B, B] bool: the caption of example j is true of the scene of image i.
-
-  Rebuilds each example's scene from its image id and its caption from
-  ``caption_index`` (the record's captions are drawn by
-  ``source.scene_record``, as ``source.make_record`` does), and checks that
-  the rebuilt caption tokenises to the batch's ``text_ids``: with ``flip``
-  augmentation a caption's left and right would be swapped and no longer
-  the world's text. Truth is of the whole caption, also where the model
-  sees it truncated to ``max_text_len`` tokens.
-
-  Raises:
-    ValueError: ``input.augment`` has ``flip``, an image id is not of
-      ``split``, or a rebuilt caption is not the batch's text.
-    truth.ParseError: a caption is not in the world's grammar.
-  """
-  if 'flip' in tuple(input_cfg.augment):
-    raise ValueError('input.augment has flip, which swaps left and right in '
-                     'the captions; the truth of the rebuilt texts needs '
-                     'augmentation off (see heldout_input)')
-  base = world.image_id(split, 0)
-  scenes, texts = [], []
-  for image_id, k, ids in zip(np.asarray(batch['image_id']),
-                              np.asarray(batch['caption_index']),
-                              np.asarray(batch['text_ids'])):
-    index = int(image_id) - base
-    if not 0 <= index < 10**9:
-      raise ValueError(f'image id {int(image_id)} is not of the {split!r} '
-                       'split of the synthetic world')
-    scene = layout.generate_scene(split, index, cfg)
-    captions = synthetic_source.scene_record(
-        scene, cfg, world.scene_rng(split, index, cfg, stream=1))['captions']
-    text = captions[int(k)]
-    want, _ = tokenizer.encode(
-        ops.pre_caption(text, int(input_cfg.max_words)),
-        int(input_cfg.max_text_len))
-    if not np.array_equal(want, ids):
-      raise ValueError(
-          f'caption {int(k)} of {split} image {index}, {text!r}, does not '
-          'tokenise to the batch\'s text: the batch was not drawn from this '
-          'world configuration without augmentation')
-    scenes.append(scene)
-    texts.append(text)
-  return truth_lib.truth_matrix(scenes, texts)
-
-
 def caption_probes(data: Sequence[dict[str, np.ndarray]],
                    input_cfg: ml_collections.ConfigDict, tokenizer,
                    split: str, seed: int,
@@ -142,14 +82,15 @@ def caption_probes(data: Sequence[dict[str, np.ndarray]],
   generator seeded with ``seed`` and, where the captions can be checked
   (one world configuration, captions in its grammar), their truth."""
   rng = np.random.default_rng(seed)
-  cfg = caption_world(input_cfg)
+  cfg = batch_truth_lib.caption_world(input_cfg)
   if cfg is None:
-    log('The caption sources have different world configurations: the '
-        'false-negative metrics are left out')
+    log('The caption sources are not one synthetic world configuration: '
+        'the false-negative metrics are left out')
   truths = [None] * len(data)
   if cfg is not None:
     try:
-      truths = [batch_truth(b, cfg, split, tokenizer, input_cfg)
+      truths = [batch_truth_lib.batch_truth(b, cfg, split, tokenizer,
+                                            input_cfg)
                 for b in data]
     except truth_lib.ParseError as e:
       log(f'A held-out caption is not in the world\'s grammar ({e}): the '
