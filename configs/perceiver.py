@@ -4,7 +4,7 @@ The Perceiver Resampler has no text path, so it trains with a small text
 decoder beside it (``vlg.models.text_decoder``): ITC between the projected
 latents (max over latents) and the decoder's text-only [CLS] feature, and a
 Flamingo-style LM loss of the caption through the decoder cross-attending to
-the latents (spec-probing §6.3 item 3). Same loop, tower and checkpoints as
+the latents (docs/probing.md §6.3 item 3). Same loop, tower and checkpoints as
 ``configs/qformer.py``.
 
 Tiny, on the synthetic world (train a tiny ALBEF first; its ViT is the

@@ -1,4 +1,4 @@
-r"""Probes of a trained vlg model: RefCOCOg boxes, VSR, RCM (spec-probing §6).
+r"""Probes of a trained model: RefCOCOg boxes, VSR, RCM (docs/probing.md §6).
 
 Tiny, on the synthetic RefCOCOg-/VSR-style sets, probing a trained tiny
 ALBEF or X-VLM workdir (``python -m vlg.main --config=configs/albef.py:tiny

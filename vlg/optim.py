@@ -2,7 +2,8 @@
 
 Weight decay applies to weight matrices only: biases, LayerNorm parameters,
 the temperature, the [CLS] token and position embeddings are not decayed
-(ALBEF decays temp, pos_embed and cls_token; vlg does not — spec §2.4).
+(ALBEF decays temp, pos_embed and cls_token; vlg does not; see
+docs/objectives.md §2.4).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``configs/{albef,xvlm,realbef,rexvlm}.py`` are thin ``get_config`` files
 over these builders, so the four share every default and differ only where
-the papers do (spec-objectives.md §2.4, §3.3, §5b):
+the papers do (docs/objectives.md §2.4, §3.3, §5b):
 
 | | caption style | parts (batch, ratio) | AdamW betas (base) |
 | --- | --- | --- | --- |
@@ -14,7 +14,8 @@ the papers do (spec-objectives.md §2.4, §3.3, §5b):
 A part's ``ratio`` is the paper's sampling ratio relative to captions
 (Table 4: captions 2, entities 1.5, MRC 1, VSG 1 → 0.75, 0.5, 0.5): vlg runs
 every part in every step and weights its loss by the ratio, the same
-objective in expectation as sampling one type per step (spec §3.3).
+objective in expectation as sampling one type per step
+(docs/objectives.md §3.3).
 Ablations are one override each: ``--config.input.parts.entity.objects=False``
 (w/o object), ``...entity.regions=False`` (w/o region),
 ``--config.loss.bbox=0 --config.loss.giou=0`` (w/o bbox),

@@ -156,7 +156,7 @@ def make_train_step(config, graphdef, tx, schedule):
   def train_step(state, batch):
     step = state['step']
     rng = jax.random.fold_in(state['rng'], step)
-    # EMA first, then the momentum forward (spec §2.1 step 2).
+    # EMA first, then the momentum forward (docs/objectives.md §2.1, step 2).
     ema = jax.tree.map(lambda e, p: momentum * e + (1 - momentum) * p,
                        state['ema'], state['params'])
     compute = grads_and_metrics if accum == 1 else accumulated

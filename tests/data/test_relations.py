@@ -1,4 +1,4 @@
-"""Relation vocabulary, VSG texts and their ids, MRC sampling (§4, §5)."""
+"""Relation vocab, VSG texts, MRC sampling (docs/objectives.md §4, §5)."""
 
 import json
 import subprocess

@@ -1,7 +1,7 @@
 """Tests of vlg.models.resamplers: masks, structure, taps and numerics.
 
 The forward passes are checked against float64 NumPy re-derivations written
-from spec-probing §1.2–§1.5 (explicit loops over batch rows, heads and
+from docs/probing.md §1.2–§1.5 (explicit loops over batch rows, heads and
 mask entries). Modules get NumPy-drawn parameters through
 ``nnx.eval_shape`` (eager initialisation costs one XLA compilation per
 parameter shape on CPU); the base sizes are only ever built abstractly.
@@ -409,7 +409,7 @@ def test_base_qformer_is_blip2_shaped_abstractly():
   want = (embed + 12 * (self_attn + 2 * ffn) + 6 * cross + 32 * d + 2 * dv +
           heads)
   assert sum(int(np.prod(s)) for s in shapes.values()) == want
-  assert 185e6 < want < 190e6  # spec-probing §1.2: ≈188 M.
+  assert 185e6 < want < 190e6  # docs/probing.md §1.2: ≈188 M.
 
   graphdef, state = nnx.split(model)
   image = jax.ShapeDtypeStruct((2, 257, 1408), jnp.float32)

@@ -1,6 +1,6 @@
-"""Float64 NumPy re-derivations of the ALBEF objectives, from the spec.
+"""Float64 NumPy re-derivations of the ALBEF objectives, from the docs.
 
-Written from ``spec-objectives.md`` §2 alone, deliberately plain (explicit
+Written from ``docs/objectives.md`` §2 alone, deliberately plain (explicit
 loops over rows, explicit exponentials) so that they share no code or
 structure with ``vlg/objectives``. Every function takes and returns
 float64 NumPy values.

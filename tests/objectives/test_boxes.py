@@ -1,4 +1,4 @@
-"""X-VLM box losses (L1, GIoU) vs hand values and the reference (§3.2)."""
+"""X-VLM L1/GIoU losses vs hand values, reference (docs/objectives.md §3.2)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""ITC, temperature clamp, α ramp and queues vs the float64 reference (§2.1)."""
+"""ITC, τ clamp, α ramp, queues vs the reference (docs/objectives.md §2.1)."""
 
 import jax
 import jax.numpy as jnp

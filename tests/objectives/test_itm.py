@@ -1,4 +1,4 @@
-"""ITM hard negatives, pairs, labels and loss vs the reference (§2.2)."""
+"""ITM negatives, pairs, labels, loss vs reference (docs/objectives.md §2.2)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""MLM masking (NumPy) and the distilled MLM loss vs the reference (§2.3)."""
+"""MLM masking and distilled loss vs the reference (docs/objectives.md §2.3)."""
 
 import pathlib
 import subprocess

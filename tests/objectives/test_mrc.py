@@ -1,4 +1,4 @@
-"""MRC relation cross-entropy and its metrics vs the reference (§5)."""
+"""MRC cross-entropy, metrics vs the reference (docs/objectives.md §5)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,6 @@
 """Tests of vlg.objectives.perceiver (Perceiver stage 1: ITC + ITG).
 
-The losses are re-derived in float64 NumPy from spec-probing §1.3 / §6.3
+The losses are re-derived in float64 NumPy from docs/probing.md §1.3 / §6.3
 (explicit loops, torch's label smoothing ``(1 − ε)·onehot + ε/C``, max over
 latents, [CLS] → [DEC] for ITG, padding never a target). The inputs of the
 re-derivation are the modules' own states, each computed by a separate

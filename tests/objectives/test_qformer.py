@@ -1,6 +1,6 @@
 """Tests of vlg.objectives.qformer against float64 NumPy re-derivations.
 
-The references follow spec-probing §1.3 literally (explicit loops over
+The references follow docs/probing.md §1.3 literally (explicit loops over
 rows, explicit exponentials, torch's label-smoothing convention
 ``(1 − ε)·onehot + ε/C``) and share no code with the module.
 """

@@ -1,4 +1,4 @@
-"""Box patch masks (NumPy and jax) and the concept [CLS] (spec §3.1)."""
+"""Patch masks (NumPy, jax) and the concept [CLS] (docs/objectives.md §3.1)."""
 
 import functools
 import math
@@ -13,7 +13,7 @@ from vlg.objectives import regions
 
 
 def reference_mask(box, grid, patch, size, whole=False):
-  """Spec §3.1 in float64 with explicit loops: [CLS] + G·G row-major."""
+  """docs/objectives.md §3.1 in float64, by loops: [CLS] + G·G row-major."""
   cx, cy, w, h = (float(v) for v in box)
   mask = np.zeros(1 + grid * grid, bool)
   mask[0] = True

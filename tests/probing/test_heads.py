@@ -24,7 +24,8 @@ def test_shapes_and_param_counts(name, pre_norm):
   assert y.shape == (3, o) and y.dtype == jnp.float32
   count = sum(x.size for x in jax.tree.leaves(params))
   assert count == heads.num_params(name, d, o, hidden=h, pre_norm=pre_norm)
-  # Hand counts (spec §2.2): linear (d+1)·o; swiglu2 2dh + h² + (h+1)o.
+  # Hand counts (docs/probing.md §2.2): linear (d+1)·o; swiglu2
+  # 2dh + h² + (h+1)o.
   hand = {'linear': (d + 1) * o,
           'swiglu2': 2 * d * h + h * h + (h + 1) * o,
           'swiglu4': 2 * d * h + h * h + 2 * 3 * h * h + (h + 1) * o}[name]

@@ -1,4 +1,4 @@
-"""vlg.probing.rcm: the RCM invariants of spec-probing.md §3 and §6.5.
+"""vlg.probing.rcm: the RCM invariants of docs/probing.md §3 and §6.5.
 
 Cell assignment is checked on hand-placed boxes (borders included); the
 balanced set is checked by recounting its rows; real-layout rows (hand-built

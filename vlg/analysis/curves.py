@@ -8,9 +8,10 @@ Pure functions over metric curves ``{name: {step: value}}`` as
   (``skipped``) and chance levels (``<eval>/chance/<metric>``);
 - :func:`summarize`: per skill the best step and value (higher is better;
   the earliest step wins a tie), the final value and the drop from best;
-- :func:`selection_table`: seed 003 §5 (spec-benchmarks.md, "Checkpoint
-  selection"): for each Dev metric (a selector), the gain of every task at
-  the selector's best checkpoint over the last checkpoint;
+- :func:`selection_table`: the checkpoint selection of Bugliarello et
+  al. (docs/benchmarks.md §11): for each Dev metric (a selector), the gain
+  of every task at the selector's best checkpoint over the last
+  checkpoint;
 - :func:`plot_curves`: a panel per benchmark or piece (the name without its
   last component), every run a line with a legend entry, and the chance
   level as a dashed line where the metrics carry one.

@@ -1,4 +1,4 @@
-"""Probing analyses (spec-probing.md §4, §5): breakdowns, Kendall τ, plots.
+"""Probing analyses (docs/probing.md §4, §5): breakdowns, Kendall τ, plots.
 
 Pure functions over per-example predictions and the examples' metadata
 (``RefExample``, ``RcmExample`` or anything with their fields), for the probe

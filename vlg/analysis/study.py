@@ -5,7 +5,7 @@ each run is one model family trained with one seed, and its curves are
 ``{metric: {step: value}}`` as ``vlg.writers.metric_curves`` reads them from
 ``DIR/runs/<model>/seed<k>/metrics.jsonl``.
 
-- :data:`COLUMNS`: the table of seed 003 (spec-benchmarks.md) in the
+- :data:`COLUMNS`: the first table of docs/benchmarks.md §10 in the
   synthetic evaluators' metric keys (``vlg.evaluators.synthetic``): VSR
   random and zero-shot, the VALSE pieces, SVO, Winoground group, retrieval
   and paragraph retrieval R@1/5;
@@ -42,7 +42,7 @@ MODELS = ('albef', 'xvlm', 'realbef', 'rexvlm')
 MODEL_NAMES = {'albef': 'ALBEF', 'xvlm': 'X-VLM', 'realbef': 'ReALBEF',
                'rexvlm': 'ReX-VLM'}
 
-# (metric key, column label), in the layout of seed 003's table.
+# (metric key, column label), in the layout of docs/benchmarks.md §10.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ('vsr_random_dev/accuracy', 'VSR rand dev'),
     ('vsr_random_test/accuracy', 'VSR rand test'),
@@ -71,7 +71,7 @@ LABELS = {**dict(COLUMNS), 'valse/actant-swap/acc_r': 'VALSE actant swap'}
 VSR_SKILLS = ('vsr_random_dev/accuracy', 'vsr_random_test/accuracy',
               'vsr_zeroshot_dev/accuracy', 'vsr_zeroshot_test/accuracy')
 # Relations and their direction, as the synthetic world's benchmarks test
-# them (synthetic-world.md): VALSE relations and actant swap, word order.
+# them (docs/benchmarks.md §9): VALSE relations and actant swap, word order.
 RELATION_SKILLS = ('valse/relations/acc_r', 'valse/actant-swap/acc_r',
                    'winoground/group')
 # (model, baseline, skills or None for every column, what the papers claim).

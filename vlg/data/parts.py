@@ -6,10 +6,11 @@ ratio. vlg builds one stream per enabled part of
 ``config.input.parts`` and zips them, so a step sees every part at once and
 the objectives sum the parts' losses weighted by their ``ratio`` — the same
 objective in expectation as sampling one type per step, with one compiled
-step (spec §3.3). Each part's transform turns a record (the contract of
-``vlg/data/sources.py``) into fixed-shape numpy slots, prefixed by the part:
+step (docs/objectives.md §3.3). Each part's transform turns a record (the
+contract of ``vlg/data/sources.py``) into fixed-shape numpy slots,
+prefixed by the part (docs/data.md §4):
 
-entity (X-VLM box concepts, spec §3.1–3.3), M = ``max_pairs``::
+entity (X-VLM box concepts, docs/objectives.md §3.1–3.3), M = ``max_pairs``::
 
   ent_image        uint8 [R, R, 3]   one image per row
   ent_text_ids     int32 [M, L]      box texts (object labels, region texts,
@@ -32,13 +33,14 @@ the entity loss makes them ITC positives of each other and never ITM
 negatives (``vlg/objectives/pairs.py``). ``group_by_box=False`` leaves only
 the text rule for ITM and the diagonal as ITC target.
 
-mrc (spec §5), Q = ``num_relations``; subject/object as entity label texts::
+mrc (docs/objectives.md §5), Q = ``num_relations``; subject/object as entity
+label texts::
 
   mrc_image, mrc_{subject,object}_ids / _mask [Q, Le],
   mrc_{subject,object}_patch_mask [Q, 1+G*G], mrc_label int32 [Q],
   mrc_valid int32 [Q]
 
-vsg (spec §4)::
+vsg (docs/objectives.md §4)::
 
   vsg_image, vsg_image_id, vsg_text_ids / vsg_text_mask / vsg_mlm_ids /
   vsg_mlm_labels [Lv]

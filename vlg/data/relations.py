@@ -2,7 +2,8 @@
 
 Scene-graph data (GQA, Visual Genome, the synthetic world) gives each image
 triplets ⟨subject, relation, object⟩ with entity labels and boxes. Two
-objectives of Bugliarello et al. (EMNLP 2023) read them (spec §4, §5):
+objectives of Bugliarello et al. (EMNLP 2023) read them
+(docs/objectives.md §4, §5):
 
 - VSG turns K sampled triplets into a text, ``s1 r1 o1 [SEP] s2 r2 o2
   [SEP] ...``, sorted by the subject's centre: :func:`verbalise_scene_graph`
@@ -241,7 +242,7 @@ class VerbalisedGraph:
 def verbalise_scene_graph(relations: Sequence[Mapping[str, Any]], k: int,
                           rng: np.random.Generator, sort: bool = True,
                           band: float = 0.1) -> VerbalisedGraph:
-  """Samples and verbalises K triplets of an image's scene graph (spec §4).
+  """Samples and verbalises K scene-graph triplets (docs/objectives.md §4).
 
   ``min(k, n)`` triplets are drawn without replacement with ``rng``; with
   ``sort`` they are put in raster order of the subject's box centre —
@@ -309,7 +310,7 @@ def encode_vsg(tokenizer: tokenizer_lib.Tokenizer,
   Args:
     tokenizer: vlg's tokenizer (fixed special ids).
     graph: :func:`verbalise_scene_graph`'s result or the triplet strings.
-    max_len: sequence length (spec: 112 for VSG).
+    max_len: sequence length (paper: 112 for VSG, docs/objectives.md §4).
 
   Returns:
     ``(ids, mask)``, int32 [max_len] each; mask is 1 on real tokens.
@@ -338,7 +339,7 @@ def encode_vsg(tokenizer: tokenizer_lib.Tokenizer,
 def sample_mrc_pairs(relations: Sequence[Mapping[str, Any]],
                      num_relations: int = 2, *, rng: np.random.Generator,
                      vocab: RelationVocab | None = None) -> dict[str, Any]:
-  """Samples up to ``num_relations`` triplets of an image for MRC (spec §5).
+  """Samples up to ``num_relations`` MRC triplets (docs/objectives.md §5).
 
   Drawn without replacement in random order, padded to ``num_relations``
   rows (padding: whole-image boxes, empty strings, mask 0). With a

@@ -5,7 +5,7 @@
 
 Reads either published layout (the DeepMind CSV or the JSON lines of
 Bugliarello et al. 2023) through ``vlg.data.benchmarks.load_svo_probes``.
-Metrics (spec-benchmarks.md): pairwise accuracy
+Metrics (docs/benchmarks.md §4): pairwise accuracy
 ``accuracy`` = mean[s(pos, sentence) > s(neg, sentence)] (a tie is wrong)
 and the same per negative type, ``subject/accuracy``, ``verb/accuracy``,
 ``object/accuracy`` (a row counts in a type only when exactly that flag is

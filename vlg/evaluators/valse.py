@@ -5,7 +5,7 @@
 
 Reads the real VALSE instrument files (or the synthetic look-alikes written
 by ``vlg.tools.synth``) through ``vlg.data.benchmarks.load_valse`` and keeps
-the valid set (``mturk.caption >= 2``). Metrics (spec-benchmarks.md):
+the valid set (``mturk.caption >= 2``). Metrics (docs/benchmarks.md §2):
 
 - ``acc_r`` (micro over all valid examples: the papers' single number),
   ``acc_r_pieces`` (mean over pieces), ``<piece>/acc_r`` (mean of its

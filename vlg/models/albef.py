@@ -20,11 +20,11 @@ the scalar ``temp``; with ``config.box_head`` (the X-VLM family) a
 ``mrc_head``. The same class serves ALBEF, X-VLM, ReALBEF and ReX-VLM: they
 differ in heads and objectives, not in the encoders.
 
-Visual concepts of a box (X-VLM, spec §3.1) come from one image-encoder pass
-per image: :meth:`embed_concept` gathers each pair's image tokens, replaces
-[CLS] by the mean of the in-box patch tokens and returns the patch mask,
-which is then the cross-attention mask of :meth:`fuse` — patches outside the
-box are invisible to the concept.
+Visual concepts of a box (X-VLM, docs/objectives.md §3.1) come from one
+image-encoder pass per image: :meth:`embed_concept` gathers each pair's
+image tokens, replaces [CLS] by the mean of the in-box patch tokens and
+returns the patch mask, which is then the cross-attention mask of
+:meth:`fuse` — patches outside the box are invisible to the concept.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class Model(nnx.Module):
 
   def embed_concept(self, image_embeds: jax.Array, image_index: jax.Array,
                     patch_mask: jax.Array) -> dict[str, jax.Array]:
-    """Visual concepts of boxes from per-image tokens (spec §3.1).
+    """Visual concepts of boxes from per-image tokens (docs/objectives.md §3.1).
 
     Args:
       image_embeds: [Bi, 1 + N, Dv] from :meth:`embed_image` (one pass per
@@ -178,13 +178,14 @@ class Model(nnx.Module):
 
   def predict_box(self, fused_cls: jax.Array) -> jax.Array:
     """[B, Dt] fused [CLS] of (full image, box text) → [B, 4] float32
-    normalised (cx, cy, w, h) in (0, 1) (X-VLM's box head, spec §3.2)."""
+    normalised (cx, cy, w, h) in (0, 1) (X-VLM's box head;
+    docs/objectives.md §3.2)."""
     return jax.nn.sigmoid(self.box_head(fused_cls, out_dtype=jnp.float32))
 
   def mrc_logits(self, subject_cls: jax.Array, object_cls: jax.Array
                  ) -> jax.Array:
     """Fused [CLS] of subject and object concepts ([B, Dt] each) → [B, V]
-    float32 relation logits (spec §5)."""
+    float32 relation logits (docs/objectives.md §5)."""
     return self.mrc_head(jnp.concatenate([subject_cls, object_cls], -1))
 
   def itm_logits(self, fused_cls: jax.Array) -> jax.Array:
@@ -198,8 +199,8 @@ class Model(nnx.Module):
 
 class MrcHead(nnx.Module):
   """Masked relation classification head: [h_s; h_o] (2D) → hidden → ReLU →
-  V logits, two layers (spec §5; hidden 4·D by default, which at D = 768 and
-  V = 310 is the paper's 5.7M parameters)."""
+  V logits, two layers (docs/objectives.md §5; hidden 4·D by default,
+  which at D = 768 and V = 310 is the paper's 5.7M parameters)."""
 
   def __init__(self, dim: int, hidden: int, num_relations: int, *,
                dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):

@@ -1,4 +1,4 @@
-"""Flamingo's Perceiver Resampler (spec-probing §1.5, §6.2).
+"""Flamingo's Perceiver Resampler (docs/probing.md §1.5, §6.2).
 
 R learned latents read the image (or frame) tokens F through L blocks::
 
@@ -13,9 +13,10 @@ LayerNorm, and learned time embeddings with lucidrains' ``per_media`` or
 Flamingo's ``flatten_time`` resampling (:data:`TIME_MODES`).
 
 The config comes from ``vlg.models.resamplers.resampler_config('perceiver',
-size)``; the module returns the taps of spec §6.1 (``resampler_queries``,
-``query_mask``, ``resampler_layers``). It has no text path: for stage-1
-training it is paired with ``vlg.models.text_decoder.TextDecoder``.
+size)``; the module returns the taps of docs/probing.md §6.1
+(``resampler_queries``, ``query_mask``, ``resampler_layers``). It has no
+text path: for stage-1 training it is paired with
+``vlg.models.text_decoder.TextDecoder``.
 Parameters carry logical axis names; the latent axis is ``queries``.
 """
 

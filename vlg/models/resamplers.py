@@ -1,6 +1,6 @@
 """Resamplers that turn image tokens into a fixed set of query vectors.
 
-Both return dicts of taps (spec-probing §6.1), so one probe reads either:
+Both return dicts of taps (docs/probing.md §6.1), so one probe reads either:
 
 * :class:`QFormer`, BLIP-2's querying transformer (§1.2–§1.3): queries and
   text share the self-attention of post-LN BERT layers; only query rows
@@ -62,7 +62,7 @@ _QFORMER_COMMON = dict(kind='qformer', ln_eps=1e-12, vision_ln_eps=1e-5,
 _PERCEIVER_SIZES: dict[str, dict[str, Any]] = {
     'tiny': dict(layers=4, heads=4, head_dim=32, mlp_ratio=4, num_queries=8,
                  vision_width=128),
-    # Flamingo (spec-probing §1.5): 6 blocks, 64 latents, 16 × 96 heads,
+    # Flamingo (docs/probing.md §1.5): 6 blocks, 64 latents, 16 × 96 heads,
     # squared-ReLU FFN ×4, over 1536-wide features.
     'base': dict(layers=6, heads=16, head_dim=96, mlp_ratio=4,
                  num_queries=64, vision_width=1536),
@@ -119,7 +119,7 @@ def resampler_config(kind: str, size: str, vision_width: int | None = None,
 
 def attention_mask(mode: str, num_queries: int,
                    text_mask: jax.Array | np.ndarray | None) -> jax.Array:
-  """The self-attention mask of a Q-Former pass (spec-probing §1.3).
+  """The self-attention mask of a Q-Former pass (docs/probing.md §1.3).
 
   The sequence is ``[queries ; text]`` with ``num_queries`` query positions
   (0 in 'text' mode) and ``L`` text positions. Entry ``[b, i, j]`` is True
@@ -164,7 +164,7 @@ def attention_mask(mode: str, num_queries: int,
 
 
 class QFormerLayer(nnx.Module):
-  """One post-LN Q-Former layer (spec-probing §1.2).
+  """One post-LN Q-Former layer (docs/probing.md §1.2).
 
   h = LN(x + SelfAttn_M(x)) over [queries ; text]; for query rows,
   h_Q = LN(h_Q + CrossAttn(h_Q, image)) if the layer has cross-attention,

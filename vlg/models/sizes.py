@@ -1,4 +1,4 @@
-"""Model sizes (spec §1) and the model config built from them.
+"""Model sizes (docs/objectives.md §1) and the model config built from them.
 
 ``model_config('tiny', name='albef')`` returns an unlocked ConfigDict with
 every field the models read; experiment configs override fields afterwards
@@ -13,7 +13,8 @@ from typing import Any
 
 import ml_collections
 
-# CLIP's normalisation (spec §1); the ViT applies it to 0..255 pixels.
+# CLIP's normalisation (docs/objectives.md §1); the ViT applies it to
+# 0..255 pixels.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -1,7 +1,7 @@
 """A small text transformer that gives the Perceiver a stage-1 text path.
 
 The Perceiver Resampler (``vlg.models.perceiver``) reads only the image, so
-its stage-1 training (spec-probing §6.3 item 3) needs a text model beside
+its stage-1 training (docs/probing.md §6.3 item 3) needs a text model beside
 it. :class:`TextDecoder` is one BERT-style stack of post-LN layers (vlg's
 text layers' style, ``layers.BertLayer``) run in two modes that share every
 weight, as the Q-Former's text stream does in BLIP-2:

@@ -127,7 +127,8 @@ class VisionTransformer(nnx.Module):
                                                   out_axis=3),
         rngs=rngs)
     init = layers.trunc_normal_init()
-    # 1-D so that weight decay, which skips vectors, skips it (spec §2.4).
+    # 1-D so that weight decay, which skips vectors, skips it
+    # (docs/objectives.md §2.4).
     self.cls_token = layers.make_param(rngs, init, (dim,), ('embed',))
     posemb = str(config.get('vision_posemb_init', 'trunc_normal'))
     if posemb not in POSEMB_INITS:

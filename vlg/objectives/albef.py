@@ -1,10 +1,10 @@
-"""ALBEF's pretraining objective: ITC + ITM + MLM (spec §2).
+"""ALBEF's pretraining objective: ITC + ITM + MLM (docs/objectives.md §2).
 
 Composes the pure objectives of ``itc.py``, ``itm.py`` and ``mlm.py`` over
 the outputs of an online model and its momentum (EMA) copy. The momentum
 forward runs first, under stop-gradient; the caller updates the EMA
-parameters before calling (spec §2.1 step 2) and enqueues the returned
-momentum features after the step (step 8).
+parameters before calling (docs/objectives.md §2.1, step 2) and enqueues
+the returned momentum features after the step (step 8).
 """
 
 from __future__ import annotations

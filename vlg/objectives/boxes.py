@@ -1,4 +1,4 @@
-"""Box regression losses of X-VLM: L1 and generalised IoU (spec §3.2).
+"""X-VLM's box regression losses: L1 and GIoU (docs/objectives.md §3.2).
 
 The box head predicts ``b̂ = (cx, cy, w, h)`` normalised to the augmented
 image from the fused [CLS] of (full image, box text). With ``N_boxes``
@@ -76,7 +76,7 @@ def box_iou_giou(pred_xyxy: jax.Array, target_xyxy: jax.Array
 def box_losses(pred_cxcywh: jax.Array, target_cxcywh: jax.Array,
                weights: jax.Array
                ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-  """X-VLM's L1 and GIoU box losses over the real box pairs (spec §3.2).
+  """X-VLM's L1 and GIoU losses of the real box pairs (docs/objectives.md §3.2).
 
   Args:
     pred_cxcywh: [N, 4] predicted normalised (cx, cy, w, h) (after the

@@ -1,11 +1,11 @@
-"""Image-text contrastive loss (ITC) with momentum distillation (spec §2.1).
+"""Image-text contrastive loss (ITC) and its queues (docs/objectives.md §2.1).
 
 Pure functions of the model's L2-normalised [CLS] features; no parameters
 live here. ALBEF's ITC compares each online feature with the batch's
 momentum features plus a FIFO queue of past momentum features, and softens
 its one-hot targets with the momentum model's own similarities. X-VLM's ITC
-(spec §3) is the special case without momentum, queue or distillation:
-:func:`itc_loss_in_batch`.
+(docs/objectives.md §3) is the special case without momentum, queue or
+distillation: :func:`itc_loss_in_batch`.
 
 Also here: the temperature clamp, the distillation-weight ramp and the
 feature queues, because the train step uses them together with the loss.
@@ -39,12 +39,12 @@ def clamp_temp(temp: jax.Array) -> jax.Array:
   """Clips the temperature to [0.001, 0.5] with a straight-through gradient.
 
   ALBEF clamps ``temp`` in place under ``no_grad`` at the start of every
-  forward (spec §1, "temperature"), so the loss sees the clipped value but
-  the gradient reaches the parameter unchanged. ``jnp.clip`` would instead
-  zero the gradient outside the range (and halve it exactly at a bound,
-  where the train step's own clamp leaves the parameter), which could pin
-  τ to a bound for good. Here the value is clipped and d/dtemp is the
-  identity, as in the reference.
+  forward (docs/objectives.md §1, "Temperature"), so the loss sees the
+  clipped value but the gradient reaches the parameter unchanged.
+  ``jnp.clip`` would instead zero the gradient outside the range (and
+  halve it exactly at a bound, where the train step's own clamp leaves
+  the parameter), which could pin τ to a bound for good. Here the value
+  is clipped and d/dtemp is the identity, as in the reference.
 
   Args:
     temp: the temperature parameter (any shape, usually a scalar).
@@ -60,9 +60,10 @@ def alpha_at(step: jax.Array | int, alpha: float = 0.4,
              warmup_steps: int = 0) -> jax.Array:
   """The distillation weight α at ``step``: ``alpha * min(1, step/warmup)``.
 
-  ALBEF ramps α linearly from 0 over its first epoch (spec §2.1 step 5);
-  vlg ramps it over ``warmup_steps`` steps. The same α weights the MLM
-  distillation (spec §2.3). ``warmup_steps == 0`` means no ramp.
+  ALBEF ramps α linearly from 0 over its first epoch (docs/objectives.md
+  §2.1, step 5); vlg ramps it over ``warmup_steps`` steps. The same α
+  weights the MLM distillation (§2.3). ``warmup_steps == 0`` means no
+  ramp.
 
   Args:
     step: the current (0-based) step; a Python int or an int array.
@@ -100,7 +101,7 @@ def itc_loss(image_feat: jax.Array, text_feat: jax.Array,
              temp: jax.Array, alpha: jax.Array | float,
              queue_filled: jax.Array | int | None = None
              ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
-  """ALBEF's ITC with a momentum queue and distilled targets (spec §2.1).
+  """ALBEF's ITC: momentum queue, distilled targets (docs/objectives.md §2.1).
 
   With ``V_all = [v_m; image_queue]`` and ``W_all = [w_m; text_queue]``
   (steps 3–7): online logits ``s_i2t = v W_allᵀ/τ``, ``s_t2i = w V_allᵀ/τ``;
@@ -139,7 +140,7 @@ def itc_loss(image_feat: jax.Array, text_feat: jax.Array,
     of images whose top i2t logit is their own caption, over all B+Q
     columns), ``temp`` and ``alpha``; aux ``sim_i2t`` and ``sim_t2i``, the
     [B, B+Q] online logits, whose first B columns drive the ITM hard
-    negatives (spec §2.2).
+    negatives (docs/objectives.md §2.2).
   """
   b = image_feat.shape[0]
   if text_feat.shape[0] != b or image_feat_m.shape[0] != b or (
@@ -186,7 +187,7 @@ def itc_loss_in_batch(image_feat: jax.Array, text_feat: jax.Array,
                       temp: jax.Array
                       ) -> tuple[jax.Array, dict[str, jax.Array],
                                  dict[str, jax.Array]]:
-  """In-batch ITC with arange labels, no momentum or queue (spec §3, §3.2).
+  """In-batch ITC, arange labels, no momentum or queue (docs/objectives.md §3).
 
   X-VLM's contrastive loss: ``s_i2t = v wᵀ/τ``, ``s_t2i = w vᵀ/τ`` and
   ``½(CE(s_i2t, arange) + CE(s_t2i, arange))``. The gradient flows into
@@ -229,7 +230,7 @@ def queue_filled(step: jax.Array | int, batch_size: int,
 
 
 def init_queue(rng: jax.Array, size: int, dim: int) -> jax.Array:
-  """A [size, dim] float32 queue of random L2-normalised rows (spec §1)."""
+  """A float32 [size, dim] queue of random unit rows (docs/objectives.md §1)."""
   q = jax.random.normal(rng, (size, dim), jnp.float32)
   return q / jnp.linalg.norm(q, axis=-1, keepdims=True)
 

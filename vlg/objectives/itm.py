@@ -1,4 +1,4 @@
-"""Image-text matching (ITM) with contrastive hard negatives (spec §2.2).
+"""Image-text matching (ITM) with hard negatives (docs/objectives.md §2.2).
 
 For each text one negative image, and for each image one negative text, is
 drawn in proportion to the softmax of the ITC logits over the batch
@@ -54,7 +54,7 @@ def _masked_log_softmax(logits: jax.Array, excluded: jax.Array
 def hard_negative_weights(sim_i2t_batch: jax.Array, sim_t2i_batch: jax.Array,
                           image_ids: jax.Array | None = None
                           ) -> tuple[jax.Array, jax.Array]:
-  """Log sampling weights of the ITM hard negatives (spec §2.2 step 2).
+  """ITM hard-negative log sampling weights (docs/objectives.md §2.2, step 2).
 
   ``w_i2t[b] = log_softmax(s_i2t[b, :B])`` over the texts of the batch that
   belong to another image than image b (−∞ elsewhere); likewise ``w_t2i``
@@ -124,7 +124,7 @@ def sample_hard_negatives(rng: jax.Array, sim_i2t_batch: jax.Array,
 
 def itm_pairs(neg_image_idx: jax.Array, neg_text_idx: jax.Array
               ) -> tuple[jax.Array, jax.Array]:
-  """Image and text batch indices of the 3B ITM rows (spec §2.2 step 3).
+  """Image/text indices of the 3B ITM rows (docs/objectives.md §2.2, step 3).
 
   Rows: ``[B positives (b, b)] ++ [B (image neg_image_idx[b], text b)] ++
   [B (image b, text neg_text_idx[b])]`` — the order of :func:`itm_labels`.
@@ -150,7 +150,7 @@ def itm_labels(batch_size: int) -> jax.Array:
 
 def itm_loss(itm_logits: jax.Array, labels: jax.Array
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mean two-class cross-entropy of the ITM head (spec §2.2 step 3).
+  """Mean two-class CE of the ITM head (docs/objectives.md §2.2, step 3).
 
   Args:
     itm_logits: [N, 2] ITM head logits (class 1 = matched), N = 3B.

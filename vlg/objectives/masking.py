@@ -1,4 +1,4 @@
-"""BERT-style MLM token masking in NumPy (spec §2.3 step 1).
+"""BERT-style MLM token masking in NumPy (docs/objectives.md §2.3, step 1).
 
 Runs inside grain data-worker processes, so this module imports NumPy only
 (never jax). The loss lives in ``vlg/objectives/mlm.py``.
@@ -29,7 +29,7 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, *,
                 vocab_size: int, mask_id: int, special_ids: Iterable[int],
                 pad_id: int, p: float = 0.15
                 ) -> tuple[np.ndarray, np.ndarray]:
-  """Masks tokens for MLM: 15% selected, then 80/10/10 (spec §2.3 step 1).
+  """Masks 15% of tokens, then 80/10/10 (docs/objectives.md §2.3, step 1).
 
   Each token that is neither a special token nor padding is selected
   independently with probability ``p`` (ALBEF never masks [PAD] or [CLS]

@@ -1,4 +1,4 @@
-"""Masked language modelling loss with momentum distillation (spec §2.3).
+"""MLM loss with momentum distillation (docs/objectives.md §2.3).
 
 The masking itself is NumPy and runs in the data workers:
 ``vlg/objectives/masking.py``. Labels use -100 for positions without a
@@ -16,7 +16,7 @@ IGNORE_LABEL = -100
 def mlm_loss(logits: jax.Array, logits_m: jax.Array | None,
              labels: jax.Array, alpha: jax.Array | float
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """ALBEF's MLM loss, distilled from the momentum model (spec §2.3 step 3).
+  """ALBEF's distilled MLM loss (docs/objectives.md §2.3, step 3).
 
   ``L = (1−α)·CE(logits, labels) + α·D`` with both terms averaged over the
   masked positions (labels ≠ -100) of the whole batch, and

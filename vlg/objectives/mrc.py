@@ -1,4 +1,4 @@
-"""Masked relation classification loss (MRC, spec §5).
+"""Masked relation classification loss (MRC, docs/objectives.md §5).
 
 The model encodes the subject and the object of a triplet as box concepts
 fused with their label texts, and an MLP on the two pooled [CLS] features

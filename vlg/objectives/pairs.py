@@ -1,4 +1,4 @@
-"""In-batch image–text losses over pairs that may be padding (spec §3.2, §4).
+"""In-batch image–text losses over padded pairs (docs/objectives.md §3.2, §4).
 
 X-VLM's three losses without momentum encoders or queues: ITC in-batch,
 ITM with hard negatives drawn from the in-batch ITC similarities, MLM with
@@ -126,15 +126,15 @@ def masked_itc(image_feat: jax.Array, text_feat: jax.Array, temp: jax.Array,
 def sample_negatives(rng: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array,
                      excluded: jax.Array
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """One hard negative image per text and one text per image (spec §2.2).
+  """One hard negative image per text and one text per image.
 
-  Drawn in proportion to the softmax of the (stop-gradiented) ITC
-  similarities over the columns not ``excluded`` — the distribution and
-  the key split of ``itm.sample_hard_negatives``, with the exclusion given
-  as a matrix rather than ids. A row whose every column is excluded has no
-  negative: it gets its own index and ``has_negative`` False, so the caller
-  can weight its negative rows out instead of training on a copy of the
-  positive labelled "not matched".
+  As in docs/objectives.md §2.2, drawn in proportion to the softmax of the
+  (stop-gradiented) ITC similarities over the columns not ``excluded`` — the
+  distribution and the key split of ``itm.sample_hard_negatives``, with the
+  exclusion given as a matrix rather than ids. A row whose every column is
+  excluded has no negative: it gets its own index and ``has_negative`` False,
+  so the caller can weight its negative rows out instead of training on a copy
+  of the positive labelled "not matched".
 
   Args:
     rng: PRNG key.

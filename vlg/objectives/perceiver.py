@@ -1,4 +1,4 @@
-"""Perceiver "stage 1": ITC max over latents + ITG (spec-probing §6.3 item 3).
+"""Perceiver stage 1: ITC max over latents + ITG (docs/probing.md §6.3 item 3).
 
 The Perceiver Resampler has no text path, so a
 ``vlg.models.text_decoder.TextDecoder`` carries the text side. One batch
@@ -16,9 +16,9 @@ gives two losses, summed with the weights given (default 1 each):
 
 There is no ITM: the Perceiver's latents never see the text, so a matching
 head would have to live in the decoder, and the Perceiver is probed without
-text anyway (spec §7, item 1). The frozen image tokens are under
-``stop_gradient``; everything else (the Perceiver, the decoder, its heads
-and the temperature) gets gradient.
+text anyway (docs/probing.md §7, item 1). The frozen image tokens are
+under ``stop_gradient``; everything else (the Perceiver, the decoder, its
+heads and the temperature) gets gradient.
 """
 
 from __future__ import annotations

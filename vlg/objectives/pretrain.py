@@ -4,13 +4,14 @@
   (``albef.albef_loss``) when ``loss.momentum_distill`` (ALBEF, ReALBEF),
   else X-VLM's in-batch versions (``pairs.image_text_losses``; X-VLM,
   ReX-VLM);
-- ``entity`` part (X-VLM, spec §3): the same three losses on (box concept,
-  box text) pairs, plus box regression (L1 + GIoU) of the box text's box
-  from the fused [CLS] of (full image, box text);
-- ``vsg`` part (spec §4): in-batch ITC + ITM + MLM on (image, verbalised
-  scene graph) pairs — no new parameters;
-- ``mrc`` part (spec §5): subject and object concepts fused with their label
-  texts, their fused [CLS] concatenated, relation cross-entropy.
+- ``entity`` part (X-VLM, docs/objectives.md §3): the same three losses on
+  (box concept, box text) pairs, plus box regression (L1 + GIoU) of the
+  box text's box from the fused [CLS] of (full image, box text);
+- ``vsg`` part (docs/objectives.md §4): in-batch ITC + ITM + MLM on (image,
+  verbalised scene graph) pairs — no new parameters;
+- ``mrc`` part (docs/objectives.md §5): subject and object concepts fused
+  with their label texts, their fused [CLS] concatenated, relation
+  cross-entropy.
 
 ``total = caption + Σ_part ratio_part · part``, each part's inner terms
 weighted by ``loss.*``. Metrics are namespaced: ``itc_loss`` (captions),
@@ -49,7 +50,7 @@ def _pair_index(valid: jax.Array) -> jax.Array:
 
 def entity_loss(model, batch: Batch, *, rng, temp, weights, dropout_rngs
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """X-VLM's box-concept losses and box regression (spec §3.1–3.2).
+  """X-VLM's box-concept losses, box regression (docs/objectives.md §3.1–3.2).
 
   Pairs of one image row and box (two texts of one box share the box
   concept) and pairs with identical texts are one group: ITC positives of
@@ -88,8 +89,8 @@ def entity_loss(model, batch: Batch, *, rng, temp, weights, dropout_rngs
 
 def mrc_part_loss(model, batch: Batch, *, dropout_rngs, concept='masked'
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Masked relation classification (spec §5): subject and object concepts,
-  each fused with its label text, in one fusion pass.
+  """Masked relation classification (docs/objectives.md §5): subject and
+  object concepts, each fused with its label text, in one fusion pass.
 
   ``concept='masked'`` (default) encodes each entity with the ViT's
   self-attention restricted to its box (one pass per entity), so nothing

@@ -1,5 +1,7 @@
-"""BLIP-2 stage-1 objectives of the Q-Former: ITC, ITM and ITG (spec-probing
-§1.3, §6.3 item 2).
+"""BLIP-2 stage-1 objectives of the Q-Former: ITC, ITM and ITG.
+
+Formulas: docs/objectives.md §7.1; attention masks and training:
+docs/probing.md §1.3 and §6.3 item 2.
 
 Pure functions of model outputs, plus :func:`stage1_loss`, which runs the
 Q-Former passes of one batch and sums the three losses with the weights
@@ -54,7 +56,7 @@ def itc_max_over_queries(query_feat: jax.Array, text_feat: jax.Array,
                          temp: jax.Array, *, label_smoothing: float = 0.1
                          ) -> tuple[jax.Array, dict[str, jax.Array],
                                     dict[str, jax.Array]]:
-  """BLIP-2's ITC: similarity = max over queries (spec-probing §1.3).
+  """BLIP-2's ITC: similarity = max over queries (docs/probing.md §1.3).
 
   ``s[i, j] = max_q query_feat[i, q] · text_feat[j] / τ``; the loss is
   ``½ (CE_ls(s, arange) + CE_ls(sᵀ, arange))``, each averaged over the
@@ -147,7 +149,7 @@ def decoder_input_ids(text_ids: jax.Array, bos_id: int) -> jax.Array:
 def itg_prefix_lm(lm_logits: jax.Array, text_ids: jax.Array,
                   text_mask: jax.Array, *, label_smoothing: float = 0.1
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Image-grounded text generation loss (BLIP-2's ITG, §1.3).
+  """Image-grounded text generation loss (BLIP-2's ITG, docs/probing.md §1.3).
 
   Position i predicts token i + 1: the logits of positions 0..L−2 are
   scored against ``text_ids[:, 1:]`` where ``text_mask[:, 1:]`` is set,

@@ -1,4 +1,4 @@
-"""Visual concepts of boxes: patch masks and the pooled [CLS] (spec §3.1).
+"""Box concepts: patch masks and the pooled [CLS] (docs/objectives.md §3.1).
 
 X-VLM encodes each image once and represents a (box, text) pair by the
 image's tokens restricted to the box: the patch mask (``[CLS]`` plus the
@@ -22,7 +22,7 @@ from vlg.data import box_masks
 def box_patch_mask(boxes_cxcywh: jax.Array, grid: int, patch_size: int,
                    image_size: int,
                    whole_image: jax.Array | None = None) -> jax.Array:
-  """The [CLS] + patch mask of each box (spec §3.1), jit-friendly.
+  """The [CLS] + patch mask of each box (docs/objectives.md §3.1), jit-friendly.
 
   Args:
     boxes_cxcywh: [..., 4] normalised (cx, cy, w, h) in the resized image.
@@ -63,11 +63,11 @@ def concept_cls(patch_embeds_with_cls: jax.Array, mask: jax.Array
                 ) -> jax.Array:
   """Replaces each sequence's [CLS] by the mean of its in-box patch tokens.
 
-  The concept's [CLS] of spec §3.1 (X-VLM's Swin path): the average of the
-  patch tokens whose mask entry is set, the [CLS] column of the mask being
-  ignored. A row with no patch set (only padding can be) gets a zero
-  [CLS] rather than NaN. The mean accumulates in float32 and is cast back
-  to the input dtype.
+  The concept's [CLS] of docs/objectives.md §3.1 (X-VLM's Swin path): the
+  average of the patch tokens whose mask entry is set, the [CLS] column of the
+  mask being ignored. A row with no patch set (only padding can be) gets a zero
+  [CLS] rather than NaN. The mean accumulates in float32 and is cast back to
+  the input dtype.
 
   Args:
     patch_embeds_with_cls: [N, 1 + G·G, D] image tokens, [CLS] first.

@@ -1,4 +1,4 @@
-"""VSG — verbalised scene graphs (spec §4): the image–text losses on graph texts.
+"""VSG — verbalised scene graphs: image–text losses (docs/objectives.md §4).
 
 VSG (Bugliarello et al., EMNLP 2023) turns an image's scene graph into a
 text, ``s1 r1 o1 [SEP] s2 r2 o2 [SEP] ...`` (K sampled triplets sorted by

@@ -4,7 +4,7 @@
                                               cache_dir='workdir/features')
   x = feature_cache.as_float32(arrays['x'][rows])  # What the head reads.
 
-Frozen probing (spec-probing §6.3 item 4) runs the encoder once per split,
+Frozen probing (docs/probing.md §6.3 item 4) runs the encoder once per split,
 without dropout, and trains only the probe on the stored features, so every
 HPO trial and seed after the first reads them from disk. An entry is keyed by
 (encoder weights = ``Encoder.cache_id``, e.g. checkpoint path and step; tap
@@ -14,19 +14,18 @@ written beside its final name and renamed into place, so a crash never leaves
 a half-written entry under a name a later run would trust.
 
 **bfloat16 on disk.** Floating features are stored as bfloat16, which halves
-the cache (RefCOCOg train through BLIP-2's 32×768 queries: ≈4 GB instead of
-8; spec §6.4). ``.npy`` has no bfloat16 type code (``np.save`` writes it as
-opaque ``V2``), so the files hold the bfloat16 bit patterns as ``uint16`` and
-``meta.json`` says ``bfloat16``. bfloat16 keeps float32's exponent range and 8
-significant bits: each feature moves by at most 2⁻⁸ ≈ 0.4% of its value
+the cache (RefCOCOg train through BLIP-2's 32×768 queries: ≈4 GB instead of 8;
+docs/probing.md §6.4). ``.npy`` has no bfloat16 type code (``np.save`` writes
+it as opaque ``V2``), so the files hold the bfloat16 bit patterns as ``uint16``
+and ``meta.json`` says ``bfloat16``. bfloat16 keeps float32's exponent range
+and 8 significant bits: each feature moves by at most 2⁻⁸ ≈ 0.4% of its value
 (BLIP-2 itself runs its frozen ViT in fp16). Measured on the probing tests'
 stand-in encoder (400 train, 200 test examples, 3 seeds, VSR-style and box
-tasks): the same test metric per seed from float32 and from bfloat16
-features. The head computes in float32:
-:func:`as_float32` converts each batch. Uncached extraction is rounded the
-same way, so a probe is identical whether its features came from the cache or
-not. On a hit the arrays are memory-mapped, so a multi-GB cache is not held
-in RAM.
+tasks): the same test metric per seed from float32 and from bfloat16 features.
+The head computes in float32: :func:`as_float32` converts each batch. Uncached
+extraction is rounded the same way, so a probe is identical whether its
+features came from the cache or not. On a hit the arrays are memory-mapped, so
+a multi-GB cache is not held in RAM.
 
 **Stale or corrupt entries raise, naming the file.** :data:`FORMAT` is part
 of the key, so entries of an older layout (the float32 cache) have other

@@ -1,4 +1,4 @@
-"""Probe heads: ``linear``, ``swiglu2``, ``swiglu4`` (spec §2.2).
+"""Probe heads: ``linear``, ``swiglu2``, ``swiglu4`` (docs/probing.md §2.2).
 
 * ``linear``: y = W·x + b (4 outputs for boxes, 1 logit for binary tasks).
 * ``swigluK``: (K − 1) SwiGLU blocks, then a linear output layer, vlg's

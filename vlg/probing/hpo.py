@@ -1,4 +1,4 @@
-"""Hyperparameter search for probes: optuna TPE, then 3 seeds (spec §2.6).
+"""Probe hyperparameter search: optuna TPE, then 3 seeds (docs/probing.md §2.6).
 
   search = hpo.run_search(lambda hp: train.train_probe(..., hp, ...),
                           train.HParams(head='linear'), task, 'frozen',

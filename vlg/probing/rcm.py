@@ -1,6 +1,6 @@
 """Region Cell Matching (RCM): does the expression's object lie in a cell?
 
-Built from RefCOCOg-style referring expressions (spec-probing.md §3), by one
+Built from RefCOCOg-style referring expressions (docs/probing.md §3), by one
 code path for real RefCOCOg and the synthetic look-alike set: both are read by
 ``vlg.data.benchmarks.load_refcocog`` into ``RefExample`` rows, and
 :func:`build_rcm` takes any sequence of those::
@@ -263,7 +263,7 @@ def build_rcm(refs: Iterable[RefExample], seed: int = 0, *,
   splits = sorted({r.split for r in refs if r.split})
   if len(splits) > 1:
     raise RcmError(f'expressions from splits {splits}: build each split '
-                   'separately (spec-probing.md §3.1 item 6)')
+                   'separately (docs/probing.md §3.1 item 6)')
   by_cell: list[list[RefExample]] = [[] for _ in range(NUM_CELLS)]
   skipped = []
   for ref in refs:

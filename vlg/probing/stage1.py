@@ -1,4 +1,4 @@
-r"""Stage-1 training of a resampler on a frozen vlg image tower (spec §6.3).
+r"""Stage-1 training of a resampler on a frozen tower (docs/probing.md §6.3).
 
 BLIP-2's first stage, on vlg's data, for either resampler
 (``config.resampler_kind``, :mod:`vlg.probing.stage1_models`):

@@ -1,4 +1,4 @@
-"""The trainable side of stage 1, per resampler kind (spec-probing §6.3).
+"""The trainable side of stage 1, per resampler kind (docs/probing.md §6.3).
 
 ``vlg.probing.stage1`` trains either resampler with one loop; this module
 holds what differs between them. ``config.resampler_kind`` picks:

@@ -1,4 +1,4 @@
-"""Representation taps and reducers: what a probe reads (spec §6.1).
+"""Representation taps and reducers: what a probe reads (docs/probing.md §6.1).
 
 A *tap* is a named token set of an encoder, an array ``(B, N, D)`` with a
 mask ``(B, N)`` (nonzero on real tokens). A *reducer* turns it into the
@@ -209,14 +209,14 @@ def resampler_taps(outputs: dict[str, jax.Array], names: tuple[str, ...]
 
 
 class VisionResampler(nnx.Module):
-  """An image tower feeding a resampler: the encoder probed in spec §6.3.
+  """An image tower feeding a resampler: the encoder of docs/probing.md §6.3.
 
   ``vision`` maps images [B, H, W, 3] to tokens [B, N, Dv] (e.g. a vlg
   ``VisionTransformer``); ``resampler`` is a ``vlg.models.resamplers``
   module. A Q-Former runs in ``mode`` ('multimodal' by default: the task
-  text enters the queries' self-attention, spec §2.3); a Perceiver
-  (``mode=None``) has no text path. Keep ``vision`` frozen with the
-  encoder's ``vision_filter`` (``nnx.PathContains('vision')``).
+  text enters the queries' self-attention, docs/probing.md §2.3); a
+  Perceiver (``mode=None``) has no text path. Keep ``vision`` frozen
+  with the encoder's ``vision_filter`` (``nnx.PathContains('vision')``).
   """
 
   def __init__(self, vision: nnx.Module, resampler: nnx.Module, *,

@@ -1,4 +1,4 @@
-"""Probing tasks: targets, losses, metrics and breakdowns (spec §2.1, §2.4).
+"""Probing tasks: targets, losses, metrics (docs/probing.md §2.1, §2.4).
 
 * ``refcocog_box``: the head's 4 outputs go through a sigmoid and are read
   as a normalised (cx, cy, w, h) box. Loss λ_L1·L1 + λ_GIoU·(1 − GIoU) with

@@ -1,11 +1,11 @@
-"""Training probes on a frozen or jointly trained encoder (spec §2.5, §6.3).
+"""Training probes on a frozen or jointly trained encoder.
 
   encoder = train.model_encoder(restore.load_run(workdir))
   spec = taps.parse_spec('tap=fused_cls,reduce=cls')
   result = train.train_probe(encoder, spec, tasks.get_task('vsr'), splits,
                              inputs, hp, regime='frozen', cache_dir=cache)
 
-Two regimes, one loop:
+Two regimes, one loop (docs/probing.md §2.5, §6.3 item 4):
 
 * **frozen**: the encoder runs once per split, without dropout, to extract
   the tap after its fixed reducer (``attn_pool``: the tokens and mask) into
@@ -63,7 +63,7 @@ MODEL_HEADS = ('vision_proj', 'text_proj', 'itm_head', 'box_head', 'mrc_head',
 
 @dataclasses.dataclass(frozen=True)
 class HParams:
-  """Probe training settings (defaults: spec §2.5; HPO searches some)."""
+  """Probe training settings (docs/probing.md §2.5; the HPO searches some)."""
   head: str = 'linear'
   hidden: int = 768
   pre_norm: bool = False

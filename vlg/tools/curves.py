@@ -8,7 +8,7 @@ Reads each workdir's ``metrics.jsonl`` (``vlg.tools.eval`` fills in every
 kept checkpoint), draws a panel per benchmark or piece with every run as a
 line and the chance level where logged (``--out``), and prints per run and
 skill the best step and value, the final value and how far final is below
-best, then per run the checkpoint-selection table of spec-benchmarks.md
+best, then per run the checkpoint-selection table of docs/benchmarks.md §11
 (rows: Dev-metric selectors; columns: tasks; cells: the task at the
 selector's best checkpoint minus the task at the last checkpoint). The
 tables are also written as markdown next to the PNG (``curves.md``).

@@ -210,7 +210,7 @@ def load_valse(root_or_files: str | os.PathLike | Sequence[str],
       stem names its instrument and must be a key of :data:`VALSE_PIECES`.
     instruments: only these instruments (file stems); None reads all.
     valid_only: keep only the valid set (``mturk.caption >= 2``), as the paper
-      and the spec score; the dropped count is ``num_filtered``.
+      and docs/benchmarks.md §2 score; the dropped count is ``num_filtered``.
     skip_bad: skip (and count) bad records instead of raising.
 
   Returns:
