@@ -185,3 +185,77 @@ def test_sharded_step_matches_single_device(mesh_sizes, tmp_path_factory,
                params, ref_params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                queues, ref_q)
+
+
+class _BenchmarkEvaluator:
+  """An evaluator whose benchmark image may be corrupt: run() reads it
+  through the evaluators' image cache, as every benchmark evaluator does."""
+
+  def __init__(self, image):
+    self.image, self.steps = image, 0
+
+  def run(self, params):
+    del params
+    self.steps += 1
+    from vlg.evaluators import common  # pylint: disable=g-import-not-at-top
+    common.ImageCache(48)(self.image)
+    return {'accuracy': 0.5}
+
+
+def _train_with_evaluators(tmp_path, monkeypatch, name, **overrides):
+  """Trains the 6-step test config with evaluators 'vsr_random' (its
+  image corrupt) and 'good', both every 3 steps; returns the workdir, the
+  error (or None) and the checkpoint steps."""
+  from vlg.evaluators import common  # pylint: disable=g-import-not-at-top
+  corrupt = tmp_path / 'corrupt.jpg'
+  corrupt.write_bytes(b'\xff\xd8 not a jpeg')
+  good_image = tmp_path / 'good.png'
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good_image)
+  evaluators = {'vsr_random': (_BenchmarkEvaluator(str(corrupt)), 3),
+                'good': (_BenchmarkEvaluator(str(good_image)), 3)}
+  monkeypatch.setattr(common, 'from_config', lambda *a, **k: evaluators)
+  cfg = tiny_test_config(**overrides)
+  workdir = str(tmp_path / name)
+  error = None
+  try:
+    train.train_and_evaluate(cfg, workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir,
+                                                         'checkpoints'))
+                 if d.isdigit())
+  return workdir, error, steps
+
+
+def test_failing_evaluation_stops_after_the_checkpoint_of_its_step(
+    tmp_path, monkeypatch, fast_compile):
+  _, error, steps = _train_with_evaluators(tmp_path, monkeypatch, 'stop')
+  # The step's checkpoint is saved before evaluating.
+  assert steps == [3]
+  assert isinstance(error, train.EvaluationError), repr(error)
+  message = str(error)
+  assert 'evals.vsr_random failed at step 3' in message, message
+  assert 'Cannot read image' in message and 'corrupt.jpg' in message
+  assert 'eval_failure' in message
+
+
+def test_failing_evaluation_is_skipped_with_eval_failure_skip(
+    tmp_path, monkeypatch, fast_compile, caplog):
+  with caplog.at_level('WARNING'):
+    workdir, error, steps = _train_with_evaluators(
+        tmp_path, monkeypatch, 'skip', eval_failure='skip')
+  assert error is None and steps == [3, 6]
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelname == 'WARNING' and 'vsr_random' in r.getMessage()]
+  assert len(warnings) == 2, warnings  # Steps 3 and 6.
+  assert 'Cannot read image' in warnings[0] and 'corrupt.jpg' in warnings[0]
+  written = {k for rec in writers.read_metrics(workdir) for k in rec}
+  assert 'good/accuracy' in written
+  assert not any(k.startswith('vsr_random/') for k in written)
+
+
+def test_eval_failure_must_be_stop_or_skip(tmp_path):
+  with pytest.raises(ValueError, match=r"eval_failure='ignore'.*'skip'"):
+    train.train_and_evaluate(tiny_test_config(eval_failure='ignore'),
+                             str(tmp_path))

@@ -4,10 +4,13 @@
 text after the colon to ``get_config(arg)``; :func:`parse_arg` turns it into a
 ConfigDict of typed values (big_vision's mini-language). Durations are always
 in steps (``*_steps``); :func:`itstime` decides when a periodic action fires.
+:func:`unknown_field` explains a ``--config.a.b=…`` override of a field that
+does not exist.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import ml_collections
@@ -77,3 +80,73 @@ def itstime(step: int, every_n_steps: int | None, total_steps: int, *,
   periodic = bool(every_n_steps) and every_n_steps > 0 and (
       step % every_n_steps == 0)
   return periodic or (last and is_last) or (first and is_first)
+
+
+def _keys(node: Any) -> list[str] | None:
+  """The field names of a config group (ConfigDict or dict); None for a
+  leaf value."""
+  if isinstance(node, (ml_collections.ConfigDict, dict)):
+    return [str(k) for k in node.keys()]
+  return None
+
+
+def _paths(node: Any, prefix: str = '') -> list[str]:
+  """Every dotted field path under ``node``, groups before their fields."""
+  out = []
+  for key in _keys(node) or ():
+    path = f'{prefix}{key}'
+    out.append(path)
+    out += _paths(node[key], f'{path}.')
+  return out
+
+
+def _exists(config: Any, parts: list[str]) -> bool:
+  node = config
+  for part in parts:
+    keys = _keys(node)
+    key = part.split('[', 1)[0]  # 'rules[0]' indexes the field 'rules'.
+    if keys is None or key not in keys:
+      return False
+    node = node[key]
+  return True
+
+
+def unknown_field(config: Any, path: str) -> str | None:
+  """Why the dotted ``path`` (what ``--config.<path>=…`` overrides) names no
+  field of ``config``, in one line with the nearest valid field; None if it
+  names one.
+
+  The nearest field is a close match (``difflib``) of the first missing
+  component among its siblings, keeping the rest of the path
+  (``optimm.lr`` → ``optim.lr``, ``optim.lrr`` → ``optim.lr``), else the
+  field anywhere in the config whose last component is closest to the
+  path's (``lr`` → ``optim.lr``).
+  """
+  parts = path.split('.')
+  if _exists(config, parts):
+    return None
+  node, i = config, 0
+  while _keys(node) is not None and parts[i].split('[', 1)[0] in _keys(node):
+    node, i = node[parts[i].split('[', 1)[0]], i + 1
+  done = '.'.join(parts[:i])
+  keys = _keys(node)
+  if keys is None:
+    return (f'unknown config field {path!r}: {done!r} is a '
+            f'{type(node).__name__} value, not a group of fields')
+  nearest = None
+  for match in difflib.get_close_matches(parts[i].split('[', 1)[0], keys):
+    candidate = parts[:i] + [match] + parts[i + 1:]
+    if _exists(config, candidate):
+      nearest = '.'.join(candidate)
+      break
+  if nearest is None:
+    by_leaf = {}
+    for p in _paths(config):
+      by_leaf.setdefault(p.rsplit('.', 1)[-1], p)
+    close = difflib.get_close_matches(parts[-1], list(by_leaf), n=1)
+    nearest = by_leaf[close[0]] if close else None
+  where = f'under {done!r}' if done else 'at the top level'
+  if nearest is not None:
+    return f'unknown config field {path!r}; did you mean {nearest!r}?'
+  return (f'unknown config field {path!r}; the fields {where} are '
+          f'{sorted(keys)}')

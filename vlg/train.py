@@ -47,6 +47,18 @@ class NonFiniteLossError(RuntimeError):
   """Raised when the loss or gradients become NaN/Inf."""
 
 
+class EvaluationError(RuntimeError):
+  """An evaluator failed and ``config.eval_failure`` is ``'stop'``; the
+  checkpoint of the step it evaluated is saved first."""
+
+
+# config.eval_failure: what a failing evaluator (config.evals) does to the
+# run. 'stop' raises EvaluationError naming it, after the step's checkpoint;
+# 'skip' logs a warning naming it, writes nothing for it at that step and
+# trains on.
+EVAL_FAILURE = ('stop', 'skip')
+
+
 # The train step
 # ---------------------------------------------------------------------------
 
@@ -323,6 +335,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
   """The body of :func:`train_and_evaluate`, under its mesh."""
   # --- Set up: rules, writer -------------------------------------------------
+  eval_failure = config.get('eval_failure', 'stop')
+  if eval_failure not in EVAL_FAILURE:
+    raise ValueError(f'eval_failure={eval_failure!r}; valid: '
+                     f'{list(EVAL_FAILURE)}')
   os.makedirs(workdir, exist_ok=True)
   rules = [tuple(r) for r in config.sharding_rules]
   sharding.set_rules(rules)
@@ -402,10 +418,29 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
                                               config.batch_size))))
 
   def run_evals(step, force=False):
+    """Runs the evaluators due at ``step`` under ``config.eval_failure``."""
     for name, (evaluator, log_steps) in evaluators.items():
       if force or config_lib.itstime(step, log_steps, total):
         t = time.time()
-        results = evaluator.run(state['params'])
+        try:
+          results = evaluator.run(state['params'])
+        except Exception as e:  # pylint: disable=broad-except
+          kind = (config.get('evals') or {}).get(name, {}).get('type')
+          what = f'evals.{name}' + (f' (type {kind!r})' if kind else '')
+          cause = f'{type(e).__name__}: {e}'
+          if eval_failure == 'skip':
+            logging.warning('Evaluation %s failed at step %d, skipped '
+                            '(eval_failure=skip; nothing written for it at '
+                            'this step): %s', what, step, cause)
+            continue
+          latest = ckpt.latest_step()
+          raise EvaluationError(
+              f'Evaluation {what} failed at step {step}: {cause}. '
+              + (f'The checkpoint of step {latest} is saved in '
+                 f'{ckpt.directory}; the same command resumes from it. '
+                 if latest is not None else '')
+              + 'Fix the benchmark, or set --config.eval_failure=skip to '
+              'log failing evaluations and keep training.') from e
         results['seconds'] = time.time() - t
         writer.write_scalars(step, {f'{name}/{k}': v
                                     for k, v in results.items()})
@@ -478,9 +513,11 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
         logging.info(line)
         window_start, window_steps = time.time(), 0
         last_metrics = host
+      # The step's checkpoint comes first, so a failing evaluation never
+      # costs it (config.eval_failure says what the failure does).
+      if save_now or step == total:
+        save(step, force=stop or step == total)
       run_evals(step)
-      if save_now:
-        save(step, force=stop)
       if stop:
         logging.warning('Preempted (SIGTERM or orbax notice): saved step %d, '
                         'exiting; the same command resumes', step)

@@ -433,3 +433,31 @@ def test_unreadable_annotation_files_name_the_file(tmp_path):
     list(formats.reader('coco_instances', [str(wrong)]).items())
   with pytest.raises(ValueError, match="unknown format 'coco'.*valid"):
     formats.reader('coco', [str(wrong)])
+
+
+def test_texts_empty_after_normalisation_are_empty_text(tmp_path):
+  """Texts training's normalisation (ops.pre_caption) empties are bad input
+  here already, so what prepare accepts, training accepts."""
+  images = write_images(tmp_path / 'images')
+  path = tmp_path / 'coco.json'
+  path.write_text(json.dumps([
+      {'image': 'a.png', 'caption': ['?!...', 'one']},
+      {'image': 'b.jpg', 'caption': '?!...'}]))
+  records, problems = run_format('albef_json', [str(path)], [str(images)])
+  assert [r['captions'] for r in records] == [['one']]
+  assert [(p.where, p.reason) for p in problems] == [
+      (f'{path} entry 0', 'empty_text'), (f'{path} entry 1', 'empty_text')]
+  assert "'?!...' is empty after normalisation" in problems[0].detail
+  folder = tmp_path / 'VG_100K'
+  folder.mkdir()
+  write_image(folder / '3.jpg', (40, 20), 10, 'JPEG')
+  regions = tmp_path / 'region_descriptions.json'
+  regions.write_text(json.dumps([{'id': 3, 'regions': [
+      {'region_id': 1, 'image_id': 3, 'phrase': 'a red ball', 'x': 10,
+       'y': 5, 'width': 20, 'height': 10},
+      {'region_id': 2, 'image_id': 3, 'phrase': '...', 'x': 0, 'y': 0,
+       'width': 4, 'height': 4}]}]))
+  records, problems = run_format('vg_regions', [str(regions)], [str(folder)])
+  assert [r['text'] for r in records[0]['regions']] == ['a red ball']
+  assert [(p.where, p.reason) for p in problems] == [
+      (f'{regions} image_id=3 regions[1]', 'empty_text')]

@@ -202,3 +202,46 @@ def test_entity_group_by_box_false_is_text_only(tok):
     for key in a:
       if key != 'ent_box_group':
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _one_object_record(image_id, label, box):
+  return {'image': np.full((16, 16, 3), 80, np.uint8), 'image_id': image_id,
+          'captions': ['a scene'], 'objects': [{'label': label, 'box': box}],
+          'regions': [], 'relations': [], 'paragraph': '', 'has_graph': False,
+          'has_boxes': True}
+
+
+def _checked_entity(tok, skip):
+  """An entity transform under the bad-input policy over source 'vg':
+  record 0 has a label that normalises to nothing, record 1 a box of 3
+  numbers, record 2 is good."""
+  from vlg.data import sources  # pylint: disable=g-import-not-at-top
+  records = [_one_object_record(10, '?!', [0.5, 0.5, 0.2, 0.2]),
+             _one_object_record(11, 'ball', [0.5, 0.5, 0.2]),
+             _one_object_record(12, 'ball', [0.5, 0.5, 0.2, 0.2])]
+  src = sources.CheckedSource(records, 'vg', skip)
+  return src, sources.CheckedTransform(_entity_transform(tok), {'vg': src},
+                                       skip)
+
+
+def test_part_bad_examples_are_skipped_counted_and_named(tok, caplog):
+  src, t = _checked_entity(tok, skip=True)
+  with caplog.at_level('WARNING'):
+    out = t.random_map(src[0], np.random.default_rng(0))
+  assert out['_num_bad_ent'] == 2  # Records 0 and 1; record 2 is used.
+  assert out['ent_valid'].sum() == 2  # Its caption and its ball.
+  assert "source 'vg' index 0 image_id 10" in caplog.text, caplog.text
+  assert 'empty after normalisation' in caplog.text
+  assert "source 'vg' index 1 image_id 11" in caplog.text
+  assert 'box' in caplog.text
+
+
+def test_part_bad_examples_raise_naming_the_record(tok):
+  src, t = _checked_entity(tok, skip=False)
+  with pytest.raises(ops.BadExampleError,
+                     match=r"source 'vg' index 0 image_id 10\].*empty after "
+                     r'normalisation.*skip_bad_examples'):
+    t.random_map(src[0], np.random.default_rng(0))
+  with pytest.raises(ops.BadExampleError,
+                     match=r"source 'vg' index 1 image_id 11\].*box"):
+    t.random_map(src[1], np.random.default_rng(0))

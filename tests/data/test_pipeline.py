@@ -135,3 +135,64 @@ def test_wait_for_tokenizer_returns_once_written_and_times_out_clearly(
   # A run with an explicit tokenizer path never waits.
   cfg.tokenizer.path = '/nonexistent/tokenizer.model'
   pipeline.wait_for_tokenizer(cfg, str(tmp_path / 'other'), timeout_s=0.0)
+
+
+def _albef_input_cfg(tmp_path, captions, skip):
+  """The tiny input config reading one albef_json source ``cap`` whose
+  entry ``i`` (image id ``i``) has caption ``captions[i]``."""
+  import json  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  entries = []
+  for i, caption in enumerate(captions):
+    Image.fromarray(np.full((8, 12, 3), 10 * i, np.uint8)).save(
+        tmp_path / f'img{i}.png')
+    entries.append({'image': f'img{i}.png', 'caption': caption})
+  (tmp_path / 'train.json').write_text(json.dumps(entries))
+  cfg = _input_cfg()
+  cfg.data = ml_collections.ConfigDict({'cap': {
+      'source': 'albef_json', 'path': str(tmp_path / 'train.json'),
+      'image_root': str(tmp_path)}})
+  cfg.skip_bad_examples = skip
+  return cfg
+
+
+PUNCTUATION_ONLY = ['a red ball', 'two blue cubes', '?!...', 'a green cone']
+
+
+def test_caption_empty_after_normalisation_is_skipped_counted_and_named(
+    tok, tmp_path, caplog):
+  cfg = _albef_input_cfg(tmp_path, PUNCTUATION_ONLY, skip=True)
+  it = iter(pipeline.make_dataset(cfg, tok, global_batch=4, seed=0))
+  with caplog.at_level('WARNING'):
+    b = next(it)  # One epoch of the 4 entries, shuffled.
+  # Entry 2 is skipped and counted; the next entry (3) takes its place.
+  assert b['_num_bad'].sum() == 1
+  assert sorted(b['image_id'].tolist()) == [0, 1, 3, 3]
+  assert "source 'cap' index 2 image_id 2" in caplog.text, caplog.text
+  assert 'empty after normalisation' in caplog.text
+
+
+def test_caption_empty_after_normalisation_raises_naming_the_record(
+    tok, tmp_path):
+  cfg = _albef_input_cfg(tmp_path, PUNCTUATION_ONLY, skip=False)
+  it = iter(pipeline.make_dataset(cfg, tok, global_batch=4, seed=0))
+  with pytest.raises(ops.BadExampleError,
+                     match=r"source 'cap' index 2 image_id 2\].*empty after "
+                     r"normalisation: '\?!\.\.\.'.*skip_bad_examples=True"):
+    next(it)
+
+
+def test_bad_input_policy_keeps_the_draws_of_good_examples(tok):
+  """The transforms run under the bad-input policy draw exactly what
+  grain's plain random_map of the same transform draws (same seed, same
+  index): checked data trains as it did before the policy covered them."""
+  cfg = _input_cfg()
+  ds, _ = pipeline._mixture(cfg, None, 3, 0, 1)
+  plain = ds.random_map(pipeline.CaptionTransform(tok, cfg), seed=3)
+  for skip in (False, True):
+    cfg.skip_bad_examples = skip
+    checked = pipeline.make_dataset(cfg, tok, global_batch=4, seed=3)
+    b = next(iter(checked))
+    for j in range(4):
+      for k, v in plain[j].items():
+        np.testing.assert_array_equal(b[k][j], v, err_msg=f'{k} {j}')

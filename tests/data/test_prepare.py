@@ -412,3 +412,19 @@ def test_clean_input_passes_a_zero_limit(tmp_path):
                      skip_bad=True, max_bad_fraction=0.0)
   assert summary['bad_items'] == 0 and summary['bad'] == {}
   assert summary['records'] == 3
+
+
+def test_caption_empty_after_normalisation_stops_naming_the_entry(tmp_path):
+  """prepare applies training's text normalisation: a caption it empties
+  is bad input here, not a failed step later."""
+  images = data.write_images(tmp_path / 'images')
+  path = tmp_path / 'coco.json'
+  path.write_text(json.dumps([{'image': 'a.png', 'caption': 'a dog'},
+                              {'image': 'b.jpg', 'caption': '?!...'}]))
+  with pytest.raises(prepare_tool.BadInputError,
+                     match=r'coco.json entry 1: .*empty after normalisation'
+                     r'.*\[empty_text\]'):
+    _prepare('albef_json', [str(path)], str(images), tmp_path / 'out')
+  summary = _prepare('albef_json', [str(path)], str(images),
+                     tmp_path / 'out2', skip_bad=True)
+  assert summary['records'] == 1 and summary['bad'] == {'empty_text': 1}

@@ -124,3 +124,47 @@ def test_missing_images_are_counted(tmp_path):
     ev = valse.Evaluator(scorer, root=os.path.join(REAL, 'valse'),
                          image_root=str(tmp_path), instruments=['existence'])
   assert len(ev.present) == 0 and len(ev.examples) == 505
+
+
+# Genuine lines of the current VSR random split (dev.jsonl): three with a
+# category and its one 'congruent' example, which rel_meta_category_dict.txt
+# does not list.
+UNCATEGORISED = os.path.join(REAL, 'vsr', 'random_current',
+                             'dev_excerpt.jsonl')
+
+
+def test_vsr_relation_without_category_counts_as_unknown(tmp_path, caplog):
+  ex = list(benchmarks.load_vsr(UNCATEGORISED))
+  cats = benchmarks.load_vsr_categories(
+      os.path.join(REAL, 'vsr', 'rel_meta_category_dict.txt'))
+  assert [e.relation for e in ex if e.relation not in cats] == ['congruent']
+  labels = np.array([e.label for e in ex])
+  out = vsr.metrics(ex, np.where(labels == 1, 0.5, 0.49), cats,
+                    num_in_file=len(ex))
+  assert out['category/unknown'] == 1.0
+  assert out['relation/congruent'] == 1.0
+  # Every example is in exactly one category figure.
+  wrong_on_congruent = np.where(labels == 1, 0.5, 0.49)
+  wrong_on_congruent[[e.relation == 'congruent' for e in ex]] = 0.9
+  out = vsr.metrics(ex, wrong_on_congruent, cats, num_in_file=len(ex))
+  assert out['category/unknown'] == 0.0
+  assert all(v == 1.0 for k, v in out.items()
+             if k.startswith('category/') and k != 'category/unknown')
+  # The evaluator warns once per relation name, when it is built.
+  tok = tok_lib.train_tokenizer(['a red circle'] * 3, 50)
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  twice = tmp_path / 'twice.jsonl'
+  lines = open(UNCATEGORISED).read().splitlines()
+  twice.write_text('\n'.join(lines + lines) + '\n')
+  with jax.set_mesh(mesh), caplog.at_level('WARNING'):
+    scorer = common.PairScorer(_fake_predict, tok, resolution=8,
+                               max_text_len=8, batch_size=2, mesh=mesh,
+                               rules=[])
+    vsr.Evaluator(scorer, file=str(twice), image_root=str(tmp_path),
+                  categories=os.path.join(REAL, 'vsr',
+                                          'rel_meta_category_dict.txt'))
+  warnings = [r.getMessage() for r in caplog.records
+              if 'congruent' in r.getMessage()]
+  assert len(warnings) == 1, warnings
+  assert 'unknown' in warnings[0] and 'rel_meta_category_dict.txt' in (
+      warnings[0])

@@ -104,3 +104,21 @@ def test_refcocog_examples_normalise_boxes():
   assert ex.meta['supercategory'] == 'shape'
   assert ex.meta['area'] == pytest.approx(0.06)
   assert ex.meta['distance'] == pytest.approx(math.hypot(0.25, 0.3))
+
+
+def test_vsr_examples_put_a_relation_without_category_under_unknown():
+  import os  # pylint: disable=g-import-not-at-top
+  vsr_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                         'testdata', 'real_benchmarks', 'vsr')
+  items = benchmarks.load_vsr(os.path.join(vsr_dir, 'random_current',
+                                           'dev_excerpt.jsonl'))
+  categories = benchmarks.load_vsr_categories(
+      os.path.join(vsr_dir, 'rel_meta_category_dict.txt'))
+  rows = tasks.vsr_examples(items, 'images', categories)
+  by_relation = {r.meta['relation']: r.meta['category'] for r in rows}
+  assert by_relation['congruent'] == 'unknown'
+  assert all(by_relation[r] == categories[r] for r in by_relation
+             if r != 'congruent')
+  # Without a category file there are no categories at all.
+  assert all(r.meta['category'] is None
+             for r in tasks.vsr_examples(items, 'images'))

@@ -28,11 +28,37 @@ def pre_caption(text: str, max_words: int = 30) -> str:
   Lower-cases, deletes ``, . ' ! ? " ( ) * # : ; ~``, turns ``-`` and ``/``
   into spaces, collapses whitespace and keeps ``max_words`` words.
   """
+  if not isinstance(text, str):
+    raise BadExampleError(f'Text is not a string: {text!r}')
   out = _PUNCT.sub('', text.lower()).replace('-', ' ').replace('/', ' ')
   words = out.split()[:max_words]
   if not words:
     raise BadExampleError(f'Text is empty after normalisation: {text!r}')
   return ' '.join(words)
+
+
+def is_empty_after_normalisation(text: str) -> bool:
+  """Whether :func:`pre_caption` leaves nothing of ``text`` (blank, or only
+  punctuation such as ``'?!...'``): such a text is bad input."""
+  try:
+    pre_caption(text, 1)
+  except BadExampleError:
+    return True
+  return False
+
+
+def box_array(boxes, what: str = 'box') -> np.ndarray:
+  """float32 [K, 4] of K boxes (cx, cy, w, h); a box that is not 4 finite
+  numbers is bad input (the error quotes it)."""
+  try:
+    out = np.asarray(boxes, np.float32).reshape(-1, 4)
+  except (ValueError, TypeError) as e:
+    raise BadExampleError(f'{what}: each box must be 4 numbers (cx, cy, w, '
+                          f'h), got {boxes!r}') from e
+  if out.shape[0] != len(boxes) or not np.all(np.isfinite(out)):
+    raise BadExampleError(f'{what}: each box must be 4 finite numbers (cx, '
+                          f'cy, w, h), got {boxes!r}')
+  return out
 
 
 def swap_left_right(text: str) -> str:
@@ -131,6 +157,10 @@ def to_square(image: np.ndarray) -> np.ndarray:
   Like ALBEF's ``Resize((R, R))`` this changes the aspect ratio, which leaves
   normalised boxes valid (a crop or pad would not).
   """
+  if (getattr(image, 'ndim', 0) != 3 or image.shape[2] != 3 or
+      0 in image.shape):
+    raise BadExampleError('image must be an [H, W, 3] array with H, W > 0, '
+                          f'got shape {getattr(image, "shape", None)}')
   h, w = image.shape[:2]
   if h == w:
     return image

@@ -95,6 +95,14 @@ class RecordsWith:
     return f'RecordsWith({self.source!r}, {self.fields})'
 
 
+def _strings(texts: list[Any], what: str) -> list[str]:
+  """``texts`` if all are strings, else a bad example."""
+  for t in texts:
+    if not isinstance(t, str):
+      raise ops.BadExampleError(f'{what} must be a string, got {t!r}')
+  return texts
+
+
 def text_group(text: str) -> np.int32:
   """A stable int32 id of a normalised text (crc32, not Python's hash)."""
   return np.int32(zlib.crc32(text.encode('utf-8')) & 0x7FFFFFFF)
@@ -214,11 +222,13 @@ class EntityTransform(grain.transforms.RandomMap):
   def random_map(self, record: dict[str, Any], rng: np.random.Generator):
     elems = []
     if self.use_objects:
-      elems += [(o['label'], o['box']) for o in record.get('objects', [])]
+      elems += [(o.get('label'), o.get('box'))
+                for o in record.get('objects', [])]
     if self.use_regions:
-      elems += [(r['text'], r['box']) for r in record.get('regions', [])]
-    texts = [t for t, _ in elems]
-    boxes = np.array([b for _, b in elems], np.float32).reshape(-1, 4)
+      elems += [(r.get('text'), r.get('box'))
+                for r in record.get('regions', [])]
+    texts = _strings([t for t, _ in elems], 'object label or region text')
+    boxes = ops.box_array([b for _, b in elems], 'object or region box')
     box_ids = _box_ids(boxes)
     anchor = int(rng.integers(len(elems))) if elems else 0
     caption = None
@@ -287,15 +297,17 @@ class MrcTransform(grain.transforms.RandomMap):
   def random_map(self, record: dict[str, Any], rng: np.random.Generator):
     rels = list(record.get('relations', []))
     picked = [rels[i] for i in rng.permutation(len(rels))[:self.num]]
-    boxes = [b for r in picked for b in (r['subject_box'], r['object_box'])]
+    boxes = [b for r in picked for b in (r.get('subject_box'),
+                                         r.get('object_box'))]
     # Predicates ride along with the labels so a flip turns 'left of' into
     # 'right of' exactly when it mirrors the boxes.
-    texts = [t for r in picked for t in (r['subject_label'],
-                                         r['object_label'])]
-    texts += [r['predicate'] for r in picked]
+    texts = [t for r in picked for t in (r.get('subject_label'),
+                                         r.get('object_label'))]
+    texts += [r.get('predicate') for r in picked]
+    texts = _strings(texts, 'relation label or predicate')
     # Every box of the sampled triplets must survive the crop: the anchor of
     # the crop is their union.
-    boxes_arr = np.array(boxes, np.float32).reshape(-1, 4)
+    boxes_arr = ops.box_array(boxes, 'relation subject or object box')
     if picked:
       image, aug_boxes, texts, _ = self.aug(
           record['image'],
@@ -353,8 +365,8 @@ class VsgTransform(grain.transforms.RandomMap):
   def random_map(self, record: dict[str, Any], rng: np.random.Generator):
     image = ops.to_square(record['image'])
     rels = list(record.get('relations', []))
-    boxes = np.array([o['box'] for o in record.get('objects', [])],
-                     np.float32).reshape(-1, 4)
+    boxes = ops.box_array([o.get('box') for o in record.get('objects', [])],
+                          'object box')
     if 'crop' in self.augment:  # Keeps every object: no triplet is cut.
       image, _, _ = ops.random_square_crop(image, boxes, rng, self.crop_scale)
     image = ops.resize(image, self.resolution)

@@ -8,7 +8,9 @@ Chain (grain Dataset API, top-level ``import grain``)::
     → weighted mixture of sources (``weight`` of each entry)
     → random_map: numpy/PIL example transform (crop keeping boxes, flip that
       swaps left/right words and mirrors boxes, brightness jitter, caption
-      normalisation, tokenisation, MLM masking)
+      normalisation, tokenisation, MLM masking), under the bad-input policy
+      (``sources_lib.CheckedTransform``: a bad example is named, and raised
+      or skipped and counted in ``_num_bad``)
     → batch (per-process batch = global batch / process count)
     → to_iter_dataset → mp_prefetch (``input.num_workers`` > 0)
   and, in the train loop, :func:`to_global` → global jax arrays.
@@ -28,7 +30,9 @@ is the per-process batch B)::
   mlm_ids        int32 [B, L]        text_ids with 15% of tokens masked
                                      (80/10/10)
   mlm_labels     int32 [B, L]        original id where masked, -100 elsewhere
-  _num_bad       int32 [B]           bad examples skipped to produce this one
+  _num_bad       int32 [B]           bad examples (unreadable, or rejected
+                                     by the transform) skipped to produce
+                                     this one
 
 Evaluation streams add ``_mask`` (1 real, 0 padding). The typed parts of
 ``config.input.parts`` (entities for X-VLM, MRC triplets, VSG texts; see
@@ -99,8 +103,8 @@ class CaptionTransform(grain.transforms.RandomMap):
     caption_index = int(rng.integers(len(record['captions'])))
     caption = record['captions'][caption_index]
     # Boxes of every object, so a crop never cuts away what a caption names.
-    boxes = np.array([o['box'] for o in record.get('objects', [])],
-                     np.float32).reshape(-1, 4)
+    boxes = ops.box_array([o.get('box') for o in record.get('objects', [])],
+                          'object box')
     if 'crop' in self.augment:
       image, boxes, _ = ops.random_square_crop(image, boxes, rng,
                                                self.crop_scale)
@@ -169,21 +173,26 @@ def enabled_parts(input_cfg: ml_collections.ConfigDict
 
 def _mixture(input_cfg, data_cfg, seed: int, process_index: int,
              process_count: int, requires: tuple[str, ...] = ()
-             ) -> grain.MapDataset:
+             ) -> tuple[grain.MapDataset, dict[str, Any]]:
   """This process's infinite, shuffled, weighted mixture of sources (of the
-  records having one of the ``requires`` fields, if given)."""
-  parts, weights = [], []
+  records having one of the ``requires`` fields, if given), and the sources
+  it reads by name (what :class:`sources_lib.CheckedTransform` reads a
+  replacement of a bad record from)."""
+  parts, weights, views = [], [], {}
   for k, (name, (source, weight)) in enumerate(
       sorted(build_sources(input_cfg, data_cfg).items())):
     if requires:
       source = parts_lib.RecordsWith(source, requires)
+    views[name] = source
     ds = grain.MapDataset.source(source)[process_index::process_count]
     if len(ds) == 0:
       raise ValueError(f'source {name!r} has no examples for process '
                        f'{process_index} of {process_count}')
     parts.append(ds.seed(seed + 1000 * k).shuffle().repeat())
     weights.append(weight)
-  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+  mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts,
+                                                                weights)
+  return mixed, views
 
 
 def _merge(batches: tuple[dict[str, np.ndarray], ...]) -> dict[str, Any]:
@@ -232,15 +241,22 @@ def make_dataset(input_cfg: ml_collections.ConfigDict,
     if size % process_count:
       raise ValueError(f'{name} batch size {size} is not divisible by the '
                        f'{process_count} processes')
+  # Every per-example step runs under the bad-input policy
+  # (sources_lib.CheckedTransform); good examples draw what the bare
+  # transform draws.
+  skip_bad = bool(input_cfg.get('skip_bad_examples', False))
   caption = TRANSFORMS[input_cfg.kind](tokenizer, input_cfg)
-  ds = _mixture(input_cfg, None, seed, process_index, process_count)
+  ds, views = _mixture(input_cfg, None, seed, process_index, process_count)
+  caption = sources_lib.CheckedTransform(caption, views, skip_bad)
   streams.append(ds.random_map(caption, seed=seed).batch(
       global_batch // process_count, drop_remainder=True))
   for i, (name, part_cfg) in enumerate(enabled_parts(input_cfg).items()):
     part_seed = seed + 7919 * (i + 1)
-    ds = _mixture(input_cfg, part_cfg.get('data') or None, part_seed,
-                  process_index, process_count, PARTS[name].requires)
-    transform = _part_transform(name, tokenizer, input_cfg, part_cfg)
+    ds, views = _mixture(input_cfg, part_cfg.get('data') or None, part_seed,
+                         process_index, process_count, PARTS[name].requires)
+    transform = sources_lib.CheckedTransform(
+        _part_transform(name, tokenizer, input_cfg, part_cfg), views,
+        skip_bad)
     streams.append(ds.random_map(transform, seed=part_seed).batch(
         int(part_cfg.batch_size) // process_count, drop_remainder=True))
   if len(streams) == 1:

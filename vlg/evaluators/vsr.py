@@ -7,9 +7,12 @@
 Accuracy of [s(i, caption) >= 0.5] == label with the ITM match probability
 (a positive counts correct at s >= 0.5, a negative at s < 0.5), overall,
 per relation (``relation/<name>``) and per meta-category
-(``category/<name>``). Examples whose image is missing are skipped and
-counted (``num_evaluated`` / ``num_in_file``). ``chance/accuracy`` is 0.5,
-the expected accuracy of random answers (whatever the label balance).
+(``category/<name>``; a relation the category file does not list, such
+as ``congruent``, counts under ``category/unknown``, with one warning per
+relation name when the evaluator is built). Examples whose image is
+missing are skipped and counted (``num_evaluated`` / ``num_in_file``).
+``chance/accuracy`` is 0.5, the expected accuracy of random answers
+(whatever the label balance).
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ class Evaluator:
                        f'scorer, not {scorer_name!r}')
     self.scorer = scorer
     self.examples = benchmarks.load_vsr(file)
-    self.categories = (benchmarks.load_vsr_categories(categories)
-                       if categories else {})
+    # Every relation of the file gets a category ('unknown' if the file
+    # lists none for it; warned here, once per relation name).
+    self.categories = benchmarks.categorise_relations(
+        (e.relation for e in self.examples),
+        benchmarks.load_vsr_categories(categories),
+        source=categories) if categories else {}
     present, missing = benchmarks.check_images(self.examples, image_root)
     if missing:
       logging.warning('VSR: %d images missing under %s, e.g. %s',
@@ -51,7 +58,12 @@ class Evaluator:
 
 def metrics(examples, scores, categories: dict[str, str],
             num_in_file: int) -> dict[str, float]:
-  """VSR accuracies from per-example ITM match probabilities."""
+  """VSR accuracies from per-example ITM match probabilities.
+
+  With ``categories`` (relation → category), an example whose relation it
+  does not list counts under ``category/unknown``; without, there are no
+  category figures.
+  """
   scores = np.asarray(scores, np.float64)
   labels = np.array([e.label for e in examples], bool)
   correct = (scores >= 0.5) == labels
@@ -61,8 +73,8 @@ def metrics(examples, scores, categories: dict[str, str],
   groups: dict[str, list[bool]] = {}
   for e, c in zip(examples, correct):
     groups.setdefault(f'relation/{e.relation}', []).append(bool(c))
-    if e.relation in categories:
-      groups.setdefault(f'category/{categories[e.relation]}', []).append(
-          bool(c))
+    if categories:
+      category = categories.get(e.relation, benchmarks.UNKNOWN_CATEGORY)
+      groups.setdefault(f'category/{category}', []).append(bool(c))
   out.update({k: float(np.mean(v)) for k, v in sorted(groups.items())})
   return out

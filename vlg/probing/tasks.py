@@ -219,8 +219,12 @@ def refcocog_examples(refs: Iterable[benchmarks.RefExample], image_root: str,
 def vsr_examples(items: Iterable[benchmarks.VsrExample], image_root: str,
                  categories: Mapping[str, str] | None = None
                  ) -> list[ProbeExample]:
-  """Probe rows of VSR (target: the 0/1 label); meta relation, category."""
-  categories = categories or {}
+  """Probe rows of VSR (target: the 0/1 label); meta relation, category
+  (with ``categories``, a relation it does not list is 'unknown', with a
+  warning: ``benchmarks.categorise_relations``)."""
+  items = list(items)
+  categories = benchmarks.categorise_relations(
+      (e.relation for e in items), categories) if categories else {}
   return [ProbeExample(
       image=benchmarks.image_path(image_root, e.image), text=e.caption,
       target=(float(e.label),), group=e.image,

@@ -84,8 +84,9 @@ An unreadable annotation file is always an error.
 The kinds of bad input and their reasons: missing images
 (``missing_image``), corrupt images (``corrupt_image``), malformed JSON
 lines or entries (``malformed_json``, ``malformed_entry``,
-``malformed_annotation``, ``unknown_image``), empty captions or texts
-(``empty_text``), boxes outside the image or without area
+``malformed_annotation``, ``unknown_image``), captions or texts that
+training's normalisation (``vlg.data.ops.pre_caption``) empties, e.g.
+``'?!...'`` (``empty_text``), boxes outside the image or without area
 (``box_outside_image``, ``degenerate_box``). The summary prints each
 reason's count and names its first ``3`` examples (file and entry or line).
 

@@ -215,7 +215,8 @@ def combine(per_batch: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
   """Held-out metrics over batches (see the module docstring)."""
   out: dict[str, float] = {}
   for key in per_batch[0]:
-    if key in RECOMPUTED:
+    # Per-example vectors (the drawn ITM negatives) are no held-out metric.
+    if key in RECOMPUTED or np.ndim(per_batch[0][key]):
       continue
     values = np.array([float(b[key]) for b in per_batch], np.float64)
     count = WEIGHTED_BY.get(key)

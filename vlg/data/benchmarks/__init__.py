@@ -41,9 +41,11 @@ from vlg.data.benchmarks.valse import VALSE_PIECE_ORDER
 from vlg.data.benchmarks.valse import VALSE_PIECES
 from vlg.data.benchmarks.valse import valse_piece
 from vlg.data.benchmarks.valse import ValseExample
+from vlg.data.benchmarks.vsr import categorise_relations
 from vlg.data.benchmarks.vsr import load_vsr
 from vlg.data.benchmarks.vsr import load_vsr_categories
 from vlg.data.benchmarks.vsr import VSR_CATEGORIES
+from vlg.data.benchmarks.vsr import UNKNOWN_CATEGORY
 from vlg.data.benchmarks.vsr import VSR_RELATIONS
 from vlg.data.benchmarks.vsr import vsr_relations
 from vlg.data.benchmarks.vsr import VsrExample
@@ -58,7 +60,7 @@ __all__ = [
     'paragraph_retrieval_set', 'ParagraphExample', 'RetrievalSet',
     'load_svo_probes', 'SvoExample', 'load_valse', 'VALSE_PIECE_ORDER',
     'VALSE_PIECES', 'valse_piece', 'ValseExample', 'load_vsr',
-    'load_vsr_categories', 'VSR_CATEGORIES', 'VSR_RELATIONS', 'vsr_relations',
-    'VsrExample', 'winoground_image_path', 'winoground_images_dir',
+    'load_vsr_categories', 'categorise_relations', 'UNKNOWN_CATEGORY',
+    'VSR_CATEGORIES', 'VSR_RELATIONS', 'vsr_relations', 'VsrExample', 'winoground_image_path', 'winoground_images_dir',
     'load_winoground', 'WinogroundExample',
 ]

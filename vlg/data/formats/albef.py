@@ -41,7 +41,10 @@ class AlbefJson:
         problems = []
         captions = base.clean_texts(captions, where, problems)
         if not captions:
-          yield base.Problem(where, 'empty_text', 'no non-blank caption')
+          yield base.Problem(where, 'empty_text',
+                             'no caption left: ' + ('; '.join(
+                                 p.detail for p in problems) or
+                                                    'the list is empty'))
           continue
         yield base.Example(where=where,
                            image_id=base.stable_id(entry['image']),

@@ -21,6 +21,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from vlg.data import ops
+
 # Box units of an example: pixels of the original image, or already
 # normalised to [0, 1] by the annotation (Open Images).
 PIXELS = 'pixels'
@@ -129,15 +131,28 @@ def texts_of(value: Any) -> list[str] | None:
   return None
 
 
+def empty_text_problem(text: str, where: str) -> Problem | None:
+  """An ``empty_text`` problem if training's text normalisation
+  (``ops.pre_caption``) leaves nothing of ``text`` (blank, or only
+  punctuation such as ``'?!...'``), else None: what prepare accepts,
+  training accepts."""
+  if not ops.is_empty_after_normalisation(text):
+    return None
+  return Problem(where, 'empty_text', f'text {text!r} is empty after '
+                 'normalisation (lower-casing, removing punctuation)')
+
+
 def clean_texts(texts: list[str], where: str,
                 problems: list[Problem]) -> list[str]:
-  """The non-blank texts; each blank one is a problem (``empty_text``)."""
+  """The stripped texts that are not empty after normalisation; each other
+  one is a problem (``empty_text``)."""
   kept = []
   for t in texts:
-    if t.strip():
+    problem = empty_text_problem(t, where)
+    if problem is None:
       kept.append(t.strip())
     else:
-      problems.append(Problem(where, 'empty_text', f'blank text {t!r}'))
+      problems.append(problem)
   return kept
 
 

@@ -73,10 +73,11 @@ class GqaSceneGraphs:
       at = f'{where} object {obj_id}'
       box = base.box_from_fields(obj) if isinstance(obj, dict) else None
       name = obj.get('name') if isinstance(obj, dict) else None
-      if box is None or not isinstance(name, str) or not name.strip():
+      if box is None or not isinstance(name, str) or base.empty_text_problem(
+          name, at):
         example.problems.append(base.Problem(
-            at, 'malformed_annotation', 'needs "name" and numeric x, y, w, '
-            'h'))
+            at, 'malformed_annotation', 'needs "name" (not empty after '
+            'normalisation) and numeric x, y, w, h'))
         continue
       attributes = obj.get('attributes')
       index[obj_id] = len(example.objects)

@@ -30,7 +30,9 @@ def _label(entry: dict[str, Any]) -> str | None:
     label = names[0]
   else:
     label = entry.get('name')
-  return label.strip() if isinstance(label, str) and label.strip() else None
+  if not isinstance(label, str) or base.empty_text_problem(label, ''):
+    return None  # Missing, or empty after training's normalisation.
+  return label.strip()
 
 
 def _object(entry: Any, where: str) -> dict[str, Any] | base.Problem:
@@ -39,7 +41,8 @@ def _object(entry: Any, where: str) -> dict[str, Any] | base.Problem:
   label, box = _label(entry), base.box_from_fields(entry)
   if label is None or box is None:
     return base.Problem(where, 'malformed_annotation',
-                        'needs "names" (or "name") and numeric x, y, w, h')
+                        'needs "names" (or "name", not empty after '
+                        'normalisation) and numeric x, y, w, h')
   obj = {'label': label, 'xyxy': box, 'where': where}
   attributes = entry.get('attributes')
   if isinstance(attributes, list):
@@ -136,9 +139,9 @@ class VgRegions(_VisualGenome):
             at, 'malformed_annotation', 'needs "phrase" and numeric x, y, '
             'width, height'))
         continue
-      if not phrase.strip():
-        example.problems.append(base.Problem(at, 'empty_text',
-                                             'blank "phrase"'))
+      empty = base.empty_text_problem(phrase, at)
+      if empty is not None:
+        example.problems.append(empty)
         continue
       example.regions.append({'text': phrase.strip(), 'xyxy': box,
                               'where': at})
