@@ -95,26 +95,54 @@ class FalseNegativeMonitor:
         np.asarray(vectors['itm_neg_text']).astype(np.int64))
 
 
-def false_negative_shares(truth: np.ndarray, image_ids: np.ndarray,
+def false_negative_counts(truth: np.ndarray, image_ids: np.ndarray,
                           neg_image: np.ndarray, neg_text: np.ndarray
-                          ) -> dict[str, float]:
-  """The two shares of the module docstring.
+                          ) -> dict[str, int]:
+  """The counts behind the shares of one batch (so that several batches
+  can be pooled, as ``vlg.tools.itm_probe`` does).
 
   Args:
     truth: [B, B] bool, caption j true of image i.
-    image_ids: [B]; entries of one image are never negatives of each other.
+    image_ids: [B]; entries of one image are never negatives of each other,
+      and an entry without any other image has no negative.
     neg_image: [B] the negative image of each text.
     neg_text: [B] the negative text of each image.
+
+  Returns:
+    ``neg_true`` / ``neg_num``: true captions among the drawn negatives
+    (each image's negative text and each text's negative image) / their
+    number; ``pairs_true`` / ``pairs_num``: the same over every pair of
+    different images.
   """
   ids = np.asarray(image_ids).reshape(-1)
   other = ids[:, None] != ids[None, :]
   rows = np.flatnonzero(other.any(axis=1))
-  nan = float('nan')
-  neg_true = (truth[rows, neg_text[rows]].sum() +
-              truth[neg_image[rows], rows].sum())
   return {
-      'fn_itm_neg_share': (float(neg_true) / (2 * rows.size) if rows.size
-                           else nan),
-      'fn_pair_rate': (float((truth & other).sum()) / other.sum()
-                       if other.any() else nan),
+      'neg_true': int(truth[rows, neg_text[rows]].sum() +
+                      truth[neg_image[rows], rows].sum()),
+      'neg_num': 2 * int(rows.size),
+      'pairs_true': int((truth & other).sum()),
+      'pairs_num': int(other.sum()),
   }
+
+
+def shares(counts: dict[str, int], neg_key: str = 'fn_itm_neg_share'
+           ) -> dict[str, float]:
+  """``{neg_key: neg_true / neg_num, 'fn_pair_rate': pairs_true /
+  pairs_num}`` of :func:`false_negative_counts` (NaN where a count is 0)."""
+  nan = float('nan')
+  return {
+      neg_key: (counts['neg_true'] / counts['neg_num'] if counts['neg_num']
+                else nan),
+      'fn_pair_rate': (counts['pairs_true'] / counts['pairs_num']
+                       if counts['pairs_num'] else nan),
+  }
+
+
+def false_negative_shares(truth: np.ndarray, image_ids: np.ndarray,
+                          neg_image: np.ndarray, neg_text: np.ndarray
+                          ) -> dict[str, float]:
+  """The two shares of the module docstring, of one batch (arguments as
+  :func:`false_negative_counts`)."""
+  return shares(false_negative_counts(truth, image_ids, neg_image,
+                                      neg_text))

@@ -522,8 +522,6 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
         logging.warning('Preempted (SIGTERM or orbax notice): saved step %d, '
                         'exiting; the same command resumes', step)
         break
-    if step == total and total not in ckpt.all_steps():
-      save(step, force=True)
   finally:
     ckpt.close()
     writer.flush()

@@ -169,7 +169,7 @@ class CheckedTransform(grain.transforms.RandomMap):
     self.skip_bad, self.max_tries = skip_bad, max_tries
 
   def random_map(self, record: Record, rng) -> Any:
-    first = record_name(record.get('_source'), record.get('_index'))
+    first = record.get('_source'), record.get('_index')
     last = None
     for _ in range(self.max_tries):
       name, index = record.get('_source'), record.get('_index')
@@ -188,7 +188,7 @@ class CheckedTransform(grain.transforms.RandomMap):
       record = dict(source[(index + 1) % len(source)])
       record['_num_bad'] = int(record.get('_num_bad', 0)) + skipped
     raise ops.BadExampleError(
-        f'{first} {self.max_tries} bad examples in a row for '
+        f'{record_name(*first)} {self.max_tries} bad examples in a row for '
         f'{type(self.transform).__name__} from here on; the data looks broken '
         f'(the last: {last})')
 

@@ -16,6 +16,7 @@ the jitted step.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vlg import false_negatives
 from vlg.data.synthetic import batch_truth as batch_truth_lib
 from vlg.data.synthetic import truth as truth_lib
 from vlg.evaluators import common as eval_common
@@ -108,19 +110,11 @@ def false_negative_rates(probes: Sequence[CaptionProbe]) -> dict[str, float]:
   pooled over batches; empty if a batch's truth is unknown."""
   if not probes or any(p.truth is None for p in probes):
     return {}
-  pairs_true = pairs_num = neg_true = neg_num = 0
+  total = collections.Counter()
   for p in probes:
-    other = p.image_ids[:, None] != p.image_ids[None, :]
-    pairs_true += int((p.truth & other).sum())
-    pairs_num += int(other.sum())
-    rows = np.flatnonzero(p.has_negative)
-    # Image b's negative text, and text b's negative image.
-    neg_true += int(p.truth[rows, p.neg_text[rows]].sum() +
-                    p.truth[p.neg_image[rows], rows].sum())
-    neg_num += 2 * rows.size
-  nan = float('nan')
-  return {'fn_pair_rate': pairs_true / pairs_num if pairs_num else nan,
-          'fn_random_share': neg_true / neg_num if neg_num else nan}
+    total.update(false_negatives.false_negative_counts(
+        p.truth, p.image_ids, p.neg_image, p.neg_text))
+  return false_negatives.shares(total, neg_key='fn_random_share')
 
 
 def hard_negative_true_share(sim_i2t: np.ndarray, sim_t2i: np.ndarray,
