@@ -44,6 +44,25 @@ def scenes():
     ('the circle is left of the square', (True, False, False)),
     ('the star', (False, False, False)),  # two stars: not unique.
     ('the red circle', (True, False, True)),
+    # Statements of 'there' clauses.
+    ('there is a red circle in the picture', (True, False, True)),
+    ('there is no star', (True, False, True)),
+    ('there are no stars in the image', (True, False, True)),
+    ('there are exactly 0 circles', (False, True, False)),
+    ('there are exactly 2 stars', (False, True, False)),
+    ('there are two green stars', (False, True, False)),
+    ('there is exactly one circle', (True, False, True)),
+    ('there is exactly 1 star', (False, False, False)),
+    ('there is a single square', (True, False, False)),
+    ('there are some stars', (False, True, False)),
+    ('there are a number of green stars', (False, True, False)),
+    ('there are circles', (False, False, False)),
+    ('there is a circle and there is no star', (True, False, True)),
+    ('there is a circle, there is a square and there is no star',
+     (True, False, False)),
+    # Relation sentences, VSR's 'in front of' among them.
+    ('the square is right of the red circle', (True, False, False)),
+    ('the square is inside the circle', (False, False, False)),
 ])
 def test_is_true_on_hand_made_scenes(scenes, text, expected):
   assert tuple(truth.is_true(s, text) for s in scenes) == expected
@@ -57,12 +76,25 @@ def test_parse_reads_the_grammar():
   assert claims[3].np == truth.NounPhrase('hexagon', 'blue', 'large')
   rel = truth.parse('a star of the same colour as a ring')
   assert len(rel) == 1 and rel[0].predicate == 'same colour as'
-  for bad in ('a purple unicorn', 'a circle beside a square', ''):
+  claims = truth.parse('there are exactly 3 red stars, there is a single '
+                       'ring and there are no squares in the image')
+  assert [(c.kind, c.n) for c in claims] == [('count', 3), ('count', 1),
+                                              ('count', 0)]
+  assert claims[0].np == truth.NounPhrase('star', 'red')
+  assert truth.parse('there are a number of rings')[0].kind == 'several'
+  cover = truth.parse('the star is in front of the ring')
+  assert cover[0].predicate == 'covers' and cover[0].definite
+  assert truth.parse('a star in front of a ring')[0].predicate == 'covers'
+  for bad in ('a purple unicorn', 'a circle beside a square', '',
+              'there are exactly many stars', 'there is a unicorn'):
     with pytest.raises(truth.ParseError):
       truth.parse(bad)
 
 
-@pytest.mark.parametrize('kw', [{}, world.LOOSE_CAPTIONS])
+@pytest.mark.parametrize('kw', [
+    {}, world.LOOSE_CAPTIONS,
+    dict(caption_relation_rate=0.5, caption_statement_rate=0.5,
+         caption_sentence_rate=0.5, statement_min_clauses=1)])
 def test_every_generated_text_is_true_of_its_own_scene(kw):
   cfg = world.WorldConfig(**kw)
   for index in range(60):
@@ -100,9 +132,14 @@ def test_caption_knobs_are_checked_and_named():
     world.WorldConfig(caption_detail_weights=(0, 0, 0, 0))
   with pytest.raises(ValueError, match='caption_min_named'):
     world.WorldConfig(caption_min_named=4, caption_max_named=2)
+  with pytest.raises(ValueError, match='statement_min_clauses'):
+    world.WorldConfig(statement_min_clauses=3, statement_max_clauses=2)
+  with pytest.raises(ValueError, match='caption_statement_rate'):
+    world.WorldConfig(caption_relation_rate=0.6, caption_statement_rate=0.5)
   # Bare categories only: every single-object item is 'a circle'-like.
   cfg = world.WorldConfig(caption_detail_weights=(1, 0, 0, 0),
                           caption_relation_rate=0.0, caption_total_rate=0.0,
+                          caption_statement_rate=0.0,
                           count_rate=0.0)
   scene = _scene([('circle', 'red', 'large'), ('square', 'blue', 'small')])
   caps = language.captions(scene, np.random.default_rng(0), cfg)

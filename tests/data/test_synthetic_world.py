@@ -34,11 +34,12 @@ PHRASES = {
     'inside': 'inside', 'containing': 'contains', 'touching': 'touching',
     'bigger than': 'bigger than', 'smaller than': 'smaller than',
     'of the same colour as': 'same colour as', 'pointing at': 'points at',
-    'connected to': 'is connected to', 'covering': 'covers'}
+    'connected to': 'is connected to', 'covering': 'covers',
+    'in front of': 'covers'}
 VERBS = {'is ' + k: v for k, v in PHRASES.items() if k == v}
 VERBS.update({'contains': 'contains', 'is the same colour as': 'same colour as',
               'points at': 'points at', 'is connected to': 'is connected to',
-              'covers': 'covers'})
+              'covers': 'covers', 'is in front of': 'covers'})
 
 
 def _alt(words):
@@ -54,6 +55,12 @@ SENTENCE_RE = re.compile(rf'^the {NP} ({_alt(VERBS)}) the {NP}$')
 SINGLE_RE = re.compile(rf'^(the|an?) {NP}$')
 COUNT_RE = re.compile(rf'^{NPS}$')
 PREFIX_RE = re.compile(r'^(a picture of |an image of |an image with )')
+# A 'there' clause: how many objects match, then the noun phrase.
+_PNP = (rf'(?:({_alt(sy.SIZES)}) )?(?:({_alt(sy.COLOURS)}) )?'
+        rf'({_alt(list(PLURAL) + list(sy.CATEGORIES))})')
+CLAUSE_RE = re.compile(
+    rf'^there (?:is|are) (no|exactly \w+|\d|{_alt(NUMBERS)}|zero|a single|'
+    rf'some|a number of|an?|) ?{_PNP}$')
 
 
 def _gaps(a, b):
@@ -211,6 +218,28 @@ class Oracle:
     return NUMBERS[number] == len(self.find(size, colour, PLURAL[noun]))
 
 
+def _check_statement(oracle, text, body):
+  """Every 'there' clause of a statement caption holds."""
+  body = re.sub(r' in the (image|picture)$', '', body)
+  for clause in re.split(r', | and ', body):
+    m = CLAUSE_RE.match(clause)
+    assert m, (text, clause)
+    quantity, size, colour, noun = m.groups()
+    plural = noun in PLURAL
+    n = len(oracle.find(size, colour, PLURAL.get(noun, noun)))
+    words = {**NUMBERS, 'zero': 0, 'no': 0, 'a single': 1,
+             **{str(k): k for k in range(7)}}
+    quantity = quantity.removeprefix('exactly ')
+    if quantity == 'no':
+      assert n == 0, (text, clause, n)
+    elif quantity in words:
+      assert n == words[quantity] and plural == (n != 1), (text, clause, n)
+    elif quantity in ('a', 'an'):
+      assert n >= 1 and not plural, (text, clause)
+    else:  # 'some', 'a number of' or a bare plural: two or more.
+      assert n >= 2 and plural, (text, clause, n)
+
+
 def _check_items(oracle, text, items):
   for item in re.split(r', | and ', items):
     if m := SINGLE_RE.match(item):
@@ -244,6 +273,14 @@ def check_record(oracle, record, seen):
       s, o = oracle.unique(g[1:4], text), oracle.unique(g[6:9], text)
       assert g[0] in ('a', 'an') and oracle.holds(s, PHRASES[g[4]], o), text
       seen['caption', PHRASES[g[4]]] += 1
+    elif m := SENTENCE_RE.match(text):
+      g = m.groups()
+      s, o = oracle.unique(g[0:3], text), oracle.unique(g[4:7], text)
+      assert oracle.holds(s, VERBS[g[3]], o), text
+      seen['caption', VERBS[g[3]]] += 1
+    elif text.startswith('there '):
+      _check_statement(oracle, text, text)
+      seen['statement', 'caption'] += 1
     else:
       if m := re.match(rf'^({_alt(NUMBERS)}) objects?: (.*)$', body):
         assert NUMBERS[m.group(1)] == len(oracle.objs), text
@@ -317,16 +354,19 @@ def test_every_statement_is_true_of_the_pixels_over_2000_scenes():
 def test_default_world_statements_true_and_regime_as_configured():
   cfg = sy.WorldConfig()
   seen, relational, graphs, boxes = collections.Counter(), 0, 0, 0
+  statements = 0
   for index in range(300):
     record = sy.make_record('train', index, cfg)
     check_record(Oracle(sy.generate_scene('train', index, cfg), record, cfg),
                  record, seen)
     assert len(record['captions']) == cfg.num_captions
-    relational += sum(bool(RELATION_RE.match(PREFIX_RE.sub('', t)))
-                      for t in record['captions'])
+    relational += sum(bool(RELATION_RE.match(PREFIX_RE.sub('', t)) or
+                           SENTENCE_RE.match(t)) for t in record['captions'])
+    statements += sum(t.startswith('there ') for t in record['captions'])
     graphs += record['has_graph']
     boxes += record['has_boxes']
   assert 0.03 < relational / 1500 < 0.15
+  assert 0.12 < statements / 1500 < 0.28
   assert 0.08 < graphs / 300 < 0.25 and 0.08 < boxes / 300 < 0.25
 
 

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from vlg.data import benchmarks as bm
+from vlg.data import ops
 from vlg.data import synthetic as sy
 from vlg.data import synthetic_benchmarks as sb
 from vlg.data.synthetic import language
@@ -404,3 +405,34 @@ def test_sets_argument_and_cli(tmp_path):
   assert sorted(os.listdir(out_dir)) == [
       'README.md', 'manifest.json', 'svo_probes', 'winoground']
   assert len(bm.load_winoground(os.path.join(out_dir, 'winoground'))) == 2
+
+
+def test_training_captions_use_every_word_of_the_sets(out):
+  """A model can only read a benchmark text whose words it was trained on:
+  every word of every set's texts (after the pipeline's normalisation)
+  occurs in the default world's training captions."""
+  root, _ = out
+  texts = [t for e in bm.load_valse(os.path.join(root, 'valse'))
+           for t in (e.caption, e.foil)]
+  for split in vsr.SPLITS:
+    texts += [e.caption for e in bm.load_vsr(
+        os.path.join(root, 'vsr', f'{split}.jsonl'))]
+  texts += [e.sentence for e in bm.load_svo_probes(
+      os.path.join(root, 'svo_probes', 'svo_probes.jsonl'))]
+  texts += [t for e in bm.load_winoground(os.path.join(root, 'winoground'))
+            for t in (e.caption_0, e.caption_1)]
+  texts += list(bm.load_retrieval(
+      os.path.join(root, 'retrieval', 'test.json')).texts)
+  trained = collections.Counter(
+      w for index in range(3000)
+      for caption in language.captions(
+          sy.generate_scene('train', index, CFG),
+          sy.world.scene_rng('train', index, CFG, 1), CFG)
+      for w in ops.pre_caption(caption, 1000).split())
+  unseen = collections.Counter(
+      w for t in texts for w in ops.pre_caption(t, 1000).split()
+      if w not in trained)
+  assert not unseen, unseen.most_common(10)
+  # And the statement and sentence forms are there in numbers.
+  assert trained['there'] > 100 and trained['exactly'] > 20
+  assert trained['is'] > 100 and trained['front'] > 0

@@ -11,12 +11,19 @@ that tests and benchmark builders can parse:
                   item = 'a'/'an' NP | count, at most one item per category
                   and 'N objects' counts every object
   relation caption  [prefix] a NP PHRASE a NP  ('a star near a red ring')
+                  or a sentence (below)
+  statement     clause{, clause} and clause [' in the image' | ' in the
+                picture'], a clause being 'there is' a NP | 'there is a
+                single' NP | 'there is' | 'there are' [exactly] N plural |
+                'there are some' | 'a number of' plural | 'there is no' NP |
+                'there are no' plural, with N a number word or digits
   region        'a' full-label | 'the' ref | 'the' ref PHRASE 'the' ref
   sentence      'the' ref VERB 'the' ref    ('the star is above the ring')
   paragraph     'there are N objects: ' item, ... and item '. ' sentence
                 '. ' sentence ...
 
-with PHRASES and VERBS below. A *ref* is the shortest of 'category', 'colour
+with PHRASES and VERBS below ('covers' is also 'in front of', as VSR names
+it: ALTERNATIVE_PHRASES, ALTERNATIVE_VERBS). A *ref* is the shortest of 'category', 'colour
 category', 'size colour category' that matches exactly one object; texts
 that refer to an object ('the ...', relation captions) are only made for
 objects with a ref. Coarse captions use indefinite noun phrases: 'a circle'
@@ -55,7 +62,16 @@ VERBS = {
     'same colour as': 'is the same colour as', 'points at': 'points at',
     'is connected to': 'is connected to', 'covers': 'covers',
 }
+# Other words for a relation, used by captions half the time.
+ALTERNATIVE_PHRASES = {'covers': 'in front of'}
+ALTERNATIVE_VERBS = {'covers': 'is in front of'}
 PREFIXES = ('', 'a picture of ', 'an image of ', 'an image with ')
+# Where a statement caption may end.
+STATEMENT_SUFFIXES = ('', ' in the image', ' in the picture')
+_SUFFIX_CUM_P = (0.5, 0.75, 1.0)
+# The clauses of a statement caption and their relative chances.
+STATEMENT_CLAUSES = ('exists', 'count', 'single', 'several', 'none')
+_CLAUSE_CUM_P = (0.25, 0.55, 0.7, 0.85, 1.0)
 # How much of an object a noun phrase names.
 DETAILS = ('category', 'colour', 'size', 'full')
 _PREFIX_CUM_P = (0.55, 0.7, 0.85, 1.0)
@@ -107,7 +123,8 @@ class _Names:
     n = self.count(obj, detail)
     return f'{NUMBER_WORDS[n]} {_plural(noun_phrase(obj, detail))}'
 
-  def relation_phrase(self, i, predicate, j, article='the', details=None):
+  def relation_phrase(self, i, predicate, j, article='the', details=None,
+                      words=None):
     if self.refs[i] is None or self.refs[j] is None:
       return None
     nps = []
@@ -116,12 +133,13 @@ class _Names:
       if detail is not None and self.count(self.objects[k], detail) == 1:
         np_ = noun_phrase(self.objects[k], detail)
       nps.append(f'the {np_}' if article == 'the' else with_article(np_))
-    return f'{nps[0]} {PHRASES[predicate]} {nps[1]}'
+    return f'{nps[0]} {words or PHRASES[predicate]} {nps[1]}'
 
-  def sentence(self, i, predicate, j):
+  def sentence(self, i, predicate, j, words=None):
     if self.refs[i] is None or self.refs[j] is None:
       return None
-    return f'the {self.refs[i]} {VERBS[predicate]} the {self.refs[j]}'
+    return (f'the {self.refs[i]} {words or VERBS[predicate]} '
+            f'the {self.refs[j]}')
 
 
 def count_phrase(objects: Sequence[world.SceneObject], obj: world.SceneObject,
@@ -225,8 +243,11 @@ def _coarse_caption(names: _Names, rng: np.random.Generator,
 
 
 def _relation_caption(names: _Names, scene: world.Scene,
-                      rng: np.random.Generator) -> str | None:
-  """States one scene-graph relation, often loosely ('near')."""
+                      rng: np.random.Generator,
+                      cfg: world.WorldConfig) -> str | None:
+  """States one scene-graph relation, often loosely ('near'): as a phrase
+  ('a star above a red ring') or, ``cfg.caption_sentence_rate`` of the
+  time, a sentence ('the star is above the ring')."""
   rels = [(s, p, o) for s, p, o in scene.relations
           if names.refs[s] is not None and names.refs[o] is not None]
   if not rels:
@@ -235,9 +256,79 @@ def _relation_caption(names: _Names, scene: world.Scene,
   if rng.random() < 0.5 and geometry.relation_truth(scene, s, 'near',
                                                     o) is True:
     pred = 'near'
+  alternative = pred in ALTERNATIVE_VERBS and rng.random() < 0.5
+  if rng.random() < cfg.caption_sentence_rate:
+    return names.sentence(
+        s, pred, o, ALTERNATIVE_VERBS[pred] if alternative else None)
   details = tuple('full' if rng.random() < 0.5 else None for _ in range(2))
   return _pick(rng, PREFIXES, _PREFIX_CUM_P) + names.relation_phrase(
-      s, pred, o, 'a', details)
+      s, pred, o, 'a', details,
+      ALTERNATIVE_PHRASES[pred] if alternative else None)
+
+
+def _number(n: int, rng: np.random.Generator) -> str:
+  """'2' or 'two', each half the time."""
+  return str(n) if rng.random() < 0.5 else NUMBER_WORDS[n]
+
+
+def _clause(kind: str, names: _Names, rng: np.random.Generator,
+            cfg: world.WorldConfig) -> str | None:
+  """One true 'there' clause of ``kind`` (STATEMENT_CLAUSES) about the
+  scene, or None when the scene has nothing to say it of."""
+  objs = names.objects
+  if kind == 'none':
+    present = {o.category for o in objs}
+    absent = [c for c in world.CATEGORIES if c not in present]
+    if not absent:
+      return None
+    category = absent[int(rng.integers(len(absent)))]
+    return _pick(rng, (f'there is no {category}',
+                       f'there are no {PLURALS[category]}',
+                       f'there are exactly {_number(0, rng)} '
+                       f'{PLURALS[category]}'), (0.4, 0.8, 1.0))
+  obj = objs[int(rng.integers(len(objs)))]
+  if kind == 'exists':
+    weights = np.asarray(cfg.caption_detail_weights, np.float64)
+    detail = _pick(rng, DETAILS, tuple(np.cumsum(weights / weights.sum())))
+    return f'there is {with_article(noun_phrase(obj, detail))}'
+  detail = 'colour' if rng.random() < 0.5 else 'category'
+  n = names.count(obj, detail)
+  one, many = noun_phrase(obj, detail), _plural(noun_phrase(obj, detail))
+  if kind == 'single':
+    return f'there is a single {one}' if n == 1 else None
+  if kind == 'several':
+    if n < 2:
+      return None
+    return _pick(rng, (f'there are some {many}',
+                       f'there are a number of {many}', f'there are {many}'),
+                 (0.4, 0.8, 1.0))
+  exactly = 'exactly ' if rng.random() < 0.5 else ''
+  if n == 1:
+    return f'there is {exactly}{_number(1, rng)} {one}'
+  return f'there are {exactly}{_number(n, rng)} {many}'
+
+
+def _statement_caption(names: _Names, rng: np.random.Generator,
+                       cfg: world.WorldConfig) -> str | None:
+  """``cfg.statement_min_clauses``–``statement_max_clauses`` distinct
+  'there' clauses, the first about an object of the scene, joined as a
+  list and now and then ending 'in the image' ('there are exactly 2
+  stars, there is a red circle and there is no ring')."""
+  n = int(rng.integers(cfg.statement_min_clauses,
+                       cfg.statement_max_clauses + 1))
+  clauses = []
+  for _ in range(4 * n):
+    kind = _pick(rng, STATEMENT_CLAUSES, _CLAUSE_CUM_P)
+    if not clauses and kind == 'none':
+      continue
+    text = _clause(kind, names, rng, cfg)
+    if text is not None and text not in clauses:
+      clauses.append(text)
+    if len(clauses) == n:
+      break
+  if not clauses:
+    return None
+  return _join(clauses) + _pick(rng, STATEMENT_SUFFIXES, _SUFFIX_CUM_P)
 
 
 def captions(scene: world.Scene, rng: np.random.Generator,
@@ -245,7 +336,8 @@ def captions(scene: world.Scene, rng: np.random.Generator,
   """``cfg.num_captions`` coarse captions, distinct where the scene allows.
 
   A fraction ``cfg.caption_relation_rate`` states a relation (when some
-  relation joins two objects with refs); the rest name objects, colours and
+  relation joins two objects with refs), ``cfg.caption_statement_rate``
+  is a statement of 'there' clauses; the rest name objects, colours and
   sizes, with a count now and then (``cfg.count_rate``).
   """
   names = _Names(scene.objects)
@@ -253,8 +345,11 @@ def captions(scene: world.Scene, rng: np.random.Generator,
   for _ in range(cfg.num_captions):
     for _ in range(4):
       text = None
-      if rng.random() < cfg.caption_relation_rate:
-        text = _relation_caption(names, scene, rng)
+      u = rng.random()
+      if u < cfg.caption_relation_rate:
+        text = _relation_caption(names, scene, rng, cfg)
+      elif u < cfg.caption_relation_rate + cfg.caption_statement_rate:
+        text = _statement_caption(names, rng, cfg)
       text = text or _coarse_caption(names, rng, cfg)
       if text not in out:
         break

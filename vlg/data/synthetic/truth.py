@@ -18,6 +18,11 @@ Semantics, following the grammar of ``language.py``:
   other object matching NP2 are related by PHRASE (``geometry.truth``).
 - 'the NP' (regions, sentences): exactly one object matches NP, and for
   'the NP1 PHRASE the NP2' / 'the NP1 VERB the NP2' the two are related.
+- statements, clause by clause: 'there is a NP' (some object matches),
+  'there is a single NP' and 'there is [exactly] 1 NP' (exactly one),
+  'there are [exactly] N plural' (exactly N; N in words or digits), 'there
+  is no NP' / 'there are no plural' (none), 'there are some | a number of
+  plural' and a bare 'there are plural' (two or more).
 
 A relation that is borderline in a scene (``geometry`` answers None) makes
 the statement None: neither clearly true nor clearly false.
@@ -39,8 +44,10 @@ _SINGULAR = {plural: c for c, plural in language.PLURALS.items()}
 _NUMBERS = {w: n for n, w in enumerate(language.NUMBER_WORDS)}
 # Longest first, so 'of the same colour as' wins over shorter phrases.
 _RELATION_WORDS = sorted(
-    [(words, pred) for pred, words in language.PHRASES.items()] +
-    [(words, pred) for pred, words in language.VERBS.items()],
+    [(words, pred) for table in (language.PHRASES, language.VERBS,
+                                 language.ALTERNATIVE_PHRASES,
+                                 language.ALTERNATIVE_VERBS)
+     for pred, words in table.items()],
     key=lambda wp: -len(wp[0]))
 _PREFIXES = sorted((p for p in language.PREFIXES if p), key=len, reverse=True)
 
@@ -93,9 +100,10 @@ class Claim:
   """One checkable statement.
 
   kind: 'exists' (some object matches ``np``), 'count' (exactly ``n``
-  match), 'unique' (exactly one matches: a definite 'the NP'), 'total'
-  (the scene has exactly ``n`` objects) or 'relation' (``np`` PREDICATE
-  ``np2``, subject and object unique when ``definite``).
+  match), 'several' (two or more match), 'unique' (exactly one matches: a
+  definite 'the NP'), 'total' (the scene has exactly ``n`` objects) or
+  'relation' (``np`` PREDICATE ``np2``, subject and object unique when
+  ``definite``).
   """
   kind: str
   np: NounPhrase | None = None
@@ -103,6 +111,41 @@ class Claim:
   predicate: str = ''
   np2: NounPhrase | None = None
   definite: bool = False
+
+
+def _number(word: str) -> int | None:
+  """'two' or '2' as 2; None for any other word."""
+  if word.isdigit():
+    return int(word)
+  return _NUMBERS.get(word)
+
+
+def _clause(text: str) -> Claim:
+  """One 'there is ...' / 'there are ...' clause of a statement."""
+  m = re.match(r'^there (?:is|are) (.+)$', text)
+  if not m:
+    raise ParseError(f'{text!r} is not a "there" clause')
+  words = m.group(1).split()
+  if words[0] == 'no':
+    plural = words[-1] not in world.CATEGORIES
+    return Claim('count', _noun_phrase(words[1:], plural=plural), n=0)
+  if words[0] == 'exactly' and len(words) > 2:
+    n = _number(words[1])
+    if n is None:
+      raise ParseError(f'{words[1]!r} is not a number')
+    return Claim('count', _noun_phrase(words[2:], plural=n != 1), n=n)
+  if words[:2] == ['a', 'single']:
+    return Claim('count', _noun_phrase(words[2:], plural=False), n=1)
+  if words[0] == 'some':
+    return Claim('several', _noun_phrase(words[1:], plural=True))
+  if words[:3] == ['a', 'number', 'of']:
+    return Claim('several', _noun_phrase(words[3:], plural=True))
+  if words[0] in ('a', 'an'):
+    return Claim('exists', _noun_phrase(words[1:], plural=False))
+  n = _number(words[0])
+  if n is not None:
+    return Claim('count', _noun_phrase(words[1:], plural=n != 1), n=n)
+  return Claim('several', _noun_phrase(words, plural=True))
 
 
 def _item(text: str) -> Claim:
@@ -153,6 +196,12 @@ def parse(text: str) -> list[Claim]:
     if text.startswith(prefix):
       text = text[len(prefix):]
       break
+  if text.startswith(('there is ', 'there are ')) and ':' not in text:
+    for suffix in language.STATEMENT_SUFFIXES:
+      if suffix and text.endswith(suffix):
+        text = text[:-len(suffix)]
+        break
+    return [_clause(p) for p in re.split(r', | and ', text)]
   claims = []
   head = re.match(r'^(?:there (?:is|are) )?(\w+) objects?: ', text)
   if head and head.group(1) in _NUMBERS:
@@ -175,6 +224,8 @@ def _holds(claim: Claim, scene: world.Scene) -> bool | None:
     return bool(matching)
   if claim.kind == 'count':
     return len(matching) == claim.n
+  if claim.kind == 'several':
+    return len(matching) >= 2
   if claim.kind == 'unique':
     return len(matching) == 1
   # A relation: some (subject, object) pair for which it holds.

@@ -67,6 +67,12 @@ class WorldConfig:
     max_objects: most objects (<= 6); crowded scenes may place fewer.
     num_captions: captions per image.
     caption_relation_rate: fraction of captions that state a relation.
+    caption_sentence_rate: fraction of those that are sentences ('the star
+      is above the ring'), not phrases ('a star above a ring').
+    caption_statement_rate: fraction of captions that are statements of
+      'there' clauses ('there are exactly 2 stars and there is no ring').
+    statement_min_clauses: a statement has at least this many clauses
+    statement_max_clauses: and at most this many.
     count_rate: fraction of coarse captions that add a count ('two stars').
     caption_min_named: a coarse caption names at least this many objects
       (all of them in a smaller scene).
@@ -101,6 +107,10 @@ class WorldConfig:
   max_objects: int = 6
   num_captions: int = 5
   caption_relation_rate: float = 0.1
+  caption_sentence_rate: float = 0.5
+  caption_statement_rate: float = 0.2
+  statement_min_clauses: int = 2
+  statement_max_clauses: int = 3
   count_rate: float = 0.2
   caption_min_named: int = 3
   caption_max_named: int = 4
@@ -142,7 +152,18 @@ class WorldConfig:
     if not 1 <= self.min_objects <= self.max_objects <= 6:
       raise ValueError('need 1 <= min_objects <= max_objects <= 6, got '
                        f'{self.min_objects}, {self.max_objects}')
-    for name in ('caption_relation_rate', 'count_rate', 'caption_total_rate',
+    if not 1 <= self.statement_min_clauses <= self.statement_max_clauses:
+      raise ValueError('need 1 <= statement_min_clauses <= '
+                       f'statement_max_clauses, got '
+                       f'{self.statement_min_clauses}, '
+                       f'{self.statement_max_clauses}')
+    if self.caption_relation_rate + self.caption_statement_rate > 1:
+      raise ValueError('caption_relation_rate + caption_statement_rate must '
+                       'be at most 1, got '
+                       f'{self.caption_relation_rate} + '
+                       f'{self.caption_statement_rate}')
+    for name in ('caption_relation_rate', 'caption_sentence_rate',
+                 'caption_statement_rate', 'count_rate', 'caption_total_rate',
                  'graph_rate',
                  'box_rate', 'action_rate', 'touch_rate', 'inside_rate',
                  'repeat_rate', 'comparative_rate', 'texture_rate'):
