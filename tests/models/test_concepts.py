@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vlg.data import box_masks
 from vlg.models import create_model
 from vlg.models import sizes
 
@@ -96,6 +97,50 @@ def test_concept_is_masked_mean_and_cross_attention_hides_outside(model):
               c['concept_mask'][:1])['fused_cls']
   f2 = m.fuse(t['text_embeds'], tm, noisy, c['concept_mask'][:1])['fused_cls']
   np.testing.assert_allclose(f1, f2, atol=1e-5)
+
+
+@nnx.jit
+def _embed_concept(m, tokens, index, mask):
+  return m.embed_concept(tokens, index, mask)
+
+
+def test_concept_cls_is_masked_mean_of_box_mask_patches(model):
+  # The pipeline's patch masks (box_masks.box_patch_mask_np) pooled by the
+  # model's jitted embed_concept, against a float64 mean over the patches.
+  m, cfg = model
+  rng = np.random.default_rng(0)
+  grid, dim = 4, cfg.vision_width
+  tokens = rng.normal(size=(3, 1 + grid * grid, dim)).astype(np.float32)
+  boxes = np.array([[0.3, 0.3, 0.4, 0.2], [0.5, 0.5, 1.0, 1.0],
+                    [0.9, 0.1, 0.05, 0.05]], np.float32)
+  mask = box_masks.box_patch_mask_np(boxes, grid, 16, 64).astype(np.int32)
+  index = jnp.arange(3, dtype=jnp.int32)
+  got = np.asarray(_embed_concept(m, jnp.asarray(tokens), index,
+                                  jnp.asarray(mask))['concept_embeds'])
+  assert got.shape == tokens.shape
+  for i in range(3):
+    inside = [t for t in range(1, 1 + grid * grid) if mask[i, t]]
+    want = tokens[i, inside].astype(np.float64).mean(0)
+    np.testing.assert_allclose(got[i, 0], want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got[:, 1:], tokens[:, 1:])
+  # A row with no patch at all (padding) gets a zero [CLS], not NaN.
+  empty = np.zeros_like(mask)
+  empty[:, 0] = 1
+  out = _embed_concept(m, jnp.asarray(tokens), index, jnp.asarray(empty))
+  np.testing.assert_array_equal(np.asarray(out['concept_embeds'][:, 0]), 0)
+  assert np.isfinite(np.asarray(out['concept_feat'])).all()
+
+
+def test_concept_keeps_dtype_and_checks_mask_shape(model):
+  m, cfg = model
+  tokens = jnp.ones((2, 5, cfg.vision_width), jnp.bfloat16)
+  index = jnp.arange(2, dtype=jnp.int32)
+  out = _embed_concept(m, tokens, index, jnp.ones((2, 5), bool))
+  assert out['concept_embeds'].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(
+      np.asarray(out['concept_embeds'], np.float32), 1.0)
+  with pytest.raises(ValueError, match='does not match'):
+    m.embed_concept(tokens, index, jnp.ones((2, 4), bool))
 
 
 def test_box_and_mrc_heads(model):

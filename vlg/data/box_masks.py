@@ -4,9 +4,7 @@ A box concept (X-VLM) sees only the patches its box covers: the mask has
 one entry per image token, ``[CLS]`` first, then the G×G patches row-major
 (the ViT's token order). The data pipeline computes the masks of the
 augmented boxes in grain workers, so this module imports NumPy only; the
-jax twin for use inside a jitted step is
-``vlg.objectives.regions.box_patch_mask``, and both implement the same
-formula with the same float32 arithmetic.
+model pools each concept over them (``Model.embed_concept``).
 
 For a normalised box (cx, cy, w, h) on an image of ``image_size`` pixels
 cut into patches of ``patch_size`` on a G×G grid, the box in pixels is
@@ -20,7 +18,7 @@ Two guards, no-ops on clean input: the pixel corners are clipped to
 a stray negative corner from indexing from the far side), and a corner
 within ``SNAP`` of a patch line (in patch units) counts as on it, so
 float32 noise from normalising a pixel box (16 px → 0.2500001·64) cannot
-add a sliver patch, and the NumPy and jax versions agree.
+add a sliver patch.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import sentencepiece as spm
@@ -93,13 +93,6 @@ class Tokenizer:
     ids[:len(seq)] = seq
     mask = (ids != PAD_ID).astype(np.int32)
     return ids, mask
-
-  def encode_batch(self, texts: Sequence[str],
-                   max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [self.encode(t, max_len) for t in texts]
-    if not pairs:
-      return (np.zeros((0, max_len), np.int32),) * 2
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of the non-special ids (special tokens other than [UNK] dropped)."""

@@ -166,7 +166,7 @@ class PairScorer:
   # The feature path runs three programs and moves the embeddings through
   # the host; it pays when images repeat (VALSE and Winoground: half the
   # rows), not when nearly every row has its own image (VSR, SVO-Probes),
-  # where it measured about 20% slower than the single function.
+  # where it is slower than the single function (docs/results.md).
   DISTINCT_IMAGES_FOR_FEATURES = 0.75
 
   def __init__(self, predict_fn, tokenizer: tokenizer_lib.Tokenizer, *,

@@ -165,8 +165,14 @@ class Model(nnx.Module):
       replaced by the mean of the in-box patch tokens), ``concept_mask``
       [P, 1 + N] (the cross-attention mask for :meth:`fuse`) and
       ``concept_feat`` [P, E] (L2-normalised ``vision_proj`` of that [CLS]).
+      The mean accumulates in float32 and is cast back to the tokens'
+      dtype; a row with no patch set (only padding can be) gets a zero
+      [CLS] rather than NaN.
     """
     tokens = image_embeds[image_index]
+    if patch_mask.shape != tokens.shape[:-1]:
+      raise ValueError(f'embed_concept: patch_mask {patch_mask.shape} does '
+                       f'not match the tokens {tokens.shape}')
     m = patch_mask.astype(jnp.float32)[:, 1:, None]
     pooled = (jnp.sum(tokens[:, 1:].astype(jnp.float32) * m, axis=1) /
               jnp.maximum(jnp.sum(m, axis=1), 1.0)).astype(tokens.dtype)

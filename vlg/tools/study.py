@@ -22,9 +22,8 @@ hour on a 2-core CPU; at its 100 steps ITM has not yet left its 1:2 prior
   64 tokens: whole triplets are kept while they fit, about 3 (measured:
   32 tokens keep one triplet in most texts, which would starve the very
   objective the study is about);
-- a 2-layer ViT (tiny has 4; width, text and fusion stacks unchanged): a
-  train step costs 18-32% less, an evaluation round ~25% less, and the
-  train step compiles in 21-64 s instead of 28-82 s;
+- a 2-layer ViT (tiny has 4; width, text and fusion stacks unchanged):
+  cheaper train steps and evaluation rounds, and a faster compile;
 - 200 examples per file for the pairwise sets (VSR x 4, VALSE, SVO,
   Winoground), whose accuracies carry the claims (binomial std of one
   accuracy ~3.5 points instead of ~7 at 50); retrieval, paragraph
@@ -33,15 +32,9 @@ hour on a 2-core CPU; at its 100 steps ITM has not yet left its 1:2 prior
 - evaluation batches of 32 rows, one checkpoint per evaluation (they serve
   resumption only), and 100 steps, which is what fits.
 
-Measured on the idle 2-core machine (hour preset, seconds): steps/s ALBEF
-2.1, X-VLM 1.5, ReALBEF ~1.1, ReX-VLM ~0.8 (the last two scaled from a
-loaded-machine comparison of VSG at 64 and 32 tokens); one evaluation
-round ~30 (46 CPU-seconds: VALSE 11, paragraphs 14, retrieval 9);
-first-seed compilation ~35-100 per model, later seeds ~10-35 (the
-persistent cache). Projected: 3 seeds x 100 steps about 59 minutes, half
-of it evaluation; a loaded machine (load average ~5) takes ~1.6x as long.
 The same world, resolution and benchmark sets as ``tiny``: nothing is
-made easier.
+made easier. The preset's measured step rates, evaluation and compile
+times are in docs/results.md.
 
 A seed is the config's ``seed``: the parameter initialisation, the ITM
 negatives, and the order and augmentation of the training examples. It

@@ -279,17 +279,6 @@ def get_bool(record: Mapping[str, Any], key: str) -> bool:
   return parse_bool(record[key], key)
 
 
-def get_number(record: Mapping[str, Any], key: str) -> float:
-  """A required numeric field, returned as float."""
-  if _missing(record, key):
-    raise FieldError(f'missing required field {key!r}')
-  value = record[key]
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise FieldError(f'field {key!r} must be a number, got '
-                     f'{_type_name(value)} {value!r}')
-  return float(value)
-
-
 # ------------------------------------------------------------------ images
 
 

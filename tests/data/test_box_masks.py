@@ -1,15 +1,17 @@
-"""Patch masks (NumPy, jax) and the concept [CLS] (docs/objectives.md §3.1)."""
+"""Patch masks of boxes (docs/objectives.md §3.1), as the pipeline builds them.
 
-import functools
+``box_masks.box_patch_mask_np`` is the function that runs in training (the
+typed parts call it in grain workers); the concept [CLS] pooled over these
+masks is tested on the model's own ``embed_concept`` in
+``tests/models/test_concepts.py``.
+"""
+
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from vlg.data import box_masks
-from vlg.objectives import regions
 
 
 def reference_mask(box, grid, patch, size, whole=False):
@@ -29,12 +31,6 @@ def reference_mask(box, grid, patch, size, whole=False):
     for col in range(x_min, x_max):
       mask[1 + row * grid + col] = True
   return mask
-
-
-def _jax_mask(boxes, grid, patch, size, whole=None):
-  fn = jax.jit(functools.partial(regions.box_patch_mask, grid=grid,
-                                 patch_size=patch, image_size=size))
-  return np.asarray(fn(jnp.asarray(boxes), whole_image=whole))
 
 
 # Normalised boxes on a 64 px image, 8 px patches (G = 8), with the patch
@@ -60,13 +56,14 @@ def test_mask_matches_hand_ranges_and_reference(box, cols, rows):
   got_np = box_masks.box_patch_mask_np(np.array([box]), 8, 8, 64)
   assert got_np.dtype == bool and got_np.shape == (1, 65)
   np.testing.assert_array_equal(got_np[0], want)
-  np.testing.assert_array_equal(_jax_mask(np.array([box], np.float32),
-                                          8, 8, 64)[0], want)
+  # The float32 boxes the pipeline carries give the same mask.
+  got_f32 = box_masks.box_patch_mask_np(np.array([box], np.float32), 8, 8, 64)
+  np.testing.assert_array_equal(got_f32[0], want)
 
 
 @pytest.mark.parametrize('grid,patch,size', [(8, 8, 64), (4, 16, 64),
                                              (7, 16, 112), (5, 8, 40)])
-def test_random_boxes_numpy_jax_reference_agree(grid, patch, size):
+def test_random_boxes_match_reference(grid, patch, size):
   rng = np.random.default_rng(grid * 1000 + size)
   centre = rng.uniform(0, 1, size=(50, 2))
   extent = rng.uniform(0, 0.6, size=(50, 2))
@@ -81,8 +78,6 @@ def test_random_boxes_numpy_jax_reference_agree(grid, patch, size):
   got_np = box_masks.box_patch_mask_np(boxes, grid, patch, size,
                                        whole_image=whole)
   np.testing.assert_array_equal(got_np, want)
-  np.testing.assert_array_equal(_jax_mask(boxes, grid, patch, size, whole),
-                                want)
 
 
 def test_leading_dims_and_whole_image_rows():
@@ -92,7 +87,6 @@ def test_leading_dims_and_whole_image_rows():
   assert got.shape == (2, 3, 17)
   assert got[whole].all()
   np.testing.assert_array_equal(got[~whole].sum(-1), 2)  # [CLS] + patch 0
-  np.testing.assert_array_equal(_jax_mask(boxes, 4, 16, 64, whole), got)
 
 
 def test_float_noise_does_not_add_a_sliver_patch():
@@ -101,7 +95,6 @@ def test_float_noise_does_not_add_a_sliver_patch():
   want = reference_mask((0.375, 0.375, 0.25, 0.25), 8, 8, 64)
   np.testing.assert_array_equal(box_masks.box_patch_mask_np(box, 8, 8, 64)[0],
                                 want)
-  np.testing.assert_array_equal(_jax_mask(box, 8, 8, 64)[0], want)
 
 
 def test_bad_boxes_raise():
@@ -112,34 +105,3 @@ def test_bad_boxes_raise():
   with pytest.raises(ValueError, match='whole_image'):
     box_masks.box_patch_mask_np(np.zeros((3, 4)), 8, 8, 64,
                                 whole_image=np.zeros(2, bool))
-
-
-def test_concept_cls_is_masked_mean_of_patches():
-  rng = np.random.default_rng(0)
-  grid, dim = 4, 6
-  tokens = rng.normal(size=(3, 1 + grid * grid, dim)).astype(np.float32)
-  boxes = np.array([[0.3, 0.3, 0.4, 0.2], [0.5, 0.5, 1.0, 1.0],
-                    [0.9, 0.1, 0.05, 0.05]], np.float32)
-  mask = box_masks.box_patch_mask_np(boxes, grid, 16, 64).astype(np.int32)
-  got = np.asarray(jax.jit(regions.concept_cls)(tokens, mask))
-  assert got.shape == tokens.shape
-  for i in range(3):
-    inside = [t for t in range(1, 1 + grid * grid) if mask[i, t]]
-    want = tokens[i, inside].astype(np.float64).mean(0)
-    np.testing.assert_allclose(got[i, 0], want, rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(got[:, 1:], tokens[:, 1:])
-  # A row with no patch at all (padding) gets a zero [CLS], not NaN.
-  empty = np.zeros_like(mask)
-  empty[:, 0] = 1
-  out = np.asarray(jax.jit(regions.concept_cls)(tokens, empty))
-  np.testing.assert_array_equal(out[:, 0], 0)
-
-
-def test_concept_cls_keeps_dtype():
-  tokens = jnp.ones((2, 5, 3), jnp.bfloat16)
-  mask = jnp.ones((2, 5), bool)
-  out = jax.jit(regions.concept_cls)(tokens, mask)
-  assert out.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(np.asarray(out, np.float32), 1.0)
-  with pytest.raises(ValueError, match='does not match'):
-    regions.concept_cls(tokens, jnp.ones((2, 4), bool))
