@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from vlg import recipes
 from vlg import train
 from vlg.analysis import study as study_lib
 from vlg.tools import study
@@ -62,7 +63,8 @@ def test_config_keeps_data_and_eval_sets_across_seeds_and_models():
 def test_hour_preset_changes_the_tiny_recipe_and_nothing_else():
   tiny = study.study_config('rexvlm', 1, steps=100, eval_every=20,
                             preset='tiny')
-  hour = study.study_config('rexvlm', 1, steps=100, eval_every=20)
+  hour = study.study_config('rexvlm', 1, steps=100, eval_every=20,
+                            preset='hour')
   # The tiny preset is the recipe's tiny variant as it is.
   assert tiny.batch_size == 16 and tiny.input.parts.vsg.k == 8
   assert {e.synthetic_num for e in tiny.evals.values()} == {50}
@@ -89,6 +91,27 @@ def test_hour_preset_changes_the_tiny_recipe_and_nothing_else():
   assert changed_model == set(settings['model'])
   assert study.default_eval_every(300) == 60
   assert study.default_eval_every(3) == 1
+
+
+def test_budget_preset_gives_each_family_its_steps_at_equal_compute():
+  steps = study.run_steps(study_lib.MODELS, 'budget')
+  assert steps == {m: recipes.TINY_STEPS[m] for m in study_lib.MODELS}
+  assert study.run_steps(('albef', 'xvlm'), 'budget', 300) == {
+      'albef': 300, 'xvlm': 300}
+  assert study.run_steps(('albef',), 'hour') == {'albef': 100}
+  tiny = study.study_config('xvlm', 0, steps=steps['xvlm'], eval_every=280,
+                            preset='tiny')
+  budget = study.study_config('xvlm', 0, steps=steps['xvlm'], eval_every=280)
+  # The recipe's model and batches; the hour preset's evaluation settings.
+  assert budget.model.to_dict() == tiny.model.to_dict()
+  assert budget.batch_size == tiny.batch_size
+  assert budget.input.to_dict() == tiny.input.to_dict()
+  assert budget.total_steps == recipes.TINY_STEPS['xvlm']
+  assert budget.eval_batch_size == study.HOUR['eval_batch_size']
+  nums = {name: e.synthetic_num for name, e in budget.evals.items()}
+  assert nums['winoground'] == 200 and nums['retrieval'] == 50
+  with pytest.raises(ValueError, match="unknown preset 'huge'"):
+    study.run_steps(('albef',), 'huge')
 
 
 def test_two_model_study_writes_results_and_resumes(tmp_path, fast_compile):

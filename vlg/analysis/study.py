@@ -231,13 +231,18 @@ def aggregate(runs: Runs) -> dict[str, Any]:
       if s is not None:
         by_key[key] = s
     stats[model] = by_key
-  finals = {s['final']['step'] for by_key in stats.values()
-            for s in by_key.values()}
-  if len(finals) > 1:
-    raise ValueError(f'the models end at different steps {sorted(finals)}; '
-                     'a study compares runs of the same length')
+  # Models may end at different steps (the budget preset gives each family
+  # its own steps at equal compute); each model's skills share one.
+  final_steps = {}
+  for model, by_key in stats.items():
+    ends = {s['final']['step'] for s in by_key.values()}
+    if len(ends) > 1:
+      raise ValueError(f'{model}: skills end at different steps '
+                       f'{sorted(ends)}')
+    if ends:
+      final_steps[model] = ends.pop()
   return dict(
-      models=models,
+      models=models, final_steps=final_steps,
       seeds={m: sorted(runs[m]) for m in models},
       columns=[dict(key=k, label=label) for k, label in COLUMNS],
       stats=stats, claims=_claims(stats), peaks=_peaks(stats))
@@ -342,11 +347,15 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
 
 def results_markdown(results: Mapping[str, Any]) -> str:
   """``results.md``: the two tables, the best steps and the summary."""
-  final = next((s['final']['step'] for by_key in results['stats'].values()
-                for s in by_key.values()), None)
+  finals = results.get('final_steps', {})
+  if len(set(finals.values())) <= 1:
+    final = f'Final step: {next(iter(finals.values()), None)}.'
+  else:  # Equal compute, different steps.
+    final = 'Final steps: ' + ', '.join(
+        f'{MODEL_NAMES.get(m, m)} {st}' for m, st in finals.items()) + '.'
   return '\n'.join([
       '# Study results', '',
-      f'Scores in % (mean ± sample std over seeds). Final step: {final}.', '',
+      f'Scores in % (mean ± sample std over seeds). {final}', '',
       '## Summary', '',
       *summary_lines(results), '',
       '## At the final step', '', _table(results, 'final'), '',

@@ -1,21 +1,25 @@
 r"""The built-in study: ALBEF, X-VLM, ReALBEF and ReX-VLM over several seeds.
 
-  python -m vlg.tools.study --out=DIR [--seeds=3] [--preset=hour] \
+  python -m vlg.tools.study --out=DIR [--seeds=3] [--preset=budget] \
       [--steps=N] [--eval_every=N] [--models=albef,xvlm,realbef,rexvlm]
 
-Trains each model family (``vlg/recipes.py``) under one preset for the same
-number of steps on the same synthetic data, once per seed, with every
-synthetic evaluator (``vlg.evaluators.synthetic``) running every
-``--eval_every`` steps (default: steps / 5, so every curve has five points)
-and at the end, then writes ``DIR/results.md``, ``DIR/results.json`` and
+Trains each model family (``vlg/recipes.py``) under one preset on the same
+synthetic data, once per seed, with every synthetic evaluator
+(``vlg.evaluators.synthetic``) running every ``--eval_every`` steps
+(default: a run's steps / 5, so every curve has five points) and at the
+end, then writes ``DIR/results.md``, ``DIR/results.json`` and
 ``DIR/curves.png`` (``vlg.analysis.study``).
 
-Presets. ``tiny`` and ``small`` are the recipes' variants as they are
-(``tiny``: batch 16, 50 examples per benchmark file; the study's default
-steps, 600, are fewer than the tiny recipes' own, ``recipes.TINY_STEPS``).
-``hour`` (the default) is ``tiny`` sized so that 4 models x 3 seeds fit an
-hour on a 2-core CPU; at its 100 steps ITM has not yet left its 1:2 prior
-(docs/results.md), so it shows the early curves only:
+Presets. ``budget`` (the default) compares the families at equal training
+compute: each trains its tiny recipe for its own ``recipes.TINY_STEPS``
+(about 40 TFLOP a run by XLA's count, so 4 models x 3 seeds spend ~480
+TFLOP), with the pairwise benchmark sets at 200 examples and the
+evaluation settings of ``hour`` below. ``tiny`` and ``small`` are the
+recipes' variants as they are, every family for the same steps (``tiny``:
+50 examples per benchmark file, 600 steps unless ``--steps``). ``hour`` is
+``tiny`` sized so that 4 models x 3 seeds fit an hour on a 2-core CPU; at
+its 100 steps ITM has not yet left its 1:2 prior (docs/results.md), so it
+shows the early curves only:
 
 - batch 16 captions and the typed parts' tiny batches (entity 4, MRC 4,
   VSG 8; the parts keep their ratios to the captions). VSG keeps K = 8 at
@@ -58,7 +62,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 from absl import app
@@ -77,8 +81,9 @@ _EVAL_NUM = None
 _COMPILATION_CACHE = None
 
 SETTINGS_FILE = 'study.json'
-PRESETS = ('hour', 'tiny', 'small')
-DEFAULT_STEPS = {'hour': 100, 'tiny': 600, 'small': 2_000}
+PRESETS = ('budget', 'hour', 'tiny', 'small')
+# Steps of every run; budget: each family's recipes.TINY_STEPS.
+DEFAULT_STEPS = {'budget': None, 'hour': 100, 'tiny': 600, 'small': 2_000}
 # Evaluations per run: every curve has this many points.
 CURVE_POINTS = 5
 # The hour preset's changes to the tiny config (module docstring).
@@ -109,17 +114,18 @@ def define_flags() -> None:
   _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per model (0..seeds-1).')
   _STEPS = flags.DEFINE_integer(
       'steps', None, "Training steps of every run; default: the preset's "
-      f'({DEFAULT_STEPS}).')
+      f'({DEFAULT_STEPS}; None: each family\'s recipes.TINY_STEPS).')
   _MODELS = flags.DEFINE_list('models', list(study_lib.MODELS),
                               f'Model families, of {study_lib.MODELS}.')
   _EVAL_EVERY = flags.DEFINE_integer(
       'eval_every', 0, 'Run every synthetic evaluator every this many '
-      f'steps (and at the last step); 0: steps / {CURVE_POINTS}, so every '
-      f'curve has {CURVE_POINTS} points.')
+      f"steps (and at the last step); 0: a run's steps / {CURVE_POINTS}, "
+      f'so every curve has {CURVE_POINTS} points.')
   _PRESET = flags.DEFINE_enum(
-      'preset', 'hour', PRESETS, 'hour: the tiny models and evaluation '
-      'sized to fit 3 seeds in an hour on 2 CPU cores (module docstring); '
-      "tiny, small: the recipes' variants unchanged.")
+      'preset', 'budget', PRESETS, 'budget: each family\'s tiny recipe for '
+      'its own steps (equal training compute); hour: the tiny models and '
+      'evaluation sized to fit 3 seeds in an hour on 2 CPU cores (module '
+      "docstring); tiny, small: the recipes' variants unchanged.")
   _EVAL_NUM = flags.DEFINE_integer(
       'eval_num', 0, 'Examples per synthetic benchmark file, for every '
       "set; 0: the preset's.")
@@ -129,13 +135,16 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['out'])
 
 
-def _hour_preset(c: ml_collections.ConfigDict, eval_every: int) -> None:
-  """Turns the tiny config ``c`` into the ``hour`` preset's (docstring)."""
-  c.batch_size = HOUR['batch_size']
+def _hour_preset(c: ml_collections.ConfigDict, eval_every: int,
+                 shrink: bool = True) -> None:
+  """Turns the tiny config ``c`` into the ``hour`` preset's (docstring);
+  ``shrink=False`` keeps the recipe's model and batches (``budget``)."""
   c.eval_batch_size = HOUR['eval_batch_size']
-  c.model.update(HOUR['model'])
-  for name, part in (c.input.get('parts') or {}).items():
-    part.update(HOUR['parts'][name])
+  if shrink:
+    c.batch_size = HOUR['batch_size']
+    c.model.update(HOUR['model'])
+    for name, part in (c.input.get('parts') or {}).items():
+      part.update(HOUR['parts'][name])
   # Checkpoints serve resumption only (the curves come from the metrics
   # log): one per evaluation.
   c.ckpt_steps = eval_every
@@ -145,7 +154,7 @@ def _hour_preset(c: ml_collections.ConfigDict, eval_every: int) -> None:
 
 
 def study_config(model: str, seed: int, *, steps: int, eval_every: int,
-                 preset: str = 'hour', eval_num: int = 0,
+                 preset: str = 'budget', eval_num: int = 0,
                  cache_dir: str = '') -> ml_collections.ConfigDict:
   """The config of one run: ``model`` under ``preset``, with ``seed``.
 
@@ -172,8 +181,8 @@ def study_config(model: str, seed: int, *, steps: int, eval_every: int,
        recipes.family_config(model, arg))
   c.seed = seed
   c.total_steps = steps
-  if preset == 'hour':
-    _hour_preset(c, eval_every)
+  if preset in ('hour', 'budget'):
+    _hour_preset(c, eval_every, shrink=preset == 'hour')
   for entry in c.evals.values():
     entry.log_steps = eval_every
     if eval_num:
@@ -186,6 +195,19 @@ def study_config(model: str, seed: int, *, steps: int, eval_every: int,
 def default_eval_every(steps: int) -> int:
   """The evaluation interval that gives every curve ``CURVE_POINTS``."""
   return max(1, steps // CURVE_POINTS)
+
+
+def run_steps(models: Sequence[str], preset: str,
+              steps: int | None = None) -> dict[str, int]:
+  """Each model's training steps: ``steps`` for all, else the preset's
+  (``budget``: the family's ``recipes.TINY_STEPS``, equal compute)."""
+  if preset not in PRESETS:
+    raise ValueError(f'unknown preset {preset!r}; valid: {PRESETS}')
+  if steps:
+    return {m: int(steps) for m in models}
+  if DEFAULT_STEPS[preset] is None:
+    return {m: recipes.TINY_STEPS[m] for m in models}
+  return {m: DEFAULT_STEPS[preset] for m in models}
 
 
 def is_done(workdir: str, steps: int) -> bool:
@@ -252,8 +274,9 @@ def _duration(seconds: float) -> str:
   return time.strftime('%H:%M:%S', time.gmtime(max(seconds, 0)))
 
 
-def run_study(out: str, *, models: Sequence[str], seeds: int, steps: int,
-              eval_every: int, preset: str = 'hour', eval_num: int = 0,
+def run_study(out: str, *, models: Sequence[str], seeds: int,
+              steps: int | Mapping[str, int], eval_every: int = 0,
+              preset: str = 'budget', eval_num: int = 0,
               config_hook: ConfigHook | None = None,
               log: Callable[[str], None] = print) -> dict[str, object]:
   """Trains (or resumes) every run of the study, then writes its results.
@@ -262,8 +285,10 @@ def run_study(out: str, *, models: Sequence[str], seeds: int, steps: int,
     out: the study directory.
     models: model families to train, in order.
     seeds: seeds per model (0..seeds-1).
-    steps: training steps of every run.
-    eval_every: evaluation interval in steps.
+    steps: training steps of every run, or of each model's runs (the
+      ``budget`` preset: :func:`run_steps`).
+    eval_every: evaluation interval in steps; 0: each run's steps /
+      ``CURVE_POINTS``.
     preset: the preset of every run (:data:`PRESETS`).
     eval_num: examples per synthetic benchmark file (0: the preset's).
     config_hook: changes each run's config in place before it trains
@@ -282,25 +307,37 @@ def run_study(out: str, *, models: Sequence[str], seeds: int, steps: int,
                      f'{study_lib.MODELS}')
   if seeds < 1:
     raise ValueError(f'--seeds={seeds} must be >= 1')
-  _check_settings(out, dict(steps=steps, eval_every=eval_every,
+  if not isinstance(steps, Mapping):
+    steps = {m: int(steps) for m in models}
+  missing = [m for m in models if m not in steps]
+  if missing:
+    raise ValueError(f'no steps for {missing}')
+  every = {m: eval_every or default_eval_every(steps[m]) for m in models}
+  # One model's settings in study.json: a number when every model shares it.
+  def setting(values):
+    distinct = {values[m] for m in models}
+    return distinct.pop() if len(distinct) == 1 else {
+        m: values[m] for m in models}
+  _check_settings(out, dict(steps=setting(steps), eval_every=setting(every),
                             preset=preset, eval_num=eval_num))
   cache_dir = os.path.join(out, 'cache')
   plan = [(m, s) for m in models for s in range(seeds)]
   configs = {}
   for model, seed in plan:
-    c = study_config(model, seed, steps=steps, eval_every=eval_every,
-                     preset=preset, eval_num=eval_num, cache_dir=cache_dir)
+    c = study_config(model, seed, steps=steps[model],
+                     eval_every=every[model], preset=preset,
+                     eval_num=eval_num, cache_dir=cache_dir)
     if config_hook is not None:
       config_hook(c)
     configs[model, seed] = c
   _shared_inputs(list(configs.values()))
 
   todo = [(m, s) for m, s in plan
-          if not is_done(study_lib.run_dir(out, m, s), steps)]
+          if not is_done(study_lib.run_dir(out, m, s), steps[m])]
   skipped = [p for p in plan if p not in todo]
   log(f'study {out}: {len(plan)} runs ({len(models)} models x {seeds} '
-      f'seeds, {steps} steps, evals every {eval_every}); {len(skipped)} '
-      f'finished, {len(todo)} to train')
+      f'seeds, {setting(steps)} steps, evals every {setting(every)}); '
+      f'{len(skipped)} finished, {len(todo)} to train')
   if todo:
     _share_tokenizer(list(configs.values()), out)
   start, trained, interrupted = time.time(), [], False
@@ -314,18 +351,19 @@ def run_study(out: str, *, models: Sequence[str], seeds: int, steps: int,
     train.train_and_evaluate(configs[model, seed], workdir)
     seconds = time.time() - t
     reached = _last_checkpoint(workdir)
-    if reached != steps:
-      log(f'{model} seed {seed} stopped at step {reached} of {steps} '
-          '(interrupted); run the same command again to resume')
+    if reached != steps[model]:
+      log(f'{model} seed {seed} stopped at step {reached} of '
+          f'{steps[model]} (interrupted); run the same command again to '
+          'resume')
       interrupted = True
       break
     with open(os.path.join(workdir, study_lib.DONE_FILE), 'w') as f:
-      json.dump(dict(model=model, seed=seed, steps=steps, seconds=seconds,
-                     resumed_from=resumed), f)
+      json.dump(dict(model=model, seed=seed, steps=steps[model],
+                     seconds=seconds, resumed_from=resumed), f)
     trained.append((model, seed))
     elapsed = time.time() - start
     left = len(todo) - i - 1
-    rate = (steps - (resumed or 0)) / seconds
+    rate = (steps[model] - (resumed or 0)) / seconds
     log(f'[{i + 1}/{len(todo)}] {model} seed {seed} done in '
         f'{_duration(seconds)} ({rate:.2f} steps/s with evals and '
         f'compilation); study {_duration(elapsed)}, about '
@@ -360,10 +398,9 @@ def main(argv):
   out = _OUT.value
   if _COMPILATION_CACHE.value:
     enable_compilation_cache(os.path.join(out, 'cache', 'jax'))
-  steps = _STEPS.value or DEFAULT_STEPS[_PRESET.value]
+  steps = run_steps(_MODELS.value, _PRESET.value, _STEPS.value)
   result = run_study(out, models=_MODELS.value, seeds=_SEEDS.value,
-                     steps=steps, eval_every=(_EVAL_EVERY.value or
-                                              default_eval_every(steps)),
+                     steps=steps, eval_every=_EVAL_EVERY.value,
                      preset=_PRESET.value, eval_num=_EVAL_NUM.value,
                      log=lambda line: print(line, flush=True))
   if result['results'] is not None:
