@@ -24,6 +24,12 @@ import pytest  # noqa: E402
 # they share one cache.
 os.environ.setdefault('VLG_TEST_JAX_CACHE',
                       tempfile.mkdtemp(prefix='vlg_test_jax_cache_'))
+# The tests' subprocesses (multi-process jobs, fault-injected runs) read it
+# too: jax takes its config from these variables at import.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.environ['VLG_TEST_JAX_CACHE'])
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 jax.config.update('jax_compilation_cache_dir', os.environ['VLG_TEST_JAX_CACHE'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)

@@ -47,6 +47,9 @@ from vlg.data import pipeline
 import configs.albef as albef_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The two-process jobs (here and in test_faults.py) compile one program;
+# on one worker, whichever runs second finds it in the persistent cache.
+TWO_PROCESSES = pytest.mark.xdist_group('two_processes')
 STEPS = 3
 # Shared by the subprocesses (as --config.k=v) and the in-process reference.
 OVERRIDES = {
@@ -81,19 +84,24 @@ def _free_port() -> int:
 
 
 def _start_processes(workdir, tokenizer_path, num_processes=2,
-                     devices_per_process=1):
+                     devices_per_process=1,
+                     entry=(sys.executable, '-m', 'vlg.main'), env=None):
+  """Starts the job's processes, each logging to ``process_<i>.log`` beside
+  ``workdir``; ``entry`` is the command before the flags (the fault tests
+  run ``tests/fault_child.py``), ``env`` extra environment variables."""
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count='
              f'{devices_per_process}',
-             JAX_DISABLE_MOST_OPTIMIZATIONS='1', TF_CPP_MIN_LOG_LEVEL='3')
+             JAX_DISABLE_MOST_OPTIMIZATIONS='1', TF_CPP_MIN_LOG_LEVEL='3',
+             **(env or {}))
   flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
   flags.append(f'--config.input.tokenizer.path={tokenizer_path}')
   procs = []
   for i in range(num_processes):
     log = open(os.path.join(os.path.dirname(workdir), f'process_{i}.log'),
                'w')
-    cmd = [sys.executable, '-m', 'vlg.main', '--config=configs/albef.py:tiny,evals=False',
+    cmd = [*entry, '--config=configs/albef.py:tiny,evals=False',
            f'--workdir={workdir}', f'--coordinator_address=127.0.0.1:{port}',
            f'--num_processes={num_processes}', f'--process_id={i}', *flags]
     procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
@@ -128,6 +136,7 @@ def _reference_metrics(cfg, tokenizer, num_processes=2):
   return out, first_batch
 
 
+@TWO_PROCESSES
 def test_two_processes_match_one_process_on_the_same_global_batches(
     tmp_path, fast_compile):
   cfg = _config()

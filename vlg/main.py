@@ -6,12 +6,16 @@ r"""vlg's command-line entry point: flags, distributed set-up, then train.
 ``--config.field=value`` overrides any field; an unknown field is an error
 of one line naming the path and the nearest valid field (:func:`parse_flags`).
 Running the same command again resumes from the last checkpoint in
-``--workdir``. Multi-process jobs: see ``launch/README.md``.
+``--workdir``. Multi-process jobs: see ``launch/README.md``; a process of
+one that fails prints its error and exits at once, and the others, whose
+collectives lose it, follow (:func:`_exit_now`) instead of hanging.
 """
 
 import logging
+import os
 import re
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -95,7 +99,32 @@ def main(argv):
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
   from vlg import train  # pylint: disable=g-import-not-at-top
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_count() == 1:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    return
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (Exception, KeyboardInterrupt):  # pylint: disable=broad-except
+    _exit_now(jax.process_index())
+
+
+def _exit_now(process_index: int) -> None:
+  """Prints the exception being handled and ends this process at once.
+
+  In a multi-process job a process that fails must not exit normally:
+  ``jax.distributed``'s exit hook waits in a shutdown barrier for every
+  other process, and those wait in the next collective (a train step's
+  all-reduce, a checkpoint barrier) for this one — both hang. Ending the
+  process without the hooks closes its connections, so the others'
+  collectives fail and they exit through here too.
+  """
+  traceback.print_exc()
+  logging.error('Process %d failed (traceback above); exiting without the '
+                'shutdown barrier so the other processes stop too',
+                process_index)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -312,7 +312,9 @@ def _format_progress(step, total, metrics, steps_per_sec, eta_s):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices=None) -> dict[str, float]:
+                       devices=None,
+                       on_step: Callable[[int], None] | None = None
+                       ) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming if a checkpoint exists).
 
   The mesh ``config.mesh`` is built over ``devices`` (default: the first
@@ -320,7 +322,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   only (``jax.set_mesh`` as a context), so a caller can evaluate on another
   mesh afterwards. A checkpoint written on
   any mesh resumes on any other: orbax restores each array straight into
-  the shardings of this run's mesh.
+  the shardings of this run's mesh. ``on_step(step)``, if given, is called
+  after each step's logging, checkpoint and evaluations (tools measure the
+  loop with it, e.g. ``vlg.tools.bench_memory``).
 
   Returns:
     The last logged training metrics.
@@ -329,10 +333,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     devices = sharding.mesh_devices(int(config.get('num_devices', 0)))
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   with jax.set_mesh(mesh):
-    return _train_and_evaluate(config, workdir, mesh)
+    return _train_and_evaluate(config, workdir, mesh, on_step)
 
 
-def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
+def _train_and_evaluate(config, workdir, mesh, on_step) -> dict[str, float]:
   """The body of :func:`train_and_evaluate`, under its mesh."""
   # --- Set up: rules, writer -------------------------------------------------
   eval_failure = config.get('eval_failure', 'stop')
@@ -518,6 +522,8 @@ def _train_and_evaluate(config, workdir, mesh) -> dict[str, float]:
       if save_now or step == total:
         save(step, force=stop or step == total)
       run_evals(step)
+      if on_step is not None:
+        on_step(step)
       if stop:
         logging.warning('Preempted (SIGTERM or orbax notice): saved step %d, '
                         'exiting; the same command resumes', step)
