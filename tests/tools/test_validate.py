@@ -145,6 +145,13 @@ def test_itm_probe_pools_accuracy_and_auroc_over_batches():
   # 0 (a tie answers "not matched") right, 0.5 wrong: 5 of 8.
   assert got['itm_random_acc'] == pytest.approx(5 / 8)
   assert got['itm_random_prior'] == pytest.approx(2 / 3)
+  # 2 of 4 positives and 3 of 4 negatives right.
+  assert got['itm_random_recall'] == pytest.approx(2 / 4)
+  assert got['itm_random_specificity'] == pytest.approx(3 / 4)
+  # Sorted margins -3n -2p -1p -1n 0n .5n 1p 2p: "matched" above -2.5
+  # gets 1 + 4 = 5; above 0.75 gets 4 negatives + 2 positives = 6 of 8
+  # (the tie at -1 cannot be split).
+  assert got['itm_random_acc_best_threshold'] == pytest.approx(6 / 8)
   assert 'fn_hard_share' not in got  # No truth given.
 
 

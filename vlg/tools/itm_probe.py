@@ -183,7 +183,39 @@ def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
           'nan'),
       'itm_random_auroc': eval_common.auroc(scores[labels], scores[~labels]),
       'itm_random_prior': ITM_PRIOR,
+      # Where the errors are: the share of true pairs answered "matched"
+      # and of negatives answered "not matched" (a head that only says
+      # "matched" when sure has a low recall and a high specificity).
+      'itm_random_recall': _mean(correct[labels]),
+      'itm_random_specificity': _mean(correct[~labels]),
+      # The accuracy at the best threshold on the logit margin, in place
+      # of the head's own 0 (p = 0.5): a diagnostic of calibration, not a
+      # score (the threshold is chosen on these very pairs).
+      'itm_random_acc_best_threshold': _best_threshold_accuracy(
+          scores, labels),
   }
   if probes and all(p.truth is not None for p in probes):
     res['fn_hard_share'] = hard_true / hard_num if hard_num else float('nan')
   return res
+
+
+def _mean(values: np.ndarray) -> float:
+  return float(values.mean()) if values.size else float('nan')
+
+
+def _best_threshold_accuracy(scores: np.ndarray, labels: np.ndarray
+                             ) -> float:
+  """The best accuracy of answering "matched" for ``scores > t`` over
+  every threshold ``t`` (below all scores, between two, above all)."""
+  if not scores.size:
+    return float('nan')
+  order = np.argsort(scores, kind='stable')
+  s, y = scores[order], labels[order]
+  # Cut k: the k lowest scores answer "not matched". Only cuts between
+  # distinct scores are thresholds.
+  negatives_below = np.concatenate([[0], np.cumsum(~y)])
+  positives_above = np.concatenate([[0], np.cumsum(y[::-1])])[::-1]
+  valid = np.concatenate([[True], s[1:] > s[:-1], [True]])
+  correct = (negatives_below + positives_above)[valid]
+  return float(correct.max() / s.size)
+

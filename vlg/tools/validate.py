@@ -33,7 +33,12 @@ computes on the same batches, for every kept checkpoint (or ``--steps``;
   among the batch entries of another image, 3B pairs as in training; drawn
   once from a fixed seed, so every step sees the same pairs) accuracy at
   the argmax and the AUROC of p(match), positives against negatives pooled
-  over all batches, measure the matcher itself;
+  over all batches, measure the matcher itself; ``itm_random_recall`` and
+  ``itm_random_specificity`` split the accuracy into positives and
+  negatives, and ``itm_random_acc_best_threshold`` (the accuracy at the
+  best threshold on these very pairs: a diagnostic of calibration, not a
+  score) shows how much of the gap to a perfect matcher is the head's
+  threshold rather than its ranking;
 * false negatives, from the world's ground truth (``vlg.data.synthetic.
   truth``): each held-out caption is rebuilt from its image id and
   ``caption_index`` and checked against every scene of its batch.
