@@ -32,13 +32,16 @@ import numpy as np
 import scipy.stats
 
 from vlg.analysis import curves as curves_lib
+from vlg.data import benchmarks
 
 IOU_THRESHOLD = 0.5
 CHANCE: dict[str, float] = {'vsr': 0.5, 'rcm': 0.5}
 TASK_COLUMNS: tuple[tuple[str, str], ...] = (
     ('refcocog', 'RefCOCOg Acc@0.5'), ('vsr', 'VSR acc'), ('rcm', 'RCM acc'))
 ALL = '(all)'
-NO_CATEGORY = '(no category)'
+# A VSR relation the category file does not list, as the VSR evaluator
+# counts it (vlg/data/benchmarks/vsr.py).
+NO_CATEGORY = benchmarks.UNKNOWN_CATEGORY
 
 # The 80 COCO detection categories by super-category: "id name" pairs.
 _COCO_TAXONOMY = """
@@ -219,7 +222,8 @@ def vsr_breakdown(correct: Sequence[Any], relations: Sequence[str],
   """VSR accuracy per meta-category and per relation (chance 0.5 beside).
 
   A relation missing from ``relation_to_category`` (VSR's single
-  ``congruent``) is counted under :data:`NO_CATEGORY`, never dropped.
+  ``congruent``) is counted under :data:`NO_CATEGORY` ('unknown', as the
+  VSR evaluator counts it), never dropped.
 
   Returns:
     ``(by_category, by_relation)``.
