@@ -6,9 +6,9 @@ Tiny, on the built-in synthetic world (the default; minutes on 2 CPU cores):
 
 Expected (one measured run in docs/results.md): MLM falls first; ITM leaves
 its 1:2 prior within a few hundred steps (held-out accuracy / AUROC on
-uniform negatives ~0.8 / ~0.93 at step 2,000, ``python -m
-vlg.tools.validate``) and the synthetic retrieval R@1 ends near 20x its
-0.02 chance level (``python -m vlg.tools.skills --workdir=...``). ITC's
+uniform negatives ~0.77 / ~0.90 at step 2,000, ``python -m
+vlg.tools.validate``) and the synthetic retrieval R@1 ends 15-20x above
+its 0.02 chance level (``python -m vlg.tools.skills --workdir=...``). ITC's
 logged loss rises while the queue fills (its softmax gains B columns a
 step) before it falls. ``train/fn_itm_neg_share`` logs how many drawn ITM
 negatives are in fact true captions (about 1%).

@@ -111,8 +111,9 @@ def main() -> None:
   if fault is not None and fault[2] in (None, process_id):
     install(fault[0], fault[1])
   from absl import app  # pylint: disable=g-import-not-at-top
+  from vlg import config_lib  # pylint: disable=g-import-not-at-top
   from vlg import main as vlg_main  # pylint: disable=g-import-not-at-top
-  app.run(vlg_main.main, flags_parser=vlg_main.parse_flags)
+  app.run(vlg_main.main, flags_parser=config_lib.parse_flags)
 
 
 if __name__ == '__main__':

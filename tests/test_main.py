@@ -52,3 +52,28 @@ def test_unknown_override_names_path_and_nearest_valid_field():
   assert "did you mean 'optim.lr'" in config_lib.unknown_field(c, 'lr')
   # A path into a leaf value is not a field either.
   assert 'batch_size' in config_lib.unknown_field(c, 'batch_size.x')
+
+
+def test_every_command_with_a_config_flag_parses_overrides_alike():
+  """A misspelt override gets the same one line from every command that
+  takes ``--config``: each runs with config_lib.parse_flags."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  found = []
+  for path in sorted(pathlib.Path(ROOT, 'vlg').rglob('*.py')):
+    text = path.read_text()
+    if re.search(r"DEFINE_config_file\(\s*'config'", text):
+      found.append(path.name)
+      assert 'flags_parser=config_lib.parse_flags' in text, path
+  assert {'main.py', 'bench.py', 'stage1.py'} <= set(found), found
+
+
+def test_a_tool_reports_a_misspelt_override_in_one_line():
+  r = subprocess.run(
+      [sys.executable, '-m', 'vlg.tools.bench',
+       '--config=configs/albef.py:tiny,evals=False', '--config.batch_sise=4'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
+  assert "'batch_sise'" in lines[0] and "'batch_size'" in lines[0], lines[0]

@@ -175,11 +175,11 @@ class Checkpointer:
     return out['params'], out['train_state'], meta
 
   def restore_config(self, step: int | None = None) -> dict[str, Any]:
+    """The config and metadata item of ``step`` (default: the latest)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}')
-    return self.manager.restore(
-        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+    return restore_config_item(self.manager, step)
 
   def wait(self):
     """Blocks until the save in flight is written.
@@ -233,6 +233,34 @@ def _join_background_writes(timeout_s: float = 60.0) -> None:
     if (thread is not threading.current_thread() and
         type(thread).__module__.startswith('orbax.')):
       thread.join(max(deadline - time.monotonic(), 0))
+
+
+def open_read_only(directory: str) -> ocp.CheckpointManager:
+  """A read-only manager over ``directory`` (evaluation, probing): it
+  never writes, deletes or cleans up an unfinished save."""
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_names=ITEMS)
+
+
+def restore_config_item(manager: ocp.CheckpointManager,
+                        step: int) -> dict[str, Any] | None:
+  """The ``config`` item (config and metadata) of ``step`` alone."""
+  return manager.restore(
+      step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+
+
+def restore_params_item(manager: ocp.CheckpointManager, step: int,
+                        abstract: Any, with_config: bool = True
+                        ) -> tuple[Any, dict[str, Any] | None]:
+  """The ``params`` item of ``step`` onto the shardings of ``abstract``
+  (a tree of ``jax.ShapeDtypeStruct``), and its ``config`` item (None
+  when ``with_config`` is False)."""
+  items = dict(params=ocp.args.StandardRestore(abstract))
+  if with_config:
+    items['config'] = ocp.args.JsonRestore()
+  out = manager.restore(step, args=ocp.args.Composite(**items))
+  return out['params'], (out['config'] if with_config else None)
 
 
 def abstract_like(tree: Any) -> Any:

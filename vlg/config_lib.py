@@ -11,9 +11,13 @@ does not exist.
 from __future__ import annotations
 
 import difflib
+import re
+import sys
 from typing import Any
 
 import ml_collections
+from absl import app
+from absl import flags
 
 
 def _coerce(value: str, default: Any) -> Any:
@@ -150,3 +154,42 @@ def unknown_field(config: Any, path: str) -> str | None:
     return f'unknown config field {path!r}; did you mean {nearest!r}?'
   return (f'unknown config field {path!r}; the fields {where} are '
           f'{sorted(keys)}')
+
+
+def override_error(argv: list[str]) -> str | None:
+  """The message for the first ``--config.<path>`` of ``argv`` that names no
+  field of the config ``--config`` loads; None if there is none (or the
+  config cannot be loaded)."""
+  config_arg, overrides = None, []
+  for i, arg in enumerate(argv):
+    if re.match(r'^--?config(=|$)', arg):
+      config_arg = arg.split('=', 1)[1] if '=' in arg else (
+          argv[i + 1] if i + 1 < len(argv) else None)
+    elif m := re.match(r'^--?(?:no)?config\.([^=]+)', arg):
+      overrides.append((m.group(1), arg))
+  if config_arg is None:
+    return None
+  try:
+    config = flags.FLAGS['config'].parser.parse(config_arg)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  for path, arg in overrides:
+    message = unknown_field(config, path)
+    if message is not None:
+      return f'{arg.split("=", 1)[0]}: {message} (config {config_arg})'
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (``app.run``'s default), except that an override
+  of a field the config does not have (``--config.optim.lrr=1``) exits
+  non-zero with one line naming the path and the nearest valid field,
+  instead of ml_collections' traceback. Every command with a ``--config``
+  flag runs with ``app.run(main, flags_parser=config_lib.parse_flags)``."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except Exception:  # config_flags raises AttributeError, KeyError, ...
+    message = override_error(list(argv))
+    if message is None:
+      raise
+  sys.exit(f'FATAL Flags parsing error: {message}')

@@ -4,7 +4,8 @@ r"""vlg's command-line entry point: flags, distributed set-up, then train.
 
 ``--config`` names a config file and its argument (``file.py:arg``);
 ``--config.field=value`` overrides any field; an unknown field is an error
-of one line naming the path and the nearest valid field (:func:`parse_flags`).
+of one line naming the path and the nearest valid field
+(``config_lib.parse_flags``).
 Running the same command again resumes from the last checkpoint in
 ``--workdir``. Multi-process jobs: see ``launch/README.md``; a process of
 one that fails prints its error and exits at once, and the others, whose
@@ -13,13 +14,14 @@ collectives lose it, follow (:func:`_exit_now`) instead of hanging.
 
 import logging
 import os
-import re
 import sys
 import traceback
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from vlg import config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file and argument, e.g. configs/albef.py:tiny.',
@@ -38,45 +40,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() with '
     'auto-detection (TPU pods, SLURM).')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def _override_error(argv: list[str]) -> str | None:
-  """The message for the first ``--config.<path>`` of ``argv`` that names no
-  field of the config ``--config`` loads; None if there is none (or the
-  config cannot be loaded)."""
-  config_arg, overrides = None, []
-  for i, arg in enumerate(argv):
-    if re.match(r'^--?config(=|$)', arg):
-      config_arg = arg.split('=', 1)[1] if '=' in arg else (
-          argv[i + 1] if i + 1 < len(argv) else None)
-    elif m := re.match(r'^--?(?:no)?config\.([^=]+)', arg):
-      overrides.append((m.group(1), arg))
-  if config_arg is None:
-    return None
-  from vlg import config_lib  # pylint: disable=g-import-not-at-top
-  try:
-    config = flags.FLAGS['config'].parser.parse(config_arg)
-  except Exception:  # pylint: disable=broad-except
-    return None
-  for path, arg in overrides:
-    message = config_lib.unknown_field(config, path)
-    if message is not None:
-      return f'{arg.split("=", 1)[0]}: {message} (config {config_arg})'
-  return None
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing (``app.run``'s default), except that an override
-  of a field the config does not have (``--config.optim.lrr=1``) exits
-  non-zero with one line naming the path and the nearest valid field,
-  instead of ml_collections' traceback."""
-  try:
-    return app.parse_flags_with_usage(argv)
-  except Exception:  # config_flags raises AttributeError, KeyError, ...
-    message = _override_error(list(argv))
-    if message is None:
-      raise
-  sys.exit(f'FATAL Flags parsing error: {message}')
 
 
 def main(argv):
@@ -128,4 +91,4 @@ def _exit_now(process_index: int) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=config_lib.parse_flags)

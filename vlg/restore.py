@@ -28,7 +28,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from vlg import checkpointing
 from vlg import predict
@@ -55,7 +54,7 @@ class Run:
   meta: dict[str, Any]
   kept_steps: list[int]
   abstract_params: PyTree = dataclasses.field(repr=False)
-  manager: ocp.CheckpointManager = dataclasses.field(repr=False)
+  manager: Any = dataclasses.field(repr=False)  # Read-only orbax manager.
 
   def at_step(self, step: int) -> Run:
     """The same run at another kept step (reuses model, mesh, tokenizer)."""
@@ -73,7 +72,7 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def open_checkpoints(workdir: str) -> ocp.CheckpointManager:
+def open_checkpoints(workdir: str):
   """A read-only orbax manager over ``WORKDIR/checkpoints``.
 
   Raises:
@@ -83,9 +82,7 @@ def open_checkpoints(workdir: str) -> ocp.CheckpointManager:
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f'{workdir} has no checkpoints/ folder; is it a training workdir?')
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_names=checkpointing.ITEMS)
+  manager = checkpointing.open_read_only(directory)
   if not manager.all_steps():
     manager.close()
     raise FileNotFoundError(f'No finished checkpoint in {directory}')
@@ -218,8 +215,7 @@ def _saved_config(manager, workdir, step) -> ml_collections.ConfigDict:
   step = max(steps) if step is None else step
   if step not in steps:
     raise _not_kept(workdir, step, steps)
-  saved = manager.restore(
-      step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+  saved = checkpointing.restore_config_item(manager, step)
   if not saved or 'config' not in saved:
     raise ValueError(f'Checkpoint {checkpoint_dir(workdir)}/{step} carries '
                      'no config item')
@@ -231,13 +227,11 @@ def _restore_params(manager, workdir, step, abstract_params):
     raise _not_kept(workdir, step, manager.all_steps())
   # The item holds params and EMA together; orbax cannot skip a subtree of
   # a standard item, so the EMA is read onto the same shardings and dropped.
-  out = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(
-          {'params': abstract_params, 'ema': abstract_params}),
-      config=ocp.args.JsonRestore()))
-  meta = (out['config'] or {}).get('meta', {})
+  params, config = checkpointing.restore_params_item(
+      manager, step, {'params': abstract_params, 'ema': abstract_params})
+  meta = (config or {}).get('meta', {})
   logging.info('Restored %s/%d: %s', checkpoint_dir(workdir), step, meta)
-  return out['params']['params'], meta
+  return params['params'], meta
 
 
 def _check_tokenizer(tokenizer, meta, workdir, step):

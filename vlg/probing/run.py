@@ -53,6 +53,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vlg import config_lib
 from vlg import restore
 from vlg import sharding
 from vlg.analysis import curves as curves_lib
@@ -422,4 +423,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -368,7 +368,8 @@ def load_resampler(workdir: str, step: int | None = None,
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
         {k: nnx.to_pure_dict(st) for k, (_, st) in states.items()})
-    params = ckpt.manager.restore(step, args=ocp_params(abstract))['params']
+    params, _ = checkpointing.restore_params_item(
+        ckpt.manager, step, abstract, with_config=False)
   finally:
     ckpt.close()
   merged = {}
@@ -380,12 +381,6 @@ def load_resampler(workdir: str, step: int | None = None,
   resolution = int(meta['input']['resolution'])
   return TrainedResampler(module, tokenizer, resolution, step,
                           f'{os.path.abspath(workdir)}@{step}')
-
-
-def ocp_params(abstract):
-  """Orbax restore args for the ``params`` item only."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  return ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
 
 
 _CONFIG = None
@@ -412,4 +407,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

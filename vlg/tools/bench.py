@@ -30,6 +30,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vlg import config_lib
 from vlg.tools import flops as flops_lib
 
 _CONFIG = None
@@ -208,4 +209,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

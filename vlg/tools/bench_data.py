@@ -32,6 +32,8 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from vlg import config_lib
+
 _CONFIG = None
 _WORKERS = None
 _RESOLUTIONS = None
@@ -159,4 +161,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -35,6 +35,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vlg import config_lib
+
 _CONFIG = None
 _STEPS = None
 _WORKDIR = None
@@ -135,4 +137,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -35,6 +35,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vlg import config_lib
+
 # Dense bfloat16 FLOP/s per chip (one TPU chip, one GPU).
 PEAK_BF16_FLOPS: dict[str, float] = {
     # Cloud TPU docs, "TPU v4": 275 TFLOP/s peak bf16 per chip.
@@ -234,4 +236,4 @@ if __name__ == '__main__':
       'config', None, 'Config file, e.g. configs/albef.py:base.',
       lock_config=True)
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)
