@@ -508,3 +508,17 @@ def test_check_images_reports_present_and_missing(tmp_path):
   assert present == ['val2014/a.jpg'] and missing == ['x.jpg']
   assert bm.image_path('/data/coco', 'val2014/a.jpg') == (
       '/data/coco/val2014/a.jpg')
+
+
+def test_check_images_with_decode_counts_a_corrupt_image_as_missing(
+    tmp_path, caplog):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.new('RGB', (4, 4), (200, 10, 10)).save(tmp_path / 'good.png')
+  _write(tmp_path / 'bad.png', 'not a png')
+  names = ['good.png', 'bad.png', 'gone.png']
+  # Without decode the corrupt file counts as present (it exists).
+  assert bm.check_images(names, str(tmp_path)) == (
+      ['good.png', 'bad.png'], ['gone.png'])
+  present, missing = bm.check_images(names, str(tmp_path), decode=True)
+  assert present == ['good.png'] and missing == ['bad.png', 'gone.png']
+  assert 'do not decode' in caplog.text and 'bad.png' in caplog.text

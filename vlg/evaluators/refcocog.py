@@ -85,7 +85,8 @@ class Evaluator:
     self.scorer = scorer
     self.examples = benchmarks.load_refcocog(root, split=split,
                                              split_by=split_by)
-    present, missing = benchmarks.check_images(self.examples, image_root)
+    present, missing = benchmarks.check_images(self.examples, image_root,
+                                               decode=True)
     if missing:
       logging.warning('RefCOCOg %s: %d images missing under %s, e.g. %s',
                       split, len(missing), image_root, missing[:5])

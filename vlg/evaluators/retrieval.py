@@ -206,7 +206,8 @@ class Evaluator:
     else:
       full = benchmarks.paragraph_retrieval_set(
           benchmarks.load_paragraphs(file, split_file))
-    present, missing = benchmarks.check_images(full.images, image_root)
+    present, missing = benchmarks.check_images(full.images, image_root,
+                                               decode=True)
     if missing:
       logging.warning('retrieval %s: %d of %d images missing under %s, '
                       'e.g. %s; their texts are left out', file,

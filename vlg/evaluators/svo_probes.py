@@ -35,7 +35,8 @@ class Evaluator:
     self.scorer, self.scorer_name = scorer, scorer_name
     self.examples = benchmarks.load_svo_probes(file,
                                                image_template=image_template)
-    present, missing = benchmarks.check_images(self.examples, image_root)
+    present, missing = benchmarks.check_images(self.examples, image_root,
+                                               decode=True)
     if missing:
       logging.warning('SVO-Probes: %d of %d rows lack an image (%d images '
                       'missing under %s, e.g. %s)',

@@ -42,7 +42,8 @@ class Evaluator:
     self.scorer, self.scorer_name = scorer, scorer_name
     self.examples = benchmarks.load_valse(root, instruments=instruments,
                                           valid_only=True)
-    present, missing = benchmarks.check_images(self.examples, image_root)
+    present, missing = benchmarks.check_images(self.examples, image_root,
+                                               decode=True)
     if missing:
       logging.warning('VALSE: %d images missing under %s, e.g. %s',
                       len(missing), image_root, missing[:5])

@@ -42,7 +42,8 @@ class Evaluator:
         (e.relation for e in self.examples),
         benchmarks.load_vsr_categories(categories),
         source=categories) if categories else {}
-    present, missing = benchmarks.check_images(self.examples, image_root)
+    present, missing = benchmarks.check_images(self.examples, image_root,
+                                               decode=True)
     if missing:
       logging.warning('VSR: %d images missing under %s, e.g. %s',
                       len(missing), image_root, missing[:5])

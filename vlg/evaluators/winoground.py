@@ -43,7 +43,7 @@ class Evaluator:
     self.examples = benchmarks.load_winoground(root)
     self.image_root = image_root or benchmarks.winoground_images_dir(root)
     present, missing = benchmarks.check_images(self.examples,
-                                               self.image_root)
+                                               self.image_root, decode=True)
     if missing:
       logging.warning('Winoground: %d images missing under %s, e.g. %s',
                       len(missing), self.image_root, missing[:5])

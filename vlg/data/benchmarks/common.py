@@ -29,6 +29,8 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
+from vlg.data import ops
+
 T = TypeVar('T')
 
 
@@ -297,17 +299,21 @@ def image_path(root: str, name: str) -> str:
   return os.path.join(root, name)
 
 
-def check_images(examples: Iterable[HasImages | str], image_root: str
-                 ) -> tuple[list[Any], list[str]]:
+def check_images(examples: Iterable[HasImages | str], image_root: str,
+                 decode: bool = False) -> tuple[list[Any], list[str]]:
   """Finds which examples have all their images under ``image_root``.
 
   Benchmark images go missing (dead SVO-Probes URLs, partial COCO copies), so
   an evaluator must say how many examples it really scored and which images it
-  lacked; results are comparable only on the same example set.
+  lacked; results are comparable only on the same example set. With
+  ``decode`` (what evaluators ask for when they are built) an image must
+  also decode: a corrupt file counts as missing, with a warning naming it,
+  instead of failing the first evaluation hours into a run.
 
   Args:
     examples: examples with an ``image_files()`` method, or image names.
     image_root: the folder the image names are relative to.
+    decode: also decode every image once.
 
   Returns:
     ``(present, missing)``: the examples whose images all exist, in order
@@ -315,17 +321,28 @@ def check_images(examples: Iterable[HasImages | str], image_root: str
     that were not found.
   """
   exists: dict[str, bool] = {}
-  present, missing = [], set()
+  present, missing, corrupt = [], set(), {}
   for example in examples:
     names = ((example,) if isinstance(example, str)
              else example.image_files())
     ok = True
     for name in names:
       if name not in exists:
-        exists[name] = os.path.isfile(image_path(image_root, name))
+        path = image_path(image_root, name)
+        exists[name] = os.path.isfile(path)
+        if exists[name] and decode:
+          try:
+            with open(path, 'rb') as f:
+              ops.decode_image(f.read(), path)
+          except (OSError, ops.BadExampleError) as e:
+            exists[name], corrupt[name] = False, str(e)
       if not exists[name]:
         missing.add(name)
         ok = False
     if ok:
       present.append(example)
+  if corrupt:
+    logging.warning('%d image(s) under %s do not decode; their examples are '
+                    'skipped and counted: %s', len(corrupt), image_root,
+                    list(corrupt.values())[:5])
   return present, sorted(missing)
