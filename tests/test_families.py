@@ -8,6 +8,7 @@ from vlg import train
 from vlg import restore
 from vlg import writers
 from vlg.data import pipeline
+from vlg.objectives import pretrain
 from vlg.tools import validate
 
 from test_train import shrink_for_tests
@@ -52,7 +53,7 @@ def test_family_trains_and_logs_every_part(family, tmp_path, fast_compile):
     assert key in last, key
     assert np.isfinite(last[key]), key
   # The total is the caption loss plus the ratio-weighted parts.
-  ratios = train.part_ratios(cfg)
+  ratios = pretrain.part_ratios(cfg)
   want = last['train/caption_loss']
   if 'entity' in ratios:
     want += ratios['entity'] * last['train/entity_loss']

@@ -12,7 +12,7 @@ from PIL import Image
 
 from vlg import recipes
 from vlg import train
-from vlg.data import parts as parts_lib
+from vlg.data.parts import common as parts_common
 from vlg.data import pipeline
 from vlg.data import relations
 from vlg.data import tokenizer as tok_lib
@@ -183,7 +183,7 @@ def test_rexvlm_base_4m_reads_prepared_folders(tmp_path):
   assert sorted(vocab.relations) == ['near', 'to the left of',
                                      'to the right of']
   labels = batch['mrc_label']
-  kept = labels[labels != parts_lib.IGNORE].tolist()
+  kept = labels[labels != parts_common.IGNORE].tolist()
   assert kept and set(kept) <= set(range(len(vocab)))
   # model.mrc_classes (310 for the real GQA) must match the vocabulary.
   with pytest.raises(ValueError, match='has 3 relations but '

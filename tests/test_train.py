@@ -77,7 +77,10 @@ def test_train_writes_metrics_checkpoints_and_resumes_exactly(
     tmp_path, monkeypatch, fast_compile):
   cfg = tiny_test_config()
   full = str(tmp_path / 'full')
-  train.train_and_evaluate(cfg, full)
+  # The run sets its sharding rules for its own duration only.
+  with sharding.rules_context([('outer', None)]):
+    train.train_and_evaluate(cfg, full)
+    assert sharding.current_rules() == [('outer', None)]
   ref = _losses(full)
   assert sorted(ref) == [1, 2, 3, 4, 5, 6]
   for key in ('train/loss', 'train/itc_loss', 'train/itm_loss',

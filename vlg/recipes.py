@@ -205,7 +205,7 @@ def _parts(variant: str, patch_size: int, names: tuple[str, ...]
                   patch_size=patch_size, data={}),
       mrc=dict(enabled=True, batch_size=64 if base else 8 // scale,
                num_relations=2,
-               ratio=0.5, max_text_len=12, vocab='', concept='masked',
+               ratio=0.5, max_text_len=12, vocab='',
                patch_size=patch_size,
                data={}),
       vsg=dict(enabled=True, batch_size=128 if base else 16 // scale, k=8,
@@ -239,6 +239,9 @@ def family_config(family: str, arg: str | None = None
   c.loss.bbox = 1.0
   c.loss.giou = 1.0
   c.loss.mrc = 1.0
+  # MRC's concepts: 'masked' (each entity's ViT pass sees only its box) or
+  # 'shared' (X-VLM's one pass per image); vlg/objectives/mrc.py.
+  c.loss.mrc_concept = 'masked'
   if arg.variant == 'tiny' and not arg.runlocal:
     c.total_steps = TINY_STEPS[family]
     c.keep_every_steps = c.total_steps // 4

@@ -84,8 +84,15 @@ def set_rules(rules: Rules) -> None:
   _RULES[:] = [(str(k), _as_axes(v)) for k, v in rules]
 
 
+def current_rules() -> list[tuple[str, Any]]:
+  """The logical→mesh rules in force (a copy)."""
+  return list(_RULES)
+
+
 @contextlib.contextmanager
 def rules_context(rules: Rules):
+  """Sets ``rules`` for the duration of a ``with`` block, then restores
+  the rules in force before it (a training run leaves none behind)."""
   old = list(_RULES)
   set_rules(rules)
   try:

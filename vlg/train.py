@@ -35,10 +35,12 @@ from vlg import predict
 from vlg import sharding
 from vlg import train_state
 from vlg import writers
+from vlg.data import parts as data_parts
 from vlg.data import pipeline
 from vlg.evaluators import common as eval_common
 from vlg.objectives import albef as albef_objective
 from vlg.objectives import itc
+from vlg.objectives import part as part_lib
 from vlg.objectives import pretrain
 
 
@@ -63,33 +65,18 @@ EVAL_FAILURE = ('stop', 'skip')
 # ---------------------------------------------------------------------------
 
 
-def loss_weights(config) -> dict[str, float]:
-  """Inner loss weights (``config.loss``); absent terms weigh 1."""
-  return {k: float(config.loss.get(k, 1.0))
-          for k in ('itc', 'itm', 'mlm', 'bbox', 'giou', 'mrc')}
-
-
-def part_ratios(config) -> dict[str, float]:
-  """``{part: ratio}`` of the enabled typed parts of ``config.input``."""
-  return {name: float(cfg.get('ratio', 1.0)) for name, cfg in
-          pipeline.enabled_parts(config.input).items()}
-
-
 def check_parts(config) -> None:
-  """Fails early when the typed parts do not fit the model."""
+  """Fails early when the typed parts do not fit the model (each part's
+  ``check_model``, ``vlg/data/parts/``) or have no objective."""
   for name, part in pipeline.enabled_parts(config.input).items():
+    module = data_parts.part_module(name)
     patch = part.get('patch_size')
     if patch is not None and int(patch) != int(config.model.patch_size):
       raise ValueError(f'input.parts.{name}.patch_size={patch} differs from '
                        f'model.patch_size={config.model.patch_size}')
-    if name == 'entity' and not config.model.get('box_head', False):
-      raise ValueError('input.parts.entity needs model.box_head=True')
-    if name == 'mrc':
-      n = len(pipeline.relation_vocab(part))
-      if int(config.model.get('mrc_classes', 0)) != n:
-        raise ValueError(f'input.parts.mrc has {n} relations but '
-                         f'model.mrc_classes={config.model.mrc_classes}; '
-                         f'pass --config.model.mrc_classes={n}')
+    if hasattr(module, 'check_model'):
+      module.check_model(config.model, part)
+    part_lib.part_objective(name)
 
 
 def make_train_step(config, graphdef, tx, schedule):
@@ -100,14 +87,11 @@ def make_train_step(config, graphdef, tx, schedule):
   ``itm_neg_text`` (``vlg.false_negatives`` reads them).
   """
   check_parts(config)
-  weights = loss_weights(config)
-  ratios = part_ratios(config)
+  pretrain_loss = pretrain.make_loss_fn(config)
   momentum = float(config.loss.momentum)
   distill = bool(config.loss.get('momentum_distill', True))
   # ITC leaves the queue rows not yet written out (itc.itc_loss).
   mask_unfilled = bool(config.loss.get('queue_mask_unfilled', False))
-  mrc_concept = str((config.input.get('parts') or {}).get('mrc', {}).get(
-      'concept', 'masked'))
   use_dropout = float(config.model.get('dropout', 0.0)) > 0
 
   accum = int(config.get('grad_accum_steps', 1))
@@ -128,10 +112,8 @@ def make_train_step(config, graphdef, tx, schedule):
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
       rngs = nnx.Rngs(dropout=dropout_rng) if use_dropout else None
-      return pretrain.pretrain_loss(
-          model, batch, momentum=mom, queues=queues, rng=itm_rng,
-          alpha=alpha, weights=weights, part_ratios=ratios,
-          dropout_rngs=rngs, mrc_concept=mrc_concept)
+      return pretrain_loss(model, batch, momentum=mom, queues=queues,
+                           rng=itm_rng, alpha=alpha, dropout_rngs=rngs)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     feats = ({'image': mom['image_feat'], 'text': mom['text_feat']}
@@ -300,10 +282,12 @@ def _log_memory(compiled) -> None:
       gib(mem.temp_size_in_bytes), gib(mem.generated_code_size_in_bytes))
 
 
-def _format_progress(step, total, metrics, steps_per_sec, eta_s):
+def _format_progress(step, total, metrics, steps_per_sec, eta_s, keys):
+  """One progress line: ``keys`` of ``metrics`` (``pretrain.progress_keys``),
+  steps/s and the ETA."""
   eta = time.strftime('%H:%M:%S', time.gmtime(max(eta_s, 0)))
   parts = [f'step {step}/{total}']
-  for key in ('loss', 'itc_loss', 'itm_loss', 'mlm_loss', 'itm_acc'):
+  for key in keys:
     if key in metrics:
       parts.append(f'{key} {metrics[key]:.4f}')
   parts.append(f'{steps_per_sec:.2f} steps/s')
@@ -319,8 +303,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   The mesh ``config.mesh`` is built over ``devices`` (default: the first
   ``config.num_devices``, 0 = all) and set for the duration of the call
-  only (``jax.set_mesh`` as a context), so a caller can evaluate on another
-  mesh afterwards. A checkpoint written on
+  only (``jax.set_mesh`` as a context), and so are the logical sharding
+  rules ``config.sharding_rules`` (``sharding.rules_context``), so a caller
+  can evaluate on another mesh afterwards. A checkpoint written on
   any mesh resumes on any other: orbax restores each array straight into
   the shardings of this run's mesh. ``on_step(step)``, if given, is called
   after each step's logging, checkpoint and evaluations (tools measure the
@@ -332,7 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if devices is None:
     devices = sharding.mesh_devices(int(config.get('num_devices', 0)))
   mesh = sharding.make_mesh(config.mesh, devices=devices)
-  with jax.set_mesh(mesh):
+  rules = [tuple(r) for r in config.sharding_rules]
+  with jax.set_mesh(mesh), sharding.rules_context(rules):
     return _train_and_evaluate(config, workdir, mesh, on_step)
 
 
@@ -344,8 +330,7 @@ def _train_and_evaluate(config, workdir, mesh, on_step) -> dict[str, float]:
     raise ValueError(f'eval_failure={eval_failure!r}; valid: '
                      f'{list(EVAL_FAILURE)}')
   os.makedirs(workdir, exist_ok=True)
-  rules = [tuple(r) for r in config.sharding_rules]
-  sharding.set_rules(rules)
+  rules = [tuple(r) for r in config.sharding_rules]  # Set by the caller.
   process_index, process_count = jax.process_index(), jax.process_count()
   writer = writers.create_writer(workdir, process_index)
   if process_index == 0:
@@ -511,7 +496,8 @@ def _train_and_evaluate(config, workdir, mesh, on_step) -> dict[str, float]:
         sps = window_steps / max(elapsed, 1e-9)
         writer.write_scalars(step, {f'train/{k}': v for k, v in host.items()})
         line = _format_progress(step, total, host, sps,
-                                (total - step) / max(sps, 1e-9))
+                                (total - step) / max(sps, 1e-9),
+                                pretrain.progress_keys(config))
         if step == first_step + 1:
           line += ' (first step: includes compilation)'
         logging.info(line)

@@ -7,7 +7,9 @@ import pytest
 from vlg import recipes
 from vlg.data import box_masks
 from vlg.data import ops
-from vlg.data import parts
+from vlg.data.parts import common as parts_common
+from vlg.data.parts import entity as entity_part
+from vlg.data.parts import mrc as mrc_part
 from vlg.data import pipeline
 from vlg.data import tokenizer as tok_lib
 from vlg.data.synthetic import source as synth_source
@@ -46,7 +48,7 @@ def test_crop_keeping_anchor_keeps_anchor_and_drops_mostly_outside():
                     [0.25, 0.25, 0.2, 0.2]], np.float32)
   for seed in range(30):
     rng = np.random.default_rng(seed)
-    crop, out, kept = parts.crop_keeping_anchor(image, boxes, 0, rng,
+    crop, out, kept = parts_common.crop_keeping_anchor(image, boxes, 0, rng,
                                                 (0.1, 0.3))
     assert kept[0]
     x1, y1 = out[0, :2] - out[0, 2:] / 2
@@ -63,7 +65,7 @@ def test_crop_keeping_anchor_keeps_anchor_and_drops_mostly_outside():
 def test_entity_transform_slots_and_masks(tok):
   cfg = _input_cfg()
   part_cfg = cfg.parts.entity
-  t = parts.EntityTransform(tok, cfg, part_cfg)
+  t = entity_part.Transform(tok, cfg, part_cfg)
   rec = synth_source.make_record('train', 3)
   out = t.random_map(rec, np.random.default_rng(0))
   m = part_cfg.max_pairs
@@ -100,7 +102,7 @@ def test_flip_keeps_text_and_boxes_consistent(tok):
       {'text': 'object', 'box': rel['object_box']}])
   part_cfg = ml_collections.ConfigDict(cfg.parts.entity)
   part_cfg.update(max_pairs=3, whole_image_caption=False)
-  t = parts.EntityTransform(tok, cfg, part_cfg)
+  t = entity_part.Transform(tok, cfg, part_cfg)
   flips = 0
   for seed in range(16):
     out = t.random_map(rec, np.random.default_rng(seed))
@@ -118,8 +120,8 @@ def test_flip_keeps_text_and_boxes_consistent(tok):
 def test_mrc_transform_flip_swaps_left_right_labels(tok):
   cfg = _input_cfg()
   cfg.augment = ('flip',)
-  vocab = pipeline.relation_vocab(cfg.parts.mrc)
-  t = parts.MrcTransform(tok, cfg, cfg.parts.mrc, vocab)
+  vocab = mrc_part.relation_vocab(cfg.parts.mrc)
+  t = mrc_part.Transform(tok, cfg, cfg.parts.mrc)
   rec, rel = _record_with_left_of()
   rec = dict(rec, relations=[rel])
   seen = set()
@@ -160,7 +162,7 @@ def _entity_transform(tok, **part):
   cfg.augment = ('flip', 'brightness')
   part_cfg = ml_collections.ConfigDict(cfg.parts.entity)
   part_cfg.update(max_pairs=12, **part)
-  return parts.EntityTransform(tok, cfg, part_cfg)
+  return entity_part.Transform(tok, cfg, part_cfg)
 
 
 def test_entity_box_group_equal_exactly_for_the_same_box(tok):

@@ -11,6 +11,7 @@ from vlg.data import ops
 from vlg.data import pipeline
 from vlg.data import prepared_source
 from vlg.data import records
+from vlg.data.parts import mrc as mrc_part
 from vlg.data import sources
 from vlg.data import tokenizer as tok_lib
 from vlg.tools import prepare as prepare_tool
@@ -180,6 +181,6 @@ def test_entity_and_mrc_parts_read_prepared_boxes_and_vocab(tmp_path):
   b = next(iter(pipeline.make_dataset(cfg, tok, global_batch=4, seed=0)))
   assert b['ent_valid'].shape == (4, 3) and b['ent_valid'].sum() >= 4
   assert b['mrc_valid'].shape == (4, 2) and b['mrc_valid'].sum() >= 4
-  vocab = pipeline.relation_vocab(cfg.parts.mrc)
+  vocab = mrc_part.relation_vocab(cfg.parts.mrc)
   labels = b['mrc_label'][b['mrc_valid'] == 1]
   assert {vocab.decode(i) for i in labels} <= {'riding on', 'next to'}

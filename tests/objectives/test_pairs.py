@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import reference as ref  # tests/objectives/reference.py, on sys.path via pytest
+from vlg.objectives import entity
 from vlg.objectives import itc
 from vlg.objectives import itm
 from vlg.objectives import pairs
-from vlg.objectives import pretrain
 
 
 def _feats(n, e, seed):
@@ -346,9 +346,9 @@ def test_entity_loss_passes_box_groups(monkeypatch):
 
   monkeypatch.setattr(pairs, 'image_text_losses', fake_losses)
   weights = {'itc': 1.0, 'itm': 1.0, 'mlm': 1.0, 'bbox': 1.0, 'giou': 1.0}
-  pretrain.entity_loss(Fake(), batch, rng=jax.random.PRNGKey(0),
-                       temp=jnp.float32(0.07), weights=weights,
-                       dropout_rngs=None)
+  entity.entity_loss(Fake(), batch, rng=jax.random.PRNGKey(0),
+                     temp=jnp.float32(0.07), weights=weights,
+                     dropout_rngs=None)
   want = np.eye(8, dtype=bool)
   for p, q in ((1, 2), (4, 5), (1, 4), (6, 7)):  # (6, 7): padding, text 0.
     want[p, q] = want[q, p] = True

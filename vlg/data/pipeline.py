@@ -36,7 +36,7 @@ is the per-process batch B)::
 
 Evaluation streams add ``_mask`` (1 real, 0 padding). The typed parts of
 ``config.input.parts`` (entities for X-VLM, MRC triplets, VSG texts; see
-``vlg/data/parts.py`` for their slots) are separate streams with their own
+``vlg/data/parts/`` for their slots) are separate streams with their own
 batch sizes, zipped into the same dict under the prefixes ``ent_``,
 ``mrc_`` and ``vsg_`` (plus ``_num_bad_<part>``); each objective reads only
 the slots it needs.
@@ -62,7 +62,7 @@ import numpy as np
 
 from vlg.data import ops
 from vlg.data import parts as parts_lib
-from vlg.data import relations as relations_lib
+from vlg.data.parts import common as parts_common
 from vlg.data import sources as sources_lib
 from vlg.data import tokenizer as tokenizer_lib
 
@@ -135,8 +135,6 @@ class CaptionTransform(grain.transforms.RandomMap):
 
 
 TRANSFORMS = {'caption': CaptionTransform}
-PARTS = {'entity': parts_lib.EntityTransform, 'mrc': parts_lib.MrcTransform,
-         'vsg': parts_lib.VsgTransform}
 
 
 def build_sources(input_cfg: ml_collections.ConfigDict,
@@ -164,10 +162,8 @@ def enabled_parts(input_cfg: ml_collections.ConfigDict
                   ) -> dict[str, ml_collections.ConfigDict]:
   """The typed parts (``input.parts``) that are enabled, by name."""
   parts = input_cfg.get('parts') or {}
-  unknown = sorted(set(parts) - set(PARTS))
-  if unknown:
-    raise ValueError(f'input.parts names unknown parts {unknown}; valid: '
-                     f'{sorted(PARTS)}')
+  for name in parts:
+    parts_lib.part_module(name)  # A clear error for an unknown part.
   return {k: v for k, v in sorted(parts.items()) if v.get('enabled', True)}
 
 
@@ -182,7 +178,7 @@ def _mixture(input_cfg, data_cfg, seed: int, process_index: int,
   for k, (name, (source, weight)) in enumerate(
       sorted(build_sources(input_cfg, data_cfg).items())):
     if requires:
-      source = parts_lib.RecordsWith(source, requires)
+      source = parts_common.RecordsWith(source, requires)
     views[name] = source
     ds = grain.MapDataset.source(source)[process_index::process_count]
     if len(ds) == 0:
@@ -200,24 +196,6 @@ def _merge(batches: tuple[dict[str, np.ndarray], ...]) -> dict[str, Any]:
   for b in batches:
     out.update(b)
   return out
-
-
-def _part_transform(name, tokenizer, input_cfg, part_cfg):
-  if name == 'mrc':
-    return parts_lib.MrcTransform(tokenizer, input_cfg, part_cfg,
-                                  relation_vocab(part_cfg))
-  return PARTS[name](tokenizer, input_cfg, part_cfg)
-
-
-def relation_vocab(part_cfg: ml_collections.ConfigDict):
-  """The MRC relation vocabulary: ``vocab`` (a saved file) or the
-  synthetic world's relations."""
-  path = part_cfg.get('vocab', '')
-  if path:
-    return relations_lib.RelationVocab.load(path)
-  from vlg.data.synthetic import world  # pylint: disable=g-import-not-at-top
-  # world.RELATIONS's order is the class order.
-  return relations_lib.RelationVocab([(r, 1) for r in world.RELATIONS])
 
 
 def make_dataset(input_cfg: ml_collections.ConfigDict,
@@ -252,11 +230,11 @@ def make_dataset(input_cfg: ml_collections.ConfigDict,
       global_batch // process_count, drop_remainder=True))
   for i, (name, part_cfg) in enumerate(enabled_parts(input_cfg).items()):
     part_seed = seed + 7919 * (i + 1)
+    transform_cls = parts_lib.part_module(name).Transform
     ds, views = _mixture(input_cfg, part_cfg.get('data') or None, part_seed,
-                         process_index, process_count, PARTS[name].requires)
+                         process_index, process_count, transform_cls.requires)
     transform = sources_lib.CheckedTransform(
-        _part_transform(name, tokenizer, input_cfg, part_cfg), views,
-        skip_bad)
+        transform_cls(tokenizer, input_cfg, part_cfg), views, skip_bad)
     streams.append(ds.random_map(transform, seed=part_seed).batch(
         int(part_cfg.batch_size) // process_count, drop_remainder=True))
   if len(streams) == 1:

@@ -15,6 +15,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vlg.objectives import part
+
+Batch = dict[str, jax.Array]
+
 
 def mrc_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -63,3 +67,54 @@ def mrc_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array
              'mrc_majority_rate': jnp.max(class_weight) / denom,
              'mrc_num': num}
   return loss, metrics
+
+
+
+def part_loss(model, batch: Batch, *, rng=None, temp=None, weights,
+              dropout_rngs, options=None
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The ``mrc`` part's loss, ``weights['mrc']`` · :func:`mrc_loss`:
+  subject and object concepts, each fused with its label text, in one
+  fusion pass, the relation scored from their fused [CLS] features.
+
+  ``options['mrc_concept']='masked'`` (``config.loss.mrc_concept``, the
+  default) encodes each entity with the ViT's
+  self-attention restricted to its box (one pass per entity), so nothing
+  outside the box reaches it — the relation must be inferred from the two
+  entities alone, as "masked" relation classification intends.
+  ``'shared'`` uses X-VLM's one pass per image (in-box tokens have seen
+  the context through self-attention; cross-attention is still masked).
+  """
+  del rng, temp
+  concept = (options or {}).get('mrc_concept', 'masked')
+  index = part.pair_index(batch['mrc_valid'])
+  p = index.shape[0]
+  both = lambda key: jnp.concatenate([part.flat(batch[f'mrc_subject_{key}']),
+                                      part.flat(batch[f'mrc_object_{key}'])])
+  index2, patch_mask = jnp.concatenate([index, index]), both('patch_mask')
+  if concept == 'masked':
+    img = model.embed_image(batch['mrc_image'][index2], patch_mask,
+                            rngs=dropout_rngs)
+    concept_out = model.embed_concept(
+        img['image_embeds'], jnp.arange(2 * p, dtype=jnp.int32), patch_mask)
+  elif concept == 'shared':
+    img = model.embed_image(batch['mrc_image'], rngs=dropout_rngs)
+    concept_out = model.embed_concept(img['image_embeds'], index2,
+                                      patch_mask)
+  else:
+    raise ValueError(f"loss.mrc_concept must be 'masked' or 'shared', got "
+                     f'{concept!r}')
+  concept = concept_out
+  ids, mask = both('ids'), both('mask')
+  txt = model.embed_text(ids, mask, rngs=dropout_rngs)
+  fused = model.fuse(txt['text_embeds'], mask, concept['concept_embeds'],
+                     concept['concept_mask'], rngs=dropout_rngs)
+  cls = fused['fused_cls']
+  logits = model.mrc_logits(cls[:p], cls[p:])
+  loss, metrics = mrc_loss(logits, part.flat(batch['mrc_label']),
+                           part.flat(batch['mrc_valid']).astype(jnp.float32))
+  return weights['mrc'] * loss, metrics
+
+
+PART = part.PartObjective(loss=part_loss, rng_stream=None, weights=('mrc',),
+                          progress=('mrc_acc',))

@@ -4,134 +4,113 @@
   (``albef.albef_loss``) when ``loss.momentum_distill`` (ALBEF, ReALBEF),
   else X-VLM's in-batch versions (``pairs.image_text_losses``; X-VLM,
   ReX-VLM);
-- ``entity`` part (X-VLM, docs/objectives.md §3): the same three losses on
-  (box concept, box text) pairs, plus box regression (L1 + GIoU) of the
-  box text's box from the fused [CLS] of (full image, box text);
-- ``vsg`` part (docs/objectives.md §4): in-batch ITC + ITM + MLM on (image,
-  verbalised scene graph) pairs — no new parameters;
-- ``mrc`` part (docs/objectives.md §5): subject and object concepts fused
-  with their label texts, their fused [CLS] concatenated, relation
-  cross-entropy.
+- each enabled typed part ``X`` of ``config.input.parts``: the ``PART`` of
+  ``vlg/objectives/X.py`` (``part.PartObjective``) — ``entity`` (X-VLM box
+  concepts and box regression, docs/objectives.md §3), ``vsg`` (verbalised
+  scene graphs, §4), ``mrc`` (masked relation classification, §5).
 
 ``total = caption + Σ_part ratio_part · part``, each part's inner terms
-weighted by ``loss.*``. Metrics are namespaced: ``itc_loss`` (captions),
-``box_itc_loss``, ``bbox_loss``, ``giou_loss``, ``vsg_itm_loss``,
-``mrc_loss``, ``mrc_acc``, ... Every part reads only its own slots
-(``vlg/data/parts.py``).
+weighted by ``config.loss``. Metrics are namespaced: ``itc_loss``
+(captions), ``box_itc_loss``, ``bbox_loss``, ``giou_loss``,
+``vsg_itm_loss``, ``mrc_loss``, ``mrc_acc``, ... Every part reads only its
+own slots (``vlg/data/parts/``). :func:`make_loss_fn` binds a config's
+weights, ratios and options once; the train step and ``vlg.tools.validate``
+both call it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from vlg.objectives import albef
-from vlg.objectives import boxes
 from vlg.objectives import itc
-from vlg.objectives import mrc
 from vlg.objectives import pairs
-from vlg.objectives import vsg
+from vlg.objectives import part
 
 Batch = dict[str, jax.Array]
 
-
-def _flat(x: jax.Array) -> jax.Array:
-  """[B, M, ...] → [B·M, ...]."""
-  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+# The caption losses' terms; each part adds those its PART names.
+CAPTION_WEIGHTS = ('itc', 'itm', 'mlm')
 
 
-def _pair_index(valid: jax.Array) -> jax.Array:
-  """Image index of each flattened pair of a [B, M] layout."""
-  b, m = valid.shape
-  return jnp.repeat(jnp.arange(b, dtype=jnp.int32), m)
+def part_configs(config: ml_collections.ConfigDict
+                  ) -> dict[str, ml_collections.ConfigDict]:
+  """The enabled typed parts of ``config.input.parts``, sorted by name."""
+  parts = config.input.get('parts') or {}
+  return {k: v for k, v in sorted(parts.items()) if v.get('enabled', True)}
 
 
-def entity_loss(model, batch: Batch, *, rng, temp, weights, dropout_rngs
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """X-VLM's box-concept losses, box regression (docs/objectives.md §3.1–3.2).
-
-  Pairs of one image row and box (two texts of one box share the box
-  concept) and pairs with identical texts are one group: ITC positives of
-  each other and never ITM negatives (``pairs.box_pair_groups``; pairs with
-  ``ent_box_group`` < 0 are grouped by text for ITM only).
-  """
-  img = model.embed_image(batch['ent_image'], rngs=dropout_rngs)
-  index = _pair_index(batch['ent_valid'])
-  concept = model.embed_concept(img['image_embeds'], index,
-                                _flat(batch['ent_patch_mask']))
-  ids, mask = _flat(batch['ent_text_ids']), _flat(batch['ent_text_mask'])
-  positives, not_negatives = pairs.box_pair_groups(
-      _flat(batch['ent_text_group']), index, _flat(batch['ent_box_group']))
-  total, metrics = pairs.image_text_losses(
-      model, image_embeds=concept['concept_embeds'],
-      image_feat=concept['concept_feat'], image_mask=concept['concept_mask'],
-      text_ids=ids, text_mask=mask, mlm_ids=_flat(batch['ent_mlm_ids']),
-      mlm_labels=_flat(batch['ent_mlm_labels']), groups=not_negatives,
-      valid=_flat(batch['ent_valid']), rng=rng, temp=temp, weights=weights,
-      dropout_rngs=dropout_rngs, positives=positives)
-  metrics = {f'box_{k}': v for k, v in metrics.items()}
-  # Box regression: the *full* image fused with the box text.
-  txt = model.embed_text(ids, mask, rngs=dropout_rngs)
-  fused = model.fuse(txt['text_embeds'], mask, img['image_embeds'][index],
-                     rngs=dropout_rngs)
-  pred = model.predict_box(fused['fused_cls'])
-  loss_bbox, loss_giou, box_metrics = boxes.box_losses(
-      pred, _flat(batch['ent_box']).astype(jnp.float32),
-      _flat(batch['ent_is_box']).astype(jnp.float32))
-  metrics.update(bbox_loss=loss_bbox, giou_loss=loss_giou,
-                 box_mean_iou=box_metrics['mean_iou'],
-                 box_num=box_metrics['num_boxes'])
-  total = total + weights['bbox'] * loss_bbox + weights['giou'] * loss_giou
-  return total, metrics
+def part_ratios(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """``{part: ratio}`` of the enabled typed parts."""
+  return {name: float(cfg.get('ratio', 1.0))
+          for name, cfg in part_configs(config).items()}
 
 
-def mrc_part_loss(model, batch: Batch, *, dropout_rngs, concept='masked'
-                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Masked relation classification (docs/objectives.md §5): subject and
-  object concepts, each fused with its label text, in one fusion pass.
+def loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Inner loss weights (``config.loss``) of the captions and of every
+  enabled part; absent terms weigh 1."""
+  keys = list(CAPTION_WEIGHTS)
+  for name in part_configs(config):
+    keys += part.part_objective(name).weights
+  return {k: float(config.loss.get(k, 1.0)) for k in keys}
 
-  ``concept='masked'`` (default) encodes each entity with the ViT's
-  self-attention restricted to its box (one pass per entity), so nothing
-  outside the box reaches it — the relation must be inferred from the two
-  entities alone, as "masked" relation classification intends.
-  ``'shared'`` uses X-VLM's one pass per image (in-box tokens have seen
-  the context through self-attention; cross-attention is still masked).
-  """
-  index = _pair_index(batch['mrc_valid'])
-  p = index.shape[0]
-  both = lambda key: jnp.concatenate([_flat(batch[f'mrc_subject_{key}']),
-                                      _flat(batch[f'mrc_object_{key}'])])
-  index2, patch_mask = jnp.concatenate([index, index]), both('patch_mask')
-  if concept == 'masked':
-    img = model.embed_image(batch['mrc_image'][index2], patch_mask,
-                            rngs=dropout_rngs)
-    concept_out = model.embed_concept(
-        img['image_embeds'], jnp.arange(2 * p, dtype=jnp.int32), patch_mask)
-  elif concept == 'shared':
-    img = model.embed_image(batch['mrc_image'], rngs=dropout_rngs)
-    concept_out = model.embed_concept(img['image_embeds'], index2,
-                                      patch_mask)
-  else:
-    raise ValueError(f"mrc concept must be 'masked' or 'shared', got "
-                     f'{concept!r}')
-  concept = concept_out
-  ids, mask = both('ids'), both('mask')
-  txt = model.embed_text(ids, mask, rngs=dropout_rngs)
-  fused = model.fuse(txt['text_embeds'], mask, concept['concept_embeds'],
-                     concept['concept_mask'], rngs=dropout_rngs)
-  cls = fused['fused_cls']
-  logits = model.mrc_logits(cls[:p], cls[p:])
-  return mrc.mrc_loss(logits, _flat(batch['mrc_label']),
-                      _flat(batch['mrc_valid']).astype(jnp.float32))
+
+def progress_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Metrics the training progress line shows: the captions', then each
+  enabled part's ``PART.progress``."""
+  keys = ('loss', 'itc_loss', 'itm_loss', 'mlm_loss', 'itm_acc')
+  for name in part_configs(config):
+    keys += part.part_objective(name).progress
+  return keys
+
+
+def summation_order(objectives: dict[str, part.PartObjective]) -> list[str]:
+  """The order in which the parts' losses are added: by ``rng_stream``,
+  parts without one last, then by name (a fixed order keeps the total's
+  float rounding, hence a run, reproducible)."""
+  return sorted(objectives, key=lambda n: (
+      objectives[n].rng_stream is None, objectives[n].rng_stream or 0, n))
+
+
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def make_loss_fn(config: ml_collections.ConfigDict) -> LossFn:
+  """``loss_fn(model, batch, *, momentum, queues, rng, alpha,
+  dropout_rngs=None) -> (total, metrics)``: :func:`pretrain_loss` with
+  ``config``'s weights, part ratios and ``config.loss`` options bound."""
+  objectives = {name: part.part_objective(name)
+                for name in part_configs(config)}
+  streams = [o.rng_stream for o in objectives.values()
+             if o.rng_stream is not None]
+  if 0 in streams or len(set(streams)) != len(streams):
+    raise ValueError(f'the parts {sorted(objectives)} need distinct '
+                     f'rng_stream values > 0, got {streams}')
+  weights = loss_weights(config)
+  ratios = part_ratios(config)
+  options = config.loss.to_dict()
+
+  def loss_fn(model, batch, *, momentum, queues, rng, alpha,
+              dropout_rngs=None):
+    return pretrain_loss(model, batch, momentum=momentum, queues=queues,
+                         rng=rng, alpha=alpha, weights=weights,
+                         part_ratios=ratios, dropout_rngs=dropout_rngs,
+                         options=options, objectives=objectives)
+
+  return loss_fn
 
 
 def pretrain_loss(model, batch: Batch, *, momentum: dict[str, Any] | None,
                   queues: dict[str, jax.Array], rng: jax.Array,
                   alpha: jax.Array, weights: dict[str, float],
                   part_ratios: dict[str, float], dropout_rngs=None,
-                  mrc_concept: str = 'masked'
+                  options: dict[str, Any] | None = None,
+                  objectives: dict[str, part.PartObjective] | None = None
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Caption losses (ALBEF or X-VLM style) plus the enabled parts.
 
@@ -141,42 +120,42 @@ def pretrain_loss(model, batch: Batch, *, momentum: dict[str, Any] | None,
     momentum: ``albef.momentum_outputs`` for ALBEF-style captions, or None
       for X-VLM-style (in-batch) captions.
     queues: the momentum queues (ALBEF style only).
-    rng: key for the ITM negatives of every part.
+    rng: the step's key; the captions draw their ITM negatives from
+      ``split(rng, n)[0]``, part X from ``split(rng, n)[X.rng_stream]``.
     alpha: distillation weight (ALBEF style only).
-    weights: ``itc``, ``itm``, ``mlm``, ``bbox``, ``giou``, ``mrc``.
+    weights: ``itc``, ``itm``, ``mlm`` and the parts' terms.
     part_ratios: ``{part: ratio}`` of the enabled parts.
     dropout_rngs: dropout randomness (None: deterministic).
-    mrc_concept: see :func:`mrc_part_loss`.
+    options: ``config.loss`` as a dict (parts read their options there).
+    objectives: ``{part: PartObjective}`` (default: looked up by name).
 
   Returns:
     (total loss, metrics).
   """
-  rngs = dict(zip(('caption', 'entity', 'vsg'), jax.random.split(rng, 3)))
+  if objectives is None:
+    objectives = {name: part.part_objective(name) for name in part_ratios}
+  streams = [o.rng_stream or 0 for o in objectives.values()]
+  # Key i of split(rng, n) does not depend on n, so a part's key is fixed
+  # by its rng_stream alone.
+  keys = jax.random.split(rng, max([2] + streams) + 1)
+  temp = itc.clamp_temp(model.temp[...])
   if momentum is not None:
     total, metrics = albef.albef_loss(
-        model, batch, momentum, queues, rng=rngs['caption'], alpha=alpha,
+        model, batch, momentum, queues, rng=keys[0], alpha=alpha,
         weights=weights, dropout_rngs=dropout_rngs)
-    temp = itc.clamp_temp(model.temp[...])
   else:
-    temp = itc.clamp_temp(model.temp[...])
     total, metrics = pairs.whole_image_losses(
-        model, batch, '', rng=rngs['caption'], temp=temp, weights=weights,
+        model, batch, '', rng=keys[0], temp=temp, weights=weights,
         dropout_rngs=dropout_rngs)
     metrics['temp'] = temp
   metrics['caption_loss'] = total
-  kw = dict(temp=temp, weights=weights, dropout_rngs=dropout_rngs)
-  if 'entity' in part_ratios:
-    loss, m = entity_loss(model, batch, rng=rngs['entity'], **kw)
-    total = total + part_ratios['entity'] * loss
-    metrics.update(m, entity_loss=loss)
-  if 'vsg' in part_ratios:
-    loss, m = vsg.vsg_loss(model, batch, rng=rngs['vsg'], **kw)
-    total = total + part_ratios['vsg'] * loss
-    metrics.update(m, vsg_loss=loss)
-  if 'mrc' in part_ratios:
-    loss, m = mrc_part_loss(model, batch, dropout_rngs=dropout_rngs,
-                            concept=mrc_concept)
-    total = total + part_ratios['mrc'] * weights['mrc'] * loss
+  for name in summation_order(objectives):
+    objective, ratio = objectives[name], part_ratios[name]
+    key = None if objective.rng_stream is None else keys[objective.rng_stream]
+    loss, m = objective.loss(model, batch, rng=key, temp=temp,
+                             weights=weights, dropout_rngs=dropout_rngs,
+                             options=options or {})
+    total = total + ratio * loss
     metrics.update(m)
   metrics['loss'] = total
   return total, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}

@@ -22,16 +22,26 @@ from __future__ import annotations
 import jax
 
 from vlg.objectives import pairs
+from vlg.objectives import part
 
 
 def vsg_loss(model, batch: dict[str, jax.Array], *, rng, temp, weights,
-             dropout_rngs) -> tuple[jax.Array, dict[str, jax.Array]]:
+             dropout_rngs, options=None
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """In-batch ITC + ITM + MLM on (image, verbalised graph) pairs.
 
   Returns:
-    (weighted total, metrics prefixed ``vsg_``).
+    (weighted total, metrics prefixed ``vsg_``, with the total as
+    ``vsg_loss``).
   """
+  del options
   total, metrics = pairs.whole_image_losses(
       model, batch, 'vsg_', rng=rng, temp=temp, weights=weights,
       dropout_rngs=dropout_rngs)
-  return total, {f'vsg_{k}': v for k, v in metrics.items()}
+  metrics = {f'vsg_{k}': v for k, v in metrics.items()}
+  metrics['vsg_loss'] = total
+  return total, metrics
+
+
+PART = part.PartObjective(loss=vsg_loss, rng_stream=2,
+                          progress=('vsg_itm_loss',))

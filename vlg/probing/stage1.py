@@ -213,8 +213,7 @@ def train_resampler(config: ml_collections.ConfigDict,
   mesh = sharding.make_mesh(config.mesh, devices=sharding.mesh_devices(
       int(config.get('num_devices', 0))))
   rules = [tuple(r) for r in config.sharding_rules]
-  sharding.set_rules(rules)
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), sharding.rules_context(rules):
     kind = stage1_models.resampler_kind(config)
     tower = load_tower(config, workdir)
     cfgs = model_configs(config, tower)

@@ -78,14 +78,13 @@ from flax import nnx
 
 from vlg import restore
 from vlg import sharding
-from vlg import train
 from vlg import train_state
 from vlg import writers
 from vlg.data import pipeline
-from vlg.objectives import boxes as boxes_lib
 from vlg.objectives import itc
 from vlg.objectives import itm as itm_lib
 from vlg.objectives import pairs
+from vlg.objectives import part
 from vlg.objectives import pretrain
 from vlg.tools import itm_probe
 
@@ -149,24 +148,22 @@ def make_metrics_fn(config: ml_collections.ConfigDict, graphdef
 
   The pretraining metrics plus per-example outputs that
   :func:`combine` and ``itm_probe.itm_probe_metrics`` pool over batches:
-  the box
-  head's per-pair IoU (``box_iou`` [P], ``box_is_box`` [P]), the caption
+  each enabled part's ``PART.heldout`` outputs (the entity part's per-pair
+  box IoU, ``box_iou`` [P], ``box_is_box`` [P]), the caption
   ITM logits of the uniform negatives ``negatives`` (``neg_image``,
   ``neg_text``, [B] each; ``itm_random_logits`` [3B, 2] in the row order
   of ``itm.itm_pairs``) and the in-batch ITC logits from which training
   draws its hard negatives (``itm_sim_i2t``, ``itm_sim_t2i`` [B, B]).
   """
-  weights = train.loss_weights(config)
-  ratios = train.part_ratios(config)
-  concept = str((config.input.get('parts') or {}).get('mrc', {}).get(
-      'concept', 'masked'))
+  loss_fn = pretrain.make_loss_fn(config)
+  heldout = [part.part_objective(name).heldout
+             for name in pretrain.part_configs(config)]
 
   @jax.jit
   def metrics_fn(params, batch, negatives):
     model = nnx.merge(graphdef, params)
-    _, metrics = pretrain.pretrain_loss(
-        model, batch, momentum=None, queues={}, rng=jax.random.key(0),
-        alpha=0.0, weights=weights, part_ratios=ratios, mrc_concept=concept)
+    _, metrics = loss_fn(model, batch, momentum=None, queues={},
+                         rng=jax.random.key(0), alpha=0.0)
     img = model.embed_image(batch['image'])
     txt = model.embed_text(batch['text_ids'], batch['text_mask'])
     _, _, sims = pairs.masked_itc(
@@ -181,21 +178,9 @@ def make_metrics_fn(config: ml_collections.ConfigDict, graphdef
                        img['image_embeds'][image_index])
     metrics['itm_random_logits'] = model.itm_logits(
         fused['fused_cls']).astype(jnp.float32)
-    if 'entity' in ratios:
-      img = model.embed_image(batch['ent_image'])
-      b, m = batch['ent_valid'].shape
-      ids = batch['ent_text_ids'].reshape(b * m, -1)
-      mask = batch['ent_text_mask'].reshape(b * m, -1)
-      txt = model.embed_text(ids, mask)
-      index = jnp.repeat(jnp.arange(b), m)
-      fused = model.fuse(txt['text_embeds'], mask,
-                         img['image_embeds'][index])
-      pred = model.predict_box(fused['fused_cls'])
-      iou, _ = boxes_lib.box_iou_giou(
-          boxes_lib.cxcywh_to_xyxy(pred),
-          boxes_lib.cxcywh_to_xyxy(batch['ent_box'].reshape(b * m, 4)))
-      metrics['box_iou'] = iou
-      metrics['box_is_box'] = batch['ent_is_box'].reshape(b * m)
+    for outputs in heldout:  # Each part's per-example outputs.
+      if outputs is not None:
+        metrics.update(outputs(model, batch))
     return metrics
 
   return metrics_fn
