@@ -17,7 +17,7 @@ from vlg import sharding
 from vlg import train
 from vlg import writers
 from vlg.data import benchmarks
-from vlg.data import synthetic_benchmarks
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.evaluators import common
 
 from test_train import tiny_test_config

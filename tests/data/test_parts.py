@@ -10,7 +10,7 @@ from vlg.data import ops
 from vlg.data import parts
 from vlg.data import pipeline
 from vlg.data import tokenizer as tok_lib
-from vlg.data.synthetic import source as synth_source
+from vlg.synthetic import source as synth_source
 
 
 def _input_cfg(family='rexvlm'):

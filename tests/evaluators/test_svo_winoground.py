@@ -11,7 +11,7 @@ import pytest
 
 from vlg import sharding
 from vlg.data import benchmarks
-from vlg.data import synthetic_benchmarks
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.data import tokenizer as tok_lib
 from vlg.data.benchmarks import svo_probes as svo_reader
 from vlg.evaluators import common

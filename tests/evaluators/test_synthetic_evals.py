@@ -13,7 +13,7 @@ import pytest
 from vlg import predict
 from vlg import sharding
 from vlg import train_state
-from vlg.data import synthetic_benchmarks
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.data import tokenizer as tok_lib
 from vlg.evaluators import common
 from vlg.evaluators import synthetic

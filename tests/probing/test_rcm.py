@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from vlg.data import benchmarks
-from vlg.data import synthetic_benchmarks
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.probing import rcm
 
 

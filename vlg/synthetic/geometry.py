@@ -64,7 +64,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from vlg.data.synthetic import world
+from vlg.synthetic import world
 
 Box = tuple[int, int, int, int]
 Triple = tuple[int, str, int]

@@ -36,9 +36,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlg.data.synthetic import geometry
-from vlg.data.synthetic import language
-from vlg.data.synthetic import world
+from vlg.synthetic import geometry
+from vlg.synthetic import language
+from vlg.synthetic import world
 
 _SINGULAR = {plural: c for c, plural in language.PLURALS.items()}
 _NUMBERS = {w: n for n, w in enumerate(language.NUMBER_WORDS)}
@@ -281,7 +281,7 @@ def caption_stats(cfg: world.WorldConfig, num_scenes: int = 1000,
     caption of their batch true of them;
   - ``relation_caption_rate``: share of captions that state a relation.
   """
-  from vlg.data.synthetic import layout  # pylint: disable=g-import-not-at-top
+  from vlg.synthetic import layout  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   scenes, texts = [], []
   for index in range(num_scenes):

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from vlg.data import synthetic as sy
-from vlg.data.synthetic import world
-from vlg.data.synthetic_benchmarks import common
+from vlg import synthetic as sy
+from vlg.synthetic import world
+from vlg.synthetic.benchmarks import common
 
 RELATIONS = ('left of', 'right of', 'above', 'below', 'near', 'far from',
              'inside', 'contains', 'touching')

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlg.data.synthetic import geometry
-from vlg.data.synthetic import layout
-from vlg.data.synthetic import world
+from vlg.synthetic import geometry
+from vlg.synthetic import layout
+from vlg.synthetic import world
 
 
 def check_scene(scene: world.Scene) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vlg.data.synthetic_benchmarks import vsr
+from vlg.synthetic.benchmarks import vsr
 
 # Chance level of each metric for a scorer that ignores the image (or gives
 # random scores); written into manifest.json and the README.

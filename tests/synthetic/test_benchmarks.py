@@ -19,15 +19,15 @@ from PIL import Image
 
 from vlg.data import benchmarks as bm
 from vlg.data import ops
-from vlg.data import synthetic as sy
-from vlg.data import synthetic_benchmarks as sb
-from vlg.data.synthetic import language
-from vlg.data.synthetic_benchmarks import refcocog
-from vlg.data.synthetic_benchmarks import retrieval
-from vlg.data.synthetic_benchmarks import svo_probes
-from vlg.data.synthetic_benchmarks import valse
-from vlg.data.synthetic_benchmarks import vsr
-from vlg.data.synthetic_benchmarks import winoground
+from vlg import synthetic as sy
+from vlg.synthetic import benchmarks as sb
+from vlg.synthetic import language
+from vlg.synthetic.benchmarks import refcocog
+from vlg.synthetic.benchmarks import retrieval
+from vlg.synthetic.benchmarks import svo_probes
+from vlg.synthetic.benchmarks import valse
+from vlg.synthetic.benchmarks import vsr
+from vlg.synthetic.benchmarks import winoground
 
 REAL = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'testdata',
                     'real_benchmarks')

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from vlg.data.synthetic import language
-from vlg.data.synthetic import world
-from vlg.data.synthetic_benchmarks import common
+from vlg.synthetic import language
+from vlg.synthetic import world
+from vlg.synthetic.benchmarks import common
 
 SUFFIXES = ('', ' in the image', ' in the picture')
 SMALL_COUNTS = (0, 1, 2, 3)

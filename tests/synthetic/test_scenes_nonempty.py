@@ -1,6 +1,6 @@
 """Every scene has at least one object, even at the most crowded settings."""
 
-from vlg.data import synthetic as sy
+from vlg import synthetic as sy
 
 
 def test_crowded_small_scenes_are_never_empty():

@@ -5,8 +5,8 @@ image (``image_id``), which of the record's captions was drawn
 (``caption_index``) and whether the example was mirrored (``flipped``).
 From these the world's scenes and raw captions can be rebuilt and every
 (image, caption) pair of the batch checked against the ground truth
-(``truth.py``): how often a "negative" the objectives draw is in fact a
-true caption. Readers: ``vlg.tools.validate`` (held-out false-negative
+(``vlg/synthetic/truth.py``): how often a "negative" the objectives draw
+is in fact a true caption. Readers: ``vlg.tools.validate`` (held-out false-negative
 shares) and ``vlg.false_negatives`` (the same during training).
 
 Mirroring is a symmetry of the world: a mirrored image with its caption's
@@ -24,10 +24,10 @@ import ml_collections
 import numpy as np
 
 from vlg.data import ops
-from vlg.data.synthetic import layout
-from vlg.data.synthetic import source as synthetic_source
-from vlg.data.synthetic import truth as truth_lib
-from vlg.data.synthetic import world
+from vlg.synthetic import layout
+from vlg.synthetic import source as synthetic_source
+from vlg.synthetic import truth as truth_lib
+from vlg.synthetic import world
 
 
 def caption_world(input_cfg: ml_collections.ConfigDict

@@ -1,7 +1,7 @@
 """The synthetic world: determinism, held-out splits, and truth of every text.
 
 The oracle below re-derives every relation from the documented definitions
-(``vlg/data/synthetic/geometry.py`` docstring) using only the record's boxes
+(``vlg/synthetic/geometry.py`` docstring) using only the record's boxes
 and rendered pixels: it parses the texts with its own grammar and never calls
 the generator's predicates.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from vlg.data import synthetic as sy
+from vlg import synthetic as sy
 
 RICH = sy.WorldConfig(caption_relation_rate=0.5, action_rate=0.6,
                       touch_rate=0.4, inside_rate=0.3, count_rate=0.5)
@@ -525,7 +525,7 @@ def test_source_protocol_pickling_no_jax_and_config_checks():
     src[50]
   with pytest.raises(ValueError, match='split'):
     sy.SyntheticSource('bogus')
-  code = ('import sys; from vlg.data import synthetic as s; '
+  code = ('import sys; from vlg import synthetic as s; '
           's.make_record("train", 0); assert "jax" not in sys.modules')
   subprocess.run([sys.executable, '-c', code], check=True,
                  cwd=pathlib.Path(__file__).resolve().parents[2])

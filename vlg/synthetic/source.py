@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from vlg.data.synthetic import language
-from vlg.data.synthetic import layout
-from vlg.data.synthetic import render
-from vlg.data.synthetic import world
+from vlg.synthetic import language
+from vlg.synthetic import layout
+from vlg.synthetic import render
+from vlg.synthetic import world
 
 Record = dict[str, Any]
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from vlg.data.synthetic import language
-from vlg.data.synthetic import layout
-from vlg.data.synthetic import world
-from vlg.data.synthetic_benchmarks import common
+from vlg.synthetic import language
+from vlg.synthetic import layout
+from vlg.synthetic import world
+from vlg.synthetic.benchmarks import common
 
 PARAGRAPH_OFFSET = 1_000_000
 

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-from vlg.data.synthetic import geometry
-from vlg.data.synthetic import world
+from vlg.synthetic import geometry
+from vlg.synthetic import world
 
 
 def _star(points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from vlg.data import synthetic as sy
-from vlg.data.synthetic import geometry
-from vlg.data.synthetic import language
-from vlg.data.synthetic import world
-from vlg.data.synthetic_benchmarks import common
+from vlg import synthetic as sy
+from vlg.synthetic import geometry
+from vlg.synthetic import language
+from vlg.synthetic import world
+from vlg.synthetic.benchmarks import common
 
 NEG_TYPES = ('subject', 'verb', 'object')
 FLAGS = {'subject': 'subj_neg', 'verb': 'verb_neg', 'object': 'obj_neg'}

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from vlg.data.synthetic import language
-from vlg.data.synthetic import layout
-from vlg.data.synthetic import truth
-from vlg.data.synthetic import world
+from vlg.synthetic import language
+from vlg.synthetic import layout
+from vlg.synthetic import truth
+from vlg.synthetic import world
 
 
 def _scene(specs, relations=(), seed=0):

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from vlg.data import synthetic as sy
-from vlg.data.synthetic import language
-from vlg.data.synthetic import world
-from vlg.data.synthetic_benchmarks import common
+from vlg import synthetic as sy
+from vlg.synthetic import language
+from vlg.synthetic import world
+from vlg.synthetic.benchmarks import common
 
 KINDS = ('colour', 'size', 'noun', 'action')
 TAGS = {'colour': ('Adjective-Color', 'Relation'),

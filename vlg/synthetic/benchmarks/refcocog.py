@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from vlg.data import synthetic as sy
-from vlg.data.synthetic import layout
-from vlg.data.synthetic import world
-from vlg.data.synthetic_benchmarks import common
+from vlg import synthetic as sy
+from vlg.synthetic import layout
+from vlg.synthetic import world
+from vlg.synthetic.benchmarks import common
 
 REF_OFFSET = 2_000_000
 SPLITS = ('val', 'test')

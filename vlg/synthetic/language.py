@@ -38,8 +38,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlg.data.synthetic import geometry
-from vlg.data.synthetic import world
+from vlg.synthetic import geometry
+from vlg.synthetic import world
 
 NUMBER_WORDS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six')
 PLURALS = {c: c + ('es' if c.endswith('ss') else 's')

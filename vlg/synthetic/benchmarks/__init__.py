@@ -1,7 +1,7 @@
 """Synthetic benchmark sets in each real benchmark's own file layout.
 
 ``write_all(out_dir, resolution, seed, num, sets)`` writes, from vlg's
-synthetic world (``vlg.data.synthetic``), look-alikes of the evaluation
+synthetic world (``vlg.synthetic``), look-alikes of the evaluation
 benchmarks that ``vlg.data.benchmarks`` reads unchanged:
 
 * ``valse`` (module ``valse``): ``valse/<instrument>.json`` and
@@ -39,15 +39,15 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vlg.data.synthetic import world
-from vlg.data.synthetic_benchmarks import common
-from vlg.data.synthetic_benchmarks import readme
-from vlg.data.synthetic_benchmarks import refcocog
-from vlg.data.synthetic_benchmarks import retrieval
-from vlg.data.synthetic_benchmarks import svo_probes
-from vlg.data.synthetic_benchmarks import valse
-from vlg.data.synthetic_benchmarks import vsr
-from vlg.data.synthetic_benchmarks import winoground
+from vlg.synthetic import world
+from vlg.synthetic.benchmarks import common
+from vlg.synthetic.benchmarks import readme
+from vlg.synthetic.benchmarks import refcocog
+from vlg.synthetic.benchmarks import retrieval
+from vlg.synthetic.benchmarks import svo_probes
+from vlg.synthetic.benchmarks import valse
+from vlg.synthetic.benchmarks import vsr
+from vlg.synthetic.benchmarks import winoground
 
 Builder = Callable[[str, world.WorldConfig, int], dict[str, Any]]
 

@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from vlg.data import synthetic as sy
-from vlg.data.synthetic import geometry
-from vlg.data.synthetic import language
-from vlg.data.synthetic import world
+from vlg import synthetic as sy
+from vlg.synthetic import geometry
+from vlg.synthetic import language
+from vlg.synthetic import world
 
 T = TypeVar('T')
 Filter = Mapping[str, str]

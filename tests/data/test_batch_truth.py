@@ -8,10 +8,10 @@ import pytest
 from vlg.data import ops
 from vlg.data import pipeline
 from vlg.data import tokenizer as tok_lib
-from vlg.data.synthetic import batch_truth
-from vlg.data.synthetic import layout
-from vlg.data.synthetic import truth
-from vlg.data.synthetic import world
+from vlg.data import batch_truth
+from vlg.synthetic import layout
+from vlg.synthetic import truth
+from vlg.synthetic import world
 
 import configs.albef as albef_config
 

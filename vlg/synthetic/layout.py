@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from vlg.data.synthetic import geometry
-from vlg.data.synthetic import world
+from vlg.synthetic import geometry
+from vlg.synthetic import world
 
 _CONSTRUCTS = ('inside', 'contains', 'touching', 'covers')
 _SPATIAL = ('left of', 'right of', 'above', 'below', 'near', 'far from')

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from vlg.data import synthetic as sy
-from vlg.data.synthetic import world
-from vlg.data.synthetic_benchmarks import common
+from vlg import synthetic as sy
+from vlg.synthetic import world
+from vlg.synthetic.benchmarks import common
 
 # VSR relation -> the world predicate it is made from.
 VSR_RELATIONS: dict[str, str] = {

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from vlg.data.synthetic import world
-from vlg.data.synthetic_benchmarks import common
-from vlg.data.synthetic_benchmarks import valse_counts
-from vlg.data.synthetic_benchmarks import valse_relations
+from vlg.synthetic import world
+from vlg.synthetic.benchmarks import common
+from vlg.synthetic.benchmarks import valse_counts
+from vlg.synthetic.benchmarks import valse_relations
 
 Maker = Callable[[np.random.Generator, world.WorldConfig, int, int],
                  tuple[world.Scene, dict[str, Any]]]
