@@ -16,7 +16,7 @@ from nbclient import NotebookClient
 
 from vlg import restore
 from vlg import sharding
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.evaluators import common
 
 from test_restore import trained_run

@@ -16,7 +16,7 @@ from vlg import restore
 from vlg import sharding
 from vlg import train
 from vlg import writers
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.evaluators import common
 

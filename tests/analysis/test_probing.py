@@ -14,7 +14,7 @@ import pytest
 
 from vlg.analysis import probing
 from vlg.analysis import probing_plots
-from vlg.data import benchmarks
+from vlg import benchmarks
 
 VSR_CATEGORIES = os.path.join(os.path.dirname(__file__), '..', 'testdata',
                               'real_benchmarks', 'vsr',

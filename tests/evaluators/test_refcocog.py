@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vlg import sharding
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.data import tokenizer as tok_lib
 from vlg.evaluators import common

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vlg import sharding
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.data import tokenizer as tok_lib
 from vlg.evaluators import common

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from vlg import sharding
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.data import tokenizer as tok_lib
-from vlg.data.benchmarks import svo_probes as svo_reader
+from vlg.benchmarks import svo_probes as svo_reader
 from vlg.evaluators import common
 from vlg.evaluators import svo_probes
 from vlg.evaluators import winoground

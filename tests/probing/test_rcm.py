@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.probing import rcm
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.probing import tasks
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlg.data import benchmarks as bm
+from vlg import benchmarks as bm
 from vlg.data import ops
 from vlg import synthetic as sy
 from vlg.synthetic import benchmarks as sb

@@ -32,7 +32,7 @@ import numpy as np
 import scipy.stats
 
 from vlg.analysis import curves as curves_lib
-from vlg.data import benchmarks
+from vlg import benchmarks
 
 IOU_THRESHOLD = 0.5
 CHANCE: dict[str, float] = {'vsr': 0.5, 'rcm': 0.5}
@@ -40,7 +40,7 @@ TASK_COLUMNS: tuple[tuple[str, str], ...] = (
     ('refcocog', 'RefCOCOg Acc@0.5'), ('vsr', 'VSR acc'), ('rcm', 'RCM acc'))
 ALL = '(all)'
 # A VSR relation the category file does not list, as the VSR evaluator
-# counts it (vlg/data/benchmarks/vsr.py).
+# counts it (vlg/benchmarks/vsr.py).
 NO_CATEGORY = benchmarks.UNKNOWN_CATEGORY
 
 # The 80 COCO detection categories by super-category: "id name" pairs.

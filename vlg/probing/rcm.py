@@ -2,7 +2,7 @@
 
 Built from RefCOCOg-style referring expressions (docs/probing.md §3), by one
 code path for real RefCOCOg and the synthetic look-alike set: both are read by
-``vlg.data.benchmarks.load_refcocog`` into ``RefExample`` rows, and
+``vlg.benchmarks.load_refcocog`` into ``RefExample`` rows, and
 :func:`build_rcm` takes any sequence of those::
 
   refs = benchmarks.load_refcocog('.../refcocog', split='val')
@@ -50,8 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from vlg.data.benchmarks import common
-from vlg.data.benchmarks.refcocog import RefExample
+from vlg.benchmarks import common
+from vlg.benchmarks.refcocog import RefExample
 
 GRID = 3
 NUM_CELLS = GRID * GRID

@@ -58,7 +58,7 @@ from vlg import restore
 from vlg import sharding
 from vlg.analysis import curves as curves_lib
 from vlg.analysis import probing as analysis
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.evaluators import common as eval_common
 from vlg.probing import hpo
 from vlg.probing import rcm

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.objectives import boxes
 
 IOU_THRESHOLD = 0.5

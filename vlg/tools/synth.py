@@ -7,7 +7,7 @@ VALSE, VSR (random and zero-shot splits), SVO-Probes, Winoground, Karpathy
 retrieval, image paragraphs and RefCOCOg look-alikes drawn from vlg's
 synthetic world, with images under each set's ``images/`` folder, a
 ``README.md`` (sets, chance levels, settings) and a ``manifest.json``
-(counts). The readers of ``vlg.data.benchmarks`` load them unchanged. The
+(counts). The readers of ``vlg.benchmarks`` load them unchanged. The
 same flags give identical files. See ``vlg.synthetic.benchmarks``.
 """
 

@@ -2,7 +2,7 @@
 
 ``write_all(out_dir, resolution, seed, num, sets)`` writes, from vlg's
 synthetic world (``vlg.synthetic``), look-alikes of the evaluation
-benchmarks that ``vlg.data.benchmarks`` reads unchanged:
+benchmarks that ``vlg.benchmarks`` reads unchanged:
 
 * ``valse`` (module ``valse``): ``valse/<instrument>.json`` and
   ``valse/images/``; read by ``load_valse``.

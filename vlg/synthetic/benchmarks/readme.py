@@ -90,7 +90,7 @@ def render(manifest: dict[str, Any]) -> str:
       '# vlg synthetic benchmarks', '',
       'Written by `python -m vlg.tools.synth` from vlg\'s synthetic world, '
       "each set in its real benchmark's file layout, so the readers of "
-      '`vlg.data.benchmarks` load them unchanged. Settings: resolution '
+      '`vlg.benchmarks` load them unchanged. Settings: resolution '
       f'{s["resolution"]} px, seed {s["seed"]}, {s["num"]} examples per '
       f'file; held-out compositions {s["heldout"]}. The same settings give '
       'byte-identical files. Scenes come from the world\'s test / val splits '
@@ -102,7 +102,7 @@ def render(manifest: dict[str, Any]) -> str:
       '(retrieval, paragraphs, RefCOCOg) show them as those splits do.', '']
   for name, info in manifest['sets'].items():
     lines += [f'## {name}', '', _SETS[name], '',
-              f'Reader: `vlg.data.benchmarks.{_READERS[name]}`.', '',
+              f'Reader: `vlg.benchmarks.{_READERS[name]}`.', '',
               f'Chance: {CHANCE[name]}.', '', 'Counts: ' + ', '.join(
                   f'`{f}` {n}' for f, n in info['files'].items()) +
               f'; {info["images"]} images.', '']

@@ -15,7 +15,7 @@ import pickle
 
 import pytest
 
-from vlg.data import benchmarks as bm
+from vlg import benchmarks as bm
 
 REAL = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'testdata',
                     'real_benchmarks')

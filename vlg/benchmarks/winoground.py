@@ -23,7 +23,7 @@ import dataclasses
 import os
 from typing import Any
 
-from vlg.data.benchmarks import common
+from vlg.benchmarks import common
 
 IMAGE_EXTENSION = '.png'
 

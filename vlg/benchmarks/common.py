@@ -1,6 +1,6 @@
 """Shared parts of the benchmark readers: errors, results, field checks.
 
-Every reader in :mod:`vlg.data.benchmarks` follows one bad-input policy:
+Every reader in :mod:`vlg.benchmarks` follows one bad-input policy:
 
 * A file that cannot be parsed as a whole (not JSON, wrong top-level type, a
   CSV header without a required column, a duplicate JSON key) always raises

@@ -42,7 +42,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from vlg.data.benchmarks import common
+from vlg.benchmarks import common
 
 VSR_CATEGORIES: tuple[str, ...] = (
     'Adjacency', 'Directional', 'Orientation', 'Projective', 'Proximity',

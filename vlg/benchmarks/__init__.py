@@ -23,36 +23,36 @@ contain. ``check_images`` tells an evaluator which examples have their images,
 so it can report "N evaluated / N in the file" and name the missing ones.
 """
 
-from vlg.data.benchmarks.common import BenchmarkFormatError
-from vlg.data.benchmarks.common import check_images
-from vlg.data.benchmarks.common import image_path
-from vlg.data.benchmarks.common import Loaded
-from vlg.data.benchmarks.refcocog import load_refcocog
-from vlg.data.benchmarks.refcocog import RefExample
-from vlg.data.benchmarks.retrieval import load_paragraphs
-from vlg.data.benchmarks.retrieval import load_retrieval
-from vlg.data.benchmarks.retrieval import paragraph_retrieval_set
-from vlg.data.benchmarks.retrieval import ParagraphExample
-from vlg.data.benchmarks.retrieval import RetrievalSet
-from vlg.data.benchmarks.svo_probes import load_svo_probes
-from vlg.data.benchmarks.svo_probes import SvoExample
-from vlg.data.benchmarks.valse import load_valse
-from vlg.data.benchmarks.valse import VALSE_PIECE_ORDER
-from vlg.data.benchmarks.valse import VALSE_PIECES
-from vlg.data.benchmarks.valse import valse_piece
-from vlg.data.benchmarks.valse import ValseExample
-from vlg.data.benchmarks.vsr import categorise_relations
-from vlg.data.benchmarks.vsr import load_vsr
-from vlg.data.benchmarks.vsr import load_vsr_categories
-from vlg.data.benchmarks.vsr import VSR_CATEGORIES
-from vlg.data.benchmarks.vsr import UNKNOWN_CATEGORY
-from vlg.data.benchmarks.vsr import VSR_RELATIONS
-from vlg.data.benchmarks.vsr import vsr_relations
-from vlg.data.benchmarks.vsr import VsrExample
-from vlg.data.benchmarks.winoground import image_path as winoground_image_path
-from vlg.data.benchmarks.winoground import images_dir as winoground_images_dir
-from vlg.data.benchmarks.winoground import load_winoground
-from vlg.data.benchmarks.winoground import WinogroundExample
+from vlg.benchmarks.common import BenchmarkFormatError
+from vlg.benchmarks.common import check_images
+from vlg.benchmarks.common import image_path
+from vlg.benchmarks.common import Loaded
+from vlg.benchmarks.refcocog import load_refcocog
+from vlg.benchmarks.refcocog import RefExample
+from vlg.benchmarks.retrieval import load_paragraphs
+from vlg.benchmarks.retrieval import load_retrieval
+from vlg.benchmarks.retrieval import paragraph_retrieval_set
+from vlg.benchmarks.retrieval import ParagraphExample
+from vlg.benchmarks.retrieval import RetrievalSet
+from vlg.benchmarks.svo_probes import load_svo_probes
+from vlg.benchmarks.svo_probes import SvoExample
+from vlg.benchmarks.valse import load_valse
+from vlg.benchmarks.valse import VALSE_PIECE_ORDER
+from vlg.benchmarks.valse import VALSE_PIECES
+from vlg.benchmarks.valse import valse_piece
+from vlg.benchmarks.valse import ValseExample
+from vlg.benchmarks.vsr import categorise_relations
+from vlg.benchmarks.vsr import load_vsr
+from vlg.benchmarks.vsr import load_vsr_categories
+from vlg.benchmarks.vsr import VSR_CATEGORIES
+from vlg.benchmarks.vsr import UNKNOWN_CATEGORY
+from vlg.benchmarks.vsr import VSR_RELATIONS
+from vlg.benchmarks.vsr import vsr_relations
+from vlg.benchmarks.vsr import VsrExample
+from vlg.benchmarks.winoground import image_path as winoground_image_path
+from vlg.benchmarks.winoground import images_dir as winoground_images_dir
+from vlg.benchmarks.winoground import load_winoground
+from vlg.benchmarks.winoground import WinogroundExample
 
 __all__ = [
     'BenchmarkFormatError', 'Loaded', 'check_images', 'image_path',

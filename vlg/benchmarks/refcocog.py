@@ -34,7 +34,7 @@ import pickle
 from collections.abc import Mapping
 from typing import Any
 
-from vlg.data.benchmarks import common
+from vlg.benchmarks import common
 
 Box = tuple[float, float, float, float]
 

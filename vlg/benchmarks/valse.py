@@ -35,7 +35,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Union
 
-from vlg.data.benchmarks import common
+from vlg.benchmarks import common
 
 # Instrument (file stem) -> piece, as in the VALSE paper's table and README.
 VALSE_PIECES: dict[str, str] = {

@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from vlg.data.benchmarks import common
+from vlg.benchmarks import common
 
 
 @dataclasses.dataclass(frozen=True)

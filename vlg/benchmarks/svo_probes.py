@@ -35,7 +35,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from vlg.data.benchmarks import common
+from vlg.benchmarks import common
 
 CSV_COLUMNS: tuple[str, ...] = (
     'sentence', 'pos_triplet', 'neg_triplet', 'subj_neg', 'verb_neg',
