@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 
-from vlg.data.formats import base
+from vlg.prepare import base
 
 REQUIRED = ('ImageID', 'LabelName', 'XMin', 'XMax', 'YMin', 'YMax')
 FLAGS = {'IsOccluded': 'is_occluded', 'IsTruncated': 'is_truncated',

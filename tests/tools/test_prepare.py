@@ -16,7 +16,7 @@ from vlg.data import records
 from vlg.data import relations
 from vlg.tools import prepare as prepare_tool
 
-import test_formats as data  # tests/data/test_formats.py: tiny data sets
+import annotation_files as data  # tests/annotation_files.py: tiny data sets
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

@@ -36,7 +36,7 @@ from PIL import Image
 
 from vlg.data import ops
 from vlg.data import records
-from vlg.data.formats import base
+from vlg.prepare import base
 
 STORES = ('bytes', 'path')
 SIDES = ('shorter', 'longer')

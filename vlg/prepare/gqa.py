@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from vlg.data import relations as relations_lib
-from vlg.data.formats import base
+from vlg.prepare import base
 
 
 class GqaSceneGraphs:

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from vlg.data.formats import base
+from vlg.prepare import base
 
 PATH_KEYS = ('image_rpath', 'image', 'image_path')
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from vlg.data.formats import base
+from vlg.prepare import base
 
 
 def _load(path: str, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from vlg.data.formats import base
+from vlg.prepare import base
 
 
 class AlbefJson:

@@ -6,7 +6,7 @@ image: an :class:`Example` (annotations of one image, boxes still in the
 file's units, the image not read yet) or a :class:`Problem` (an entry that
 cannot be used, e.g. a malformed JSON line). Keeping the image unread lets
 ``vlg.tools.prepare`` skip the items of shards it already wrote, and lets
-it read images in worker processes. ``vlg.data.formats.finalise`` turns an
+it read images in worker processes. ``vlg.prepare.finalise`` turns an
 example into a record of the contract of ``vlg/data/sources.py``.
 
 Nothing here imports jax.

@@ -1,20 +1,24 @@
-"""Readers of pretraining annotation formats, by ``--format`` name.
+"""Data preparation: readers of pretraining annotation formats, by ``--format``
+name, and their conversion into vlg's records.
 
 Each reader takes the ``--src`` paths and yields one item per image
-(:mod:`vlg.data.formats.base`); readers of scene graphs also list their
+(:mod:`vlg.prepare.base`); readers of scene graphs also list their
 relation strings (``predicates()``) for the relation vocabulary.
-:mod:`vlg.data.formats.finalise` turns an item into a record. Used by
-``python -m vlg.tools.prepare`` (its docstring documents every format).
+:mod:`vlg.prepare.finalise` turns an item into a record. Used by
+``python -m vlg.tools.prepare`` (its docstring documents every format),
+which writes the records into the shards that ``vlg.data.prepared_source``
+reads. This package builds on the record contract of ``vlg.data``
+(``ops``, ``records``, ``relations``); training never imports it.
 """
 
 from __future__ import annotations
 
-from vlg.data.formats import albef
-from vlg.data.formats import coco
-from vlg.data.formats import gqa
-from vlg.data.formats import openimages
-from vlg.data.formats import visual_genome
-from vlg.data.formats import xvlm
+from vlg.prepare import albef
+from vlg.prepare import coco
+from vlg.prepare import gqa
+from vlg.prepare import openimages
+from vlg.prepare import visual_genome
+from vlg.prepare import xvlm
 
 FORMATS = {
     'albef_json': albef.AlbefJson,
