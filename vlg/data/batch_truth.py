@@ -6,8 +6,9 @@ image (``image_id``), which of the record's captions was drawn
 From these the world's scenes and raw captions can be rebuilt and every
 (image, caption) pair of the batch checked against the ground truth
 (``vlg/synthetic/truth.py``): how often a "negative" the objectives draw
-is in fact a true caption. Readers: ``vlg.tools.validate`` (held-out false-negative
-shares) and ``vlg.false_negatives`` (the same during training).
+is in fact a true caption. Readers: ``vlg.tools.validate`` (held-out
+false-negative shares) and ``vlg.false_negatives`` (the same during
+training).
 
 Mirroring is a symmetry of the world: a mirrored image with its caption's
 left and right swapped is as true as the original pair. So caption j, as

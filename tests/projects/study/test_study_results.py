@@ -1,4 +1,4 @@
-"""vlg.analysis.study on hand-made runs with known means, stds and peaks.
+"""vlg.projects.study.results on hand-made runs: known means, stds and peaks.
 
 Two models x three seeds logged at steps 100 and 200. The expected means,
 sample stds (ddof 1), best steps, margins and verdicts are worked out by hand
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlg.analysis import study
+from vlg.projects.study import results as study
 
 VSR = 'vsr_random_dev/accuracy'
 REL = 'valse/relations/acc_r'

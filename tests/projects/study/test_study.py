@@ -1,4 +1,4 @@
-"""vlg.tools.study end to end: a 2-model x 1-seed x 4-step study, resumed.
+"""The study end to end: a 2-model x 1-seed x 4-step study, resumed.
 
 The models are shrunk like the other training tests (``shrink_for_tests``)
 and every synthetic evaluator runs on 4 examples per file at steps 2 and 4.
@@ -15,12 +15,12 @@ import pytest
 
 from vlg import recipes
 from vlg import train
-from vlg.analysis import study as study_lib
-from vlg.tools import study
+from vlg.projects.study import results as study_lib
+from vlg.projects.study import runs as study
 
 from test_train import shrink_for_tests
 
-REPO = os.path.join(os.path.dirname(__file__), '..', '..')
+REPO = os.path.join(os.path.dirname(__file__), '..', '..', '..')
 MODELS = ('albef', 'xvlm')
 SETTINGS = dict(models=MODELS, seeds=1, steps=4, eval_every=2, eval_num=4)
 

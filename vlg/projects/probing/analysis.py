@@ -12,7 +12,7 @@ always answer the training set's mean box). Breakdowns:
 :func:`rcm_confusion` (true × claimed cell); :func:`layer_curves`;
 :func:`results_table` (Tables 1-3 in markdown). Plots are matplotlib
 ``Figure`` objects without pyplot state, in
-:mod:`vlg.analysis.probing_plots`: ``fig.savefig('x.png')`` renders them
+:mod:`vlg.projects.probing.plots`: ``fig.savefig('x.png')`` renders them
 with Agg.
 
 Predicted boxes are normalised (cx, cy, w, h), as the probe's sigmoid gives

@@ -10,7 +10,7 @@ from flax import nnx
 
 from vlg.models import create_model
 from vlg.models import sizes
-from vlg.probing import taps
+from vlg.projects.probing import taps
 
 
 def _tokens(seed=0, b=3, n=5, d=4):

@@ -17,9 +17,9 @@ from flax import nnx
 from PIL import Image
 
 from vlg.models import layers
-from vlg.probing import taps
-from vlg.probing import tasks
-from vlg.probing import train
+from vlg.projects.probing import taps
+from vlg.projects.probing import tasks
+from vlg.projects.probing import train
 
 
 class Resampler(nnx.Module):

@@ -235,7 +235,8 @@ def vsr_examples(items: Iterable[benchmarks.VsrExample], image_root: str,
 def rcm_examples(items: Iterable[Any], image_root: str
                  ) -> list[ProbeExample]:
   """Probe rows of RCM examples (``image_file``, ``text``, ``label``,
-  ``claimed_cell``, ``true_cell``, as ``vlg.probing.rcm`` builds them)."""
+  ``claimed_cell``, ``true_cell``, as ``vlg.projects.probing.rcm`` builds
+  them)."""
   out = []
   for e in items:
     out.append(ProbeExample(

@@ -1,4 +1,4 @@
-"""vlg.probing.rcm: the RCM invariants of docs/probing.md §3 and §6.5.
+"""vlg.projects.probing.rcm: the RCM invariants of docs/probing.md §3, §6.5.
 
 Cell assignment is checked on hand-placed boxes (borders included); the
 balanced set is checked by recounting its rows; real-layout rows (hand-built
@@ -16,7 +16,7 @@ import pytest
 
 from vlg import benchmarks
 from vlg.synthetic import benchmarks as synthetic_benchmarks
-from vlg.probing import rcm
+from vlg.projects.probing import rcm
 
 
 def _ref(cx, cy, *, ref_id=0, sent_id=0, width=90, height=60, w=4, h=4,

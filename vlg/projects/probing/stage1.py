@@ -1,7 +1,7 @@
 r"""Stage-1 training of a resampler on a frozen tower (docs/probing.md §6.3).
 
 BLIP-2's first stage, on vlg's data, for either resampler
-(``config.resampler_kind``, :mod:`vlg.probing.stage1_models`):
+(``config.resampler_kind``, :mod:`vlg.projects.probing.stage1_models`):
 
 * 'qformer' (``configs/qformer.py``): a :class:`vlg.models.resamplers.QFormer`
   learns ITC (max over queries), ITM (hard negatives) and ITG;
@@ -17,14 +17,14 @@ random tower carries no semantics). Synthetic world, 2 CPU cores::
 
   python -m vlg.main --config=configs/albef.py:tiny,evals=False \
       --workdir=workdirs/albef_tiny
-  python -m vlg.probing.stage1 --config=configs/qformer.py:tiny \
+  python -m vlg.projects.probing.stage1 --config=configs/qformer.py:tiny \
       --config.vision_workdir=workdirs/albef_tiny --workdir=workdirs/qformer
 
 (or ``--config=configs/perceiver.py:tiny``) and then probe it (frozen and
 unfrozen; a Perceiver has no text path, so its latents are probed without
 the task text)::
 
-  python -m vlg.probing.run --config=configs/probe.py:tiny \
+  python -m vlg.projects.probing.run --config=configs/probe.py:tiny \
       --config.model_workdir=workdirs/albef_tiny \
       --config.resampler_workdir=workdirs/qformer \
       --config.taps='("tap=resampler_queries,reduce=flatten",)' \
@@ -68,8 +68,8 @@ from vlg import writers
 from vlg.data import pipeline
 from vlg.models import create_model
 from vlg.models import vit
-from vlg.probing import stage1_models
-from vlg.probing import taps
+from vlg.projects.probing import stage1_models
+from vlg.projects.probing import taps
 
 
 def base_config(kind: str, variant: str) -> ml_collections.ConfigDict:
@@ -82,7 +82,7 @@ def base_config(kind: str, variant: str) -> ml_collections.ConfigDict:
   tiny = variant == 'tiny'
   albef = recipes.albef_config(f'{variant},evals=False')
   c = ml_collections.ConfigDict()
-  c.resampler_kind = kind  # vlg/probing/stage1_models.py
+  c.resampler_kind = kind  # vlg/projects/probing/stage1_models.py
   c.seed = 0
   c.vision_workdir = ''  # A trained vlg run; '' = a random tower (tests).
   c.vision_step = -1  # Its checkpoint step; -1 = the latest.
@@ -332,7 +332,7 @@ def load_resampler(workdir: str, step: int | None = None,
   meta_path = os.path.join(workdir, 'stage1.json')
   if not os.path.exists(meta_path):
     raise FileNotFoundError(f'{meta_path} not found: {workdir} is not a '
-                            'vlg.probing.stage1 workdir')
+                            'vlg.projects.probing.stage1 workdir')
   with open(meta_path) as f:
     meta = json.load(f)
   config = ml_collections.ConfigDict(meta['config'])

@@ -8,7 +8,7 @@ import pytest
 
 from vlg import writers
 from vlg.data import pipeline
-from vlg.probing import stage1
+from vlg.projects.probing import stage1
 
 import configs.qformer as qformer_config
 from test_train import shrink_for_tests

@@ -1,13 +1,13 @@
 r"""Runs a grid of probes on a trained vlg model and writes the results table.
 
-  python -m vlg.probing.run --config=configs/probe.py:tiny \
+  python -m vlg.projects.probing.run --config=configs/probe.py:tiny \
       --config.model_workdir=workdirs/albef_tiny --workdir=workdirs/probe
 
 Each cell is (model checkpoint, tap, task, regime, head): ``config.taps`` ×
 ``config.tasks`` × ``config.regimes`` × ``config.heads``. A cell trains one
 probe per seed of ``config.seeds`` with ``config.hparams``, or, with
 ``config.hpo.enabled``, searches ``config.hpo.n_trials`` TPE trials and
-re-runs the best settings per seed (``vlg.probing.hpo``). Output in
+re-runs the best settings per seed (``vlg.projects.probing.hpo``). Output in
 ``--workdir``:
 
 * ``results.md``: Tables 1–3 of the paper (one per split; rows = model ×
@@ -16,7 +16,7 @@ re-runs the best settings per seed (``vlg.probing.hpo``). Output in
 * ``results.json``: every cell's metrics per seed, their mean/std, the
   HPO's best settings and trials;
 * ``predictions/<cell>.seed<k>.npz``: per-example predictions per split for
-  ``vlg.analysis.probing``;
+  ``vlg.projects.probing.analysis``;
 * ``features/``: the frozen feature cache; ``metrics.jsonl``: HPO trials.
 
 The grid resumes (``config.resume``, on by default): a cell already in
@@ -32,9 +32,10 @@ VSR-style sets (``vlg.evaluators.common.synthetic_root``) at the model's
 resolution. They have no train split, so the synthetic 'val' split (VSR:
 ``random/dev``) is divided by image into probe train and validation
 (``val_fraction``) and 'test' is the test split. RCM is built by
-``vlg.probing.rcm.build_rcm`` within each of those RefCOCOg splits. Real
-data: ``data.refcocog.root`` / ``image_root`` (umd train/val/test) and
-``data.vsr.{train,val,test}`` files, ``image_root``, ``categories``.
+``vlg.projects.probing.rcm.build_rcm`` within each of those RefCOCOg
+splits. Real data: ``data.refcocog.root`` / ``image_root`` (umd
+train/val/test) and ``data.vsr.{train,val,test}`` files, ``image_root``,
+``categories``.
 """
 
 from __future__ import annotations
@@ -57,15 +58,15 @@ from vlg import config_lib
 from vlg import restore
 from vlg import sharding
 from vlg.analysis import curves as curves_lib
-from vlg.analysis import probing as analysis
+from vlg.projects.probing import analysis
 from vlg import benchmarks
 from vlg.evaluators import common as eval_common
-from vlg.probing import hpo
-from vlg.probing import rcm
-from vlg.probing import stage1
-from vlg.probing import taps
-from vlg.probing import tasks as tasks_lib
-from vlg.probing import train
+from vlg.projects.probing import hpo
+from vlg.projects.probing import rcm
+from vlg.projects.probing import stage1
+from vlg.projects.probing import taps
+from vlg.projects.probing import tasks as tasks_lib
+from vlg.projects.probing import train
 
 _CONFIG = None
 _WORKDIR = None
@@ -227,8 +228,8 @@ def run_cell(encoder, spec, task, splits, inputs, config, hp, *, regime, name,
 
 
 def results_markdown(cells: Sequence[dict[str, Any]]) -> str:
-  """Tables 1–3 per split (``vlg.analysis.probing.results_table``) and the
-  VSR per-category table (Table 2), mean ± std over seeds."""
+  """Tables 1–3 per split (``vlg.projects.probing.analysis.results_table``)
+  and the VSR per-category table (Table 2), mean ± std over seeds."""
   parts = []
   for split in ('val', 'test'):
     rows, mean_box = [], None
@@ -270,8 +271,8 @@ class Source:
 
 def load_source(config: ml_collections.ConfigDict) -> Source:
   """The trained vlg model of ``model_workdir``, or with
-  ``resampler_workdir`` the Q-Former of a ``vlg.probing.stage1`` run on its
-  frozen tower."""
+  ``resampler_workdir`` the Q-Former of a ``vlg.projects.probing.stage1``
+  run on its frozen tower."""
   if config.get('resampler_workdir'):
     trained = stage1.load_resampler(config.resampler_workdir,
                                     mode=config.resampler_mode)

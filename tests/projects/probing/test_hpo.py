@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-import probe_stub as stub  # tests/probing/probe_stub.py (pytest sys.path)
-from vlg.probing import hpo
-from vlg.probing import taps
-from vlg.probing import tasks
-from vlg.probing import train
+import probe_stub as stub  # tests/projects/probing/probe_stub.py, on sys.path
+from vlg.projects.probing import hpo
+from vlg.projects.probing import taps
+from vlg.projects.probing import tasks
+from vlg.projects.probing import train
 
 optuna = pytest.importorskip(
     'optuna', reason='optuna is not installed (pinned in requirements.txt)')

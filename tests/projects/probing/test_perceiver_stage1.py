@@ -15,7 +15,7 @@ from flax import nnx
 from vlg import writers
 from vlg.data import pipeline
 from vlg.models import perceiver as perceiver_lib
-from vlg.probing import stage1
+from vlg.projects.probing import stage1
 
 import configs.albef as albef_config
 import configs.perceiver as perceiver_config

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vlg.probing import heads
+from vlg.projects.probing import heads
 
 
 def _build(name, d, o, **kw):

@@ -1,4 +1,5 @@
-"""vlg.analysis.probing on hand-worked examples and independent references.
+"""vlg.projects.probing.analysis on hand-worked examples and independent
+references.
 
 Kendall τ-b is checked against a float64 O(n²) re-derivation of the
 formula; the COCO taxonomy against the published id gaps and group sizes;
@@ -12,12 +13,12 @@ import os
 import numpy as np
 import pytest
 
-from vlg.analysis import probing
-from vlg.analysis import probing_plots
+from vlg.projects.probing import analysis as probing
+from vlg.projects.probing import plots as probing_plots
 from vlg import benchmarks
 
-VSR_CATEGORIES = os.path.join(os.path.dirname(__file__), '..', 'testdata',
-                              'real_benchmarks', 'vsr',
+VSR_CATEGORIES = os.path.join(os.path.dirname(__file__), '..', '..',
+                              'testdata', 'real_benchmarks', 'vsr',
                               'rel_meta_category_dict.txt')
 
 

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import probe_stub as stub  # tests/probing/probe_stub.py (pytest sys.path)
+import probe_stub as stub  # tests/projects/probing/probe_stub.py, on sys.path
 from vlg.models import create_model
 from vlg.models import resamplers
 from vlg.models import sizes
 from vlg.models import vit
-from vlg.probing import feature_cache
-from vlg.probing import taps
-from vlg.probing import tasks
-from vlg.probing import train
+from vlg.projects.probing import feature_cache
+from vlg.projects.probing import taps
+from vlg.projects.probing import tasks
+from vlg.projects.probing import train
 
 
 @pytest.fixture(scope='module')

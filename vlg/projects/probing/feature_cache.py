@@ -55,11 +55,11 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from vlg.probing import taps
-from vlg.probing import tasks as tasks_lib
+from vlg.projects.probing import taps
+from vlg.projects.probing import tasks as tasks_lib
 
 if TYPE_CHECKING:
-  from vlg.probing import train
+  from vlg.projects.probing import train
 
 # Part of every key: bump it when the stored layout or dtype changes, so old
 # entries are never misread. 'float32' was the unversioned first layout.

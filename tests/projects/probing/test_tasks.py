@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vlg import benchmarks
-from vlg.probing import tasks
+from vlg.projects.probing import tasks
 
 
 def _logit(p):
@@ -108,8 +108,8 @@ def test_refcocog_examples_normalise_boxes():
 
 def test_vsr_examples_put_a_relation_without_category_under_unknown():
   import os  # pylint: disable=g-import-not-at-top
-  vsr_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                         'testdata', 'real_benchmarks', 'vsr')
+  vsr_dir = os.path.join(os.path.dirname(__file__), '..', '..', 'testdata',
+                         'real_benchmarks', 'vsr')
   items = benchmarks.load_vsr(os.path.join(vsr_dir, 'random_current',
                                            'dev_excerpt.jsonl'))
   categories = benchmarks.load_vsr_categories(

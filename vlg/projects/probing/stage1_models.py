@@ -1,7 +1,7 @@
 """The trainable side of stage 1, per resampler kind (docs/probing.md §6.3).
 
-``vlg.probing.stage1`` trains either resampler with one loop; this module
-holds what differs between them. ``config.resampler_kind`` picks:
+``vlg.projects.probing.stage1`` trains either resampler with one loop; this
+module holds what differs between them. ``config.resampler_kind`` picks:
 
 * ``'qformer'``: one module, ``qformer`` (``resamplers.QFormer``), trained
   with BLIP-2's ITC + ITM + ITG (``vlg.objectives.qformer``);

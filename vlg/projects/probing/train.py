@@ -9,8 +9,9 @@ Two regimes, one loop (docs/probing.md §2.5, §6.3 item 4):
 
 * **frozen**: the encoder runs once per split, without dropout, to extract
   the tap after its fixed reducer (``attn_pool``: the tokens and mask) into
-  ``vlg.probing.feature_cache`` (bfloat16 on disk, keyed by encoder weights =
-  checkpoint path and step, tap spec, dataset fingerprint). Then a tiny
+  ``vlg.projects.probing.feature_cache`` (bfloat16 on disk, keyed by
+  encoder weights = checkpoint path and step, tap spec, dataset
+  fingerprint). Then a tiny
   jitted loop trains only the probe on the cached arrays, converted to
   float32 per batch; the encoder's parameters are never in the optimizer. A
   second run (another seed, another HPO trial) reads the cache.
@@ -30,7 +31,8 @@ decay to 0, batch 128 (the last batch of an epoch is padded with weight-0
 rows), validation after every epoch, early stopping after ``patience``
 epochs without a strictly better validation metric, and the best epoch's
 parameters evaluated on validation and test. :class:`ProbeResult` holds the
-metrics, per-example predictions (for ``vlg.analysis.probing``) and history.
+metrics, per-example predictions (for ``vlg.projects.probing.analysis``)
+and history.
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ from flax import nnx
 
 from vlg import optim
 from vlg.evaluators import common as eval_common
-from vlg.probing import feature_cache
-from vlg.probing import heads
-from vlg.probing import tasks as tasks_lib
-from vlg.probing import taps
+from vlg.projects.probing import feature_cache
+from vlg.projects.probing import heads
+from vlg.projects.probing import tasks as tasks_lib
+from vlg.projects.probing import taps
 
 PyTree = Any
 TapFn = Callable[[nnx.Module, dict[str, jax.Array], tuple[str, ...],

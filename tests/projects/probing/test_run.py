@@ -1,4 +1,4 @@
-"""End to end: ``python -m vlg.probing.run`` parsed and run in-process.
+"""End to end: ``python -m vlg.projects.probing.run`` parsed and run in-process.
 
 The command line is parsed into its own ``flags.FlagValues`` and ``main``
 runs the grid. Only ``load_source`` is replaced, by the stand-in encoder of
@@ -20,13 +20,13 @@ import pytest
 from absl import app
 from absl import flags
 
-import probe_stub as stub  # tests/probing/probe_stub.py (pytest sys.path)
+import probe_stub as stub  # tests/projects/probing/probe_stub.py, on sys.path
 from vlg import sharding
-from vlg.probing import feature_cache
-from vlg.probing import run
-from vlg.probing import train
+from vlg.projects.probing import feature_cache
+from vlg.projects.probing import run
+from vlg.projects.probing import train
 
-REPO = os.path.join(os.path.dirname(__file__), '..', '..')
+REPO = os.path.join(os.path.dirname(__file__), '..', '..', '..')
 TAP = 'tap=resampler_queries,reduce=flatten'
 COMMAND = [
     f'--config={REPO}/configs/probe.py:tiny',
@@ -83,7 +83,7 @@ def calls(monkeypatch, tmp_path):
 
 def _main(monkeypatch, *args):
   """Parses ``args`` as the tool's command line and runs its main."""
-  argv = ['vlg.probing.run', *args]
+  argv = ['vlg.projects.probing.run', *args]
   # config_flags finds the --config.* overrides in sys.argv.
   monkeypatch.setattr(sys, 'argv', argv)
   monkeypatch.setattr(run, '_CONFIG', None)

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from vlg import writers
-from vlg.probing import tasks as tasks_lib
-from vlg.probing import train
+from vlg.projects.probing import tasks as tasks_lib
+from vlg.projects.probing import train
 
 LR_RANGE = (1e-5, 5e-4)
 LR_MULT_RANGE = (0.01, 1.0)
@@ -55,7 +55,7 @@ def import_optuna():
   try:
     import optuna  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError('vlg.probing.hpo needs optuna (pinned in '
+    raise ImportError('vlg.projects.probing.hpo needs optuna (pinned in '
                       'requirements.txt): pip install -r requirements.txt'
                       ) from e
   return optuna

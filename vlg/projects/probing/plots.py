@@ -1,4 +1,4 @@
-"""Plots of the probing analyses (:mod:`vlg.analysis.probing`).
+"""Plots of the probing analyses (:mod:`vlg.projects.probing.analysis`).
 
 matplotlib ``Figure`` objects without pyplot state, so they work in tools,
 tests and colabs alike: ``fig.savefig('x.png')`` renders them with Agg.
@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from vlg.analysis.probing import GroupStat
-from vlg.analysis.probing import MeanStd
-from vlg.analysis.probing import RcmConfusion
+from vlg.projects.probing.analysis import GroupStat
+from vlg.projects.probing.analysis import MeanStd
+from vlg.projects.probing.analysis import RcmConfusion
 
 
 
