@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from vlg import false_negatives
+from vlg.data import batch_truth
 from vlg.data import pipeline
 from vlg.data import tokenizer as tok_lib
-from vlg.data import batch_truth
 from vlg.synthetic import world
 
 import configs.albef as albef_config

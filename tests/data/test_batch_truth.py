@@ -5,10 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from vlg.data import batch_truth
 from vlg.data import ops
 from vlg.data import pipeline
 from vlg.data import tokenizer as tok_lib
-from vlg.data import batch_truth
 from vlg.synthetic import layout
 from vlg.synthetic import truth
 from vlg.synthetic import world

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from vlg import benchmarks as bm
-from vlg.data import ops
 from vlg import synthetic as sy
+from vlg.data import ops
 from vlg.synthetic import benchmarks as sb
 from vlg.synthetic import language
 from vlg.synthetic.benchmarks import refcocog

@@ -53,8 +53,8 @@ from PIL import Image
 from vlg import sharding
 from vlg.data import ops
 from vlg.data import pipeline
-from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.data import tokenizer as tokenizer_lib
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 
 SCORERS = ('itm', 'itc')
 # Eval options that configure the scorer rather than the evaluator.

@@ -26,9 +26,9 @@ import numpy as np
 
 from vlg import false_negatives
 from vlg.data import batch_truth as batch_truth_lib
-from vlg.synthetic import truth as truth_lib
 from vlg.evaluators import common as eval_common
 from vlg.objectives import itm as itm_lib
+from vlg.synthetic import truth as truth_lib
 
 # Accuracy of always answering "not matched" on 1 positive : 2 negatives.
 ITM_PRIOR = 2 / 3

@@ -13,9 +13,9 @@ import os
 import numpy as np
 import pytest
 
+from vlg import benchmarks
 from vlg.projects.probing import analysis as probing
 from vlg.projects.probing import plots as probing_plots
-from vlg import benchmarks
 
 VSR_CATEGORIES = os.path.join(os.path.dirname(__file__), '..', '..',
                               'testdata', 'real_benchmarks', 'vsr',

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from vlg import benchmarks
-from vlg.synthetic import benchmarks as synthetic_benchmarks
 from vlg.projects.probing import rcm
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 
 
 def _ref(cx, cy, *, ref_id=0, sent_id=0, width=90, height=60, w=4, h=4,

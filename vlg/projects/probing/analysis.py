@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from vlg.analysis import curves as curves_lib
 from vlg import benchmarks
+from vlg.analysis import curves as curves_lib
 
 IOU_THRESHOLD = 0.5
 CHANCE: dict[str, float] = {'vsr': 0.5, 'rcm': 0.5}

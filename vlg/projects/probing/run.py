@@ -54,13 +54,13 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vlg import benchmarks
 from vlg import config_lib
 from vlg import restore
 from vlg import sharding
 from vlg.analysis import curves as curves_lib
-from vlg.projects.probing import analysis
-from vlg import benchmarks
 from vlg.evaluators import common as eval_common
+from vlg.projects.probing import analysis
 from vlg.projects.probing import hpo
 from vlg.projects.probing import rcm
 from vlg.projects.probing import stage1

@@ -51,8 +51,8 @@ from vlg import optim
 from vlg.evaluators import common as eval_common
 from vlg.projects.probing import feature_cache
 from vlg.projects.probing import heads
-from vlg.projects.probing import tasks as tasks_lib
 from vlg.projects.probing import taps
+from vlg.projects.probing import tasks as tasks_lib
 
 PyTree = Any
 TapFn = Callable[[nnx.Module, dict[str, jax.Array], tuple[str, ...],
