@@ -6,9 +6,8 @@ similarities, so under a sharp ITC a perfect matcher scores below the 1:2
 prior and the logged ITM accuracy cannot show ITM learning. This module
 draws, once per held-out caption batch, one uniform negative each way
 (:func:`uniform_negatives`), rebuilds the batch's synthetic scenes and
-captions to know which pairs are in fact true
-(``vlg/data/batch_truth.py``), and
-pools what the jitted metrics function of ``validate`` returns into
+captions to know which pairs are in fact true (``vlg/data/batch_truth.py``),
+and pools what the jitted metrics function of ``validate`` returns into
 ``itm_random_acc``, ``itm_random_auroc`` and the false-negative shares
 (``validate``'s module docstring defines each). All on the host, after
 the jitted step.
