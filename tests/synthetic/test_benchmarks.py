@@ -1,4 +1,5 @@
-"""Tests of ``vlg.tools.synth``: synthetic benchmarks in the real layouts.
+"""``vlg.synthetic.benchmarks`` and ``python -m vlg.tools.synth``: synthetic
+benchmark sets in the real layouts.
 
 Every set is written once (``num=12``, 64 px) and read back with the reader
 that reads the real files; records are compared key for key with the real
