@@ -12,13 +12,13 @@ frozen tower, read at its penultimate layer, and its tokenizer is reused)::
 
   python -m vlg.main --config=configs/albef.py:tiny,evals=False \
       --workdir=workdirs/albef_tiny
-  python -m vlg.probing.stage1 --config=configs/perceiver.py:tiny \
+  python -m vlg.projects.probing.stage1 --config=configs/perceiver.py:tiny \
       --config.vision_workdir=workdirs/albef_tiny --workdir=workdirs/perceiver
 
 then probe its latents (no text enters a Perceiver; ``resampler_mode`` is
 ignored)::
 
-  python -m vlg.probing.run --config=configs/probe.py:tiny \
+  python -m vlg.projects.probing.run --config=configs/probe.py:tiny \
       --config.resampler_workdir=workdirs/perceiver \
       --config.taps='("tap=resampler_queries,reduce=flatten",)' \
       --workdir=workdirs/probe_perceiver
@@ -47,7 +47,7 @@ from __future__ import annotations
 import ml_collections
 
 from vlg import config_lib
-from vlg.probing import stage1
+from vlg.projects.probing import stage1
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ Tiny, on the synthetic RefCOCOg-/VSR-style sets, probing a trained tiny
 ALBEF or X-VLM workdir (``python -m vlg.main --config=configs/albef.py:tiny
 --workdir=workdirs/albef_tiny`` first; minutes on 2 CPU cores)::
 
-  python -m vlg.probing.run --config=configs/probe.py:tiny \
+  python -m vlg.projects.probing.run --config=configs/probe.py:tiny \
       --config.model_workdir=workdirs/albef_tiny --workdir=workdirs/probe_tiny
 
 It probes ``fused_cls`` (the fusion encoder's [CLS], text-conditioned like
@@ -16,7 +16,7 @@ world: unfrozen above frozen on RCM and on box Acc@0.5.
 The paper's protocol (``paper``): HPO on (≥ 10 TPE trials per cell, Table 4
 ranges, best re-run over 3 seeds), linear + SwiGLU heads, real data::
 
-  python -m vlg.probing.run --config=configs/probe.py:paper \
+  python -m vlg.projects.probing.run --config=configs/probe.py:paper \
       --config.model_workdir=... --config.data.synthetic=False \
       --config.data.refcocog.root=.../refcocog \
       --config.data.refcocog.image_root=.../train2014 \
@@ -43,8 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   tiny = arg.variant == 'tiny'
   c = ml_collections.ConfigDict()
   c.model_workdir = ''  # A trained vlg run (checkpoints/ + tokenizer/).
-  # A vlg.probing.stage1 workdir: probe its Q-Former (on its frozen tower)
-  # instead of the model; taps resampler_queries / resampler_layer:k.
+  # A vlg.projects.probing.stage1 workdir: probe its Q-Former (on its frozen
+  # tower) instead of the model; taps resampler_queries / resampler_layer:k.
   c.resampler_workdir = ''
   # Text enters the queries. Ignored for a Perceiver workdir,
   # which has no text path (taps: resampler_queries, resampler_layer:k).
@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_text_len = 64  # 64 avoids truncating RCM phrases.
   c.cache_dir = ''  # Frozen feature cache; '' = WORKDIR/features.
   # Keep the cells already in WORKDIR/results.json (same settings) instead
-  # of training them again (vlg/probing/run.py).
+  # of training them again (vlg/projects/probing/run.py).
   c.resume = True
 
   # train.HParams fields; the HPO searches lr, epochs, loss

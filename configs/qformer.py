@@ -5,7 +5,7 @@ frozen tower, read at its penultimate layer, and its tokenizer is reused)::
 
   python -m vlg.main --config=configs/albef.py:tiny,evals=False \
       --workdir=workdirs/albef_tiny
-  python -m vlg.probing.stage1 --config=configs/qformer.py:tiny \
+  python -m vlg.projects.probing.stage1 --config=configs/qformer.py:tiny \
       --config.vision_workdir=workdirs/albef_tiny --workdir=workdirs/qformer
 
 Expected on the synthetic world: ITC starts near log(batch) (≈3.5 at batch
@@ -26,7 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from vlg import config_lib
-from vlg.probing import stage1
+from vlg.projects.probing import stage1
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

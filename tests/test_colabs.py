@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
+from vlg import benchmarks
 from vlg import restore
 from vlg import sharding
-from vlg.data import benchmarks
 from vlg.evaluators import common
 
 from test_restore import trained_run

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from vlg import false_negatives
+from vlg.data import batch_truth
 from vlg.data import pipeline
 from vlg.data import tokenizer as tok_lib
-from vlg.data.synthetic import batch_truth
-from vlg.data.synthetic import world
+from vlg.synthetic import world
 
 import configs.albef as albef_config
 

@@ -12,13 +12,13 @@ import jax
 import numpy as np
 import pytest
 
+from vlg import benchmarks
 from vlg import restore
 from vlg import sharding
 from vlg import train
 from vlg import writers
-from vlg.data import benchmarks
-from vlg.data import synthetic_benchmarks
 from vlg.evaluators import common
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 
 from test_train import tiny_test_config
 

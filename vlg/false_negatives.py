@@ -11,7 +11,7 @@ On the synthetic world, at every logged step, the train loop hands
 :class:`FalseNegativeMonitor` the host copy of the caption batch and the
 negatives its step drew (the ``itm_neg_image`` / ``itm_neg_text`` vectors
 of the step's metrics). It rebuilds the batch's truth
-(``vlg/data/synthetic/batch_truth.py``) and returns two scalars, logged
+(``vlg/data/batch_truth.py``) and returns two scalars, logged
 as ``train/<name>``:
 
 - ``fn_itm_neg_share``: the share of the sampled caption ITM negatives
@@ -33,9 +33,9 @@ import logging
 import ml_collections
 import numpy as np
 
-from vlg.data.synthetic import batch_truth as batch_truth_lib
-from vlg.data.synthetic import truth as truth_lib
-from vlg.data.synthetic import world
+from vlg.data import batch_truth as batch_truth_lib
+from vlg.synthetic import truth as truth_lib
+from vlg.synthetic import world
 
 NEGATIVE_KEYS = ('itm_neg_image', 'itm_neg_text')
 

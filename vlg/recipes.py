@@ -38,7 +38,7 @@ import ml_collections
 from vlg import config_lib
 from vlg.evaluators import synthetic as synthetic_evals
 from vlg.data import records
-from vlg.data.synthetic import world
+from vlg.synthetic import world
 from vlg.models import sizes
 
 # Variants that train a model size on real data: variant → model size.

@@ -12,7 +12,7 @@ from vlg.data.parts import entity as entity_part
 from vlg.data.parts import mrc as mrc_part
 from vlg.data import pipeline
 from vlg.data import tokenizer as tok_lib
-from vlg.data.synthetic import source as synth_source
+from vlg.synthetic import source as synth_source
 
 
 def _input_cfg(family='rexvlm'):

@@ -17,7 +17,7 @@ from vlg.data import tokenizer as tok_lib
 from vlg.tools import prepare as prepare_tool
 
 import configs.albef as albef_config
-import test_formats as data  # tests/data/test_formats.py: tiny data sets
+import annotation_files as data  # tests/annotation_files.py: tiny data sets
 
 
 def _prepare(fmt, srcs, images, out, **kw):

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
+from vlg import synthetic as sy
 from vlg.data import ops
 from vlg.data import relations as rl
-from vlg.data import synthetic as sy
 from vlg.data import tokenizer as tok_lib
 
 

@@ -89,8 +89,8 @@ def test_bpe_keeps_every_word_of_the_synthetic_world_whole():
   each colour, size, category and relation word as one piece; the unigram
   trainer on the same small corpus splits some into letters."""
   from vlg.data import ops  # pylint: disable=g-import-not-at-top
-  from vlg.data.synthetic import source  # pylint: disable=g-import-not-at-top
-  from vlg.data.synthetic import world  # pylint: disable=g-import-not-at-top
+  from vlg.synthetic import source  # pylint: disable=g-import-not-at-top
+  from vlg.synthetic import world  # pylint: disable=g-import-not-at-top
   texts = []
   for i in range(300):
     rec = source.make_record('train', i)

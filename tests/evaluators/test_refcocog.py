@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vlg import benchmarks
 from vlg import sharding
-from vlg.data import benchmarks
-from vlg.data import synthetic_benchmarks
 from vlg.data import tokenizer as tok_lib
 from vlg.evaluators import common
 from vlg.evaluators import refcocog
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 
 
 def _ref(box, width=64, height=64, name='a.png'):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlg import benchmarks
 from vlg import sharding
-from vlg.data import benchmarks
-from vlg.data import synthetic_benchmarks
 from vlg.data import tokenizer as tok_lib
 from vlg.evaluators import common
 from vlg.evaluators import retrieval
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 
 
 def test_metrics_hand_worked():

@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vlg import benchmarks
 from vlg import sharding
-from vlg.data import benchmarks
-from vlg.data import synthetic_benchmarks
+from vlg.benchmarks import svo_probes as svo_reader
 from vlg.data import tokenizer as tok_lib
-from vlg.data.benchmarks import svo_probes as svo_reader
 from vlg.evaluators import common
 from vlg.evaluators import svo_probes
 from vlg.evaluators import winoground
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 
 
 def _svo(neg_type):

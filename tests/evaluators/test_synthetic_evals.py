@@ -13,12 +13,12 @@ import pytest
 from vlg import predict
 from vlg import sharding
 from vlg import train_state
-from vlg.data import synthetic_benchmarks
 from vlg.data import tokenizer as tok_lib
 from vlg.evaluators import common
 from vlg.evaluators import synthetic
 from vlg.recipes import albef_config
 from vlg.recipes import family_config
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 
 REAL = os.path.join(os.path.dirname(__file__), '..', 'testdata',
                     'real_benchmarks')

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+from vlg import benchmarks
 from vlg import sharding
-from vlg.data import benchmarks
 from vlg.data import tokenizer as tok_lib
 from vlg.evaluators import common
 from vlg.evaluators import valse

@@ -20,11 +20,11 @@ from vlg import recipes
 from vlg import restore
 from vlg import sharding
 from vlg.data import pipeline
-from vlg.data.synthetic import layout
-from vlg.data.synthetic import source as synthetic_source
-from vlg.data.synthetic import truth
-from vlg.data.synthetic import world
 from vlg.evaluators import common as eval_common
+from vlg.synthetic import layout
+from vlg.synthetic import source as synthetic_source
+from vlg.synthetic import truth
+from vlg.synthetic import world
 from vlg.tools import itm_probe
 from vlg.tools import validate
 

@@ -1,7 +1,8 @@
-"""Analysis of finished runs: learning curves, checkpoint selection, probes.
+"""Analysis of finished runs: learning curves, checkpoint selection, chance.
 
 ``curves``: per-skill best steps, drops from best, the checkpoint-selection
 table and curve plots, as pure functions over ``writers.metric_curves``.
-``probing`` (+ ``probing_plots``): the probing breakdowns, Kendall τ, RCM
-confusion maps, per-layer curves and results tables (docs/probing.md §4).
+``significance``: how far a metric lies above chance, in binomial standard
+deviations. The projects' own analyses live with them
+(``vlg.projects.probing.analysis``, ``vlg.projects.study.results``).
 """

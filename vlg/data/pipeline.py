@@ -60,6 +60,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from vlg.data import masking
 from vlg.data import ops
 from vlg.data import parts as parts_lib
 from vlg.data.parts import common as parts_common
@@ -93,7 +94,6 @@ class CaptionTransform(grain.transforms.RandomMap):
 
   def random_map(self, record: dict[str, Any],
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
-    from vlg.objectives import masking  # pylint: disable=g-import-not-at-top
     image = ops.to_square(record['image'])
     if not record.get('captions'):
       raise ops.BadExampleError(

@@ -198,7 +198,7 @@ class CheckedTransform(grain.transforms.RandomMap):
 
 
 def _synthetic(cfg: ml_collections.ConfigDict, input_cfg) -> Any:
-  from vlg.data import synthetic  # pylint: disable=g-import-not-at-top
+  from vlg import synthetic  # pylint: disable=g-import-not-at-top
   world = synthetic.WorldConfig(**dict(cfg.get('world', {})))
   return synthetic.SyntheticSource(cfg.get('split', 'train'), world,
                                    num_examples=cfg.get('num_examples',

@@ -21,7 +21,7 @@ tokenises with the training tokenizer. Every row is computed independently,
 so results do not depend on the batch size or device count.
 
 Synthetic sets: ``synthetic=True`` in an eval's config makes the factory
-write every synthetic benchmark set once (``vlg.data.synthetic_benchmarks.
+write every synthetic benchmark set once (``vlg.synthetic.benchmarks.
 write_all``) into a cache folder keyed by (resolution, seed, num) and
 replace ``{synthetic}`` in the eval's string arguments by that folder::
 
@@ -53,8 +53,8 @@ from PIL import Image
 from vlg import sharding
 from vlg.data import ops
 from vlg.data import pipeline
-from vlg.data import synthetic_benchmarks
 from vlg.data import tokenizer as tokenizer_lib
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 
 SCORERS = ('itm', 'itc')
 # Eval options that configure the scorer rather than the evaluator.

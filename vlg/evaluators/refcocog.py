@@ -22,7 +22,7 @@ import logging
 
 import numpy as np
 
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.evaluators import common
 
 IOU_THRESHOLD = 0.5

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.evaluators import common
 
 KS = (1, 5, 10)

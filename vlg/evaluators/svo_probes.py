@@ -4,7 +4,7 @@
                           image_root='.../images', log_steps=1000)
 
 Reads either published layout (the DeepMind CSV or the JSON lines of
-Bugliarello et al. 2023) through ``vlg.data.benchmarks.load_svo_probes``.
+Bugliarello et al. 2023) through ``vlg.benchmarks.load_svo_probes``.
 Metrics (docs/benchmarks.md §4): pairwise accuracy
 ``accuracy`` = mean[s(pos, sentence) > s(neg, sentence)] (a tie is wrong)
 and the same per negative type, ``subject/accuracy``, ``verb/accuracy``,
@@ -20,8 +20,8 @@ import logging
 
 import numpy as np
 
-from vlg.data import benchmarks
-from vlg.data.benchmarks import svo_probes as svo_reader
+from vlg import benchmarks
+from vlg.benchmarks import svo_probes as svo_reader
 from vlg.evaluators import common
 
 

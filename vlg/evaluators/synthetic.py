@@ -1,7 +1,7 @@
 """The default ``config.evals`` entries: every synthetic benchmark set.
 
 Configs that train on the synthetic world evaluate on its look-alike
-benchmark sets (``vlg.data.synthetic_benchmarks``), written once by the
+benchmark sets (``vlg.synthetic.benchmarks``), written once by the
 evaluator factory into a cache keyed by (resolution, seed, num) (see
 ``vlg.evaluators.common``)::
 

@@ -4,7 +4,7 @@
                             image_root='.../images', log_steps=1000)
 
 Reads the real VALSE instrument files (or the synthetic look-alikes written
-by ``vlg.tools.synth``) through ``vlg.data.benchmarks.load_valse`` and keeps
+by ``vlg.tools.synth``) through ``vlg.benchmarks.load_valse`` and keeps
 the valid set (``mturk.caption >= 2``). Metrics (docs/benchmarks.md §2):
 
 - ``acc_r`` (micro over all valid examples: the papers' single number),
@@ -26,7 +26,7 @@ import logging
 
 import numpy as np
 
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.evaluators import common
 
 

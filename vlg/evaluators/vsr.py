@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.evaluators import common
 
 

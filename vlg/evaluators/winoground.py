@@ -26,7 +26,7 @@ import logging
 
 import numpy as np
 
-from vlg.data import benchmarks
+from vlg import benchmarks
 from vlg.evaluators import common
 
 SCORES = ('text', 'image', 'group')

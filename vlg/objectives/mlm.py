@@ -1,7 +1,7 @@
 """MLM loss with momentum distillation (docs/objectives.md §2.3).
 
 The masking itself is NumPy and runs in the data workers:
-``vlg/objectives/masking.py``. Labels use -100 for positions without a
+``vlg/data/masking.py``. Labels use -100 for positions without a
 target, as produced there.
 """
 

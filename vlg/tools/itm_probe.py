@@ -6,9 +6,8 @@ similarities, so under a sharp ITC a perfect matcher scores below the 1:2
 prior and the logged ITM accuracy cannot show ITM learning. This module
 draws, once per held-out caption batch, one uniform negative each way
 (:func:`uniform_negatives`), rebuilds the batch's synthetic scenes and
-captions to know which pairs are in fact true
-(``vlg/data/synthetic/batch_truth.py``), and
-pools what the jitted metrics function of ``validate`` returns into
+captions to know which pairs are in fact true (``vlg/data/batch_truth.py``),
+and pools what the jitted metrics function of ``validate`` returns into
 ``itm_random_acc``, ``itm_random_auroc`` and the false-negative shares
 (``validate``'s module docstring defines each). All on the host, after
 the jitted step.
@@ -25,10 +24,10 @@ import ml_collections
 import numpy as np
 
 from vlg import false_negatives
-from vlg.data.synthetic import batch_truth as batch_truth_lib
-from vlg.data.synthetic import truth as truth_lib
+from vlg.data import batch_truth as batch_truth_lib
 from vlg.evaluators import common as eval_common
 from vlg.objectives import itm as itm_lib
+from vlg.synthetic import truth as truth_lib
 
 # Accuracy of always answering "not matched" on 1 positive : 2 negatives.
 ITM_PRIOR = 2 / 3

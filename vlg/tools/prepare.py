@@ -135,11 +135,11 @@ from typing import Any
 from absl import app
 from absl import flags
 
-from vlg.data import formats
+from vlg import prepare as formats
 from vlg.data import records
 from vlg.data import relations as relations_lib
-from vlg.data.formats import base
-from vlg.data.formats import finalise
+from vlg.prepare import base
+from vlg.prepare import finalise
 
 _FORMAT = None
 _SRC = None

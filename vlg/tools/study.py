@@ -8,7 +8,7 @@ synthetic data, once per seed, with every synthetic evaluator
 (``vlg.evaluators.synthetic``) running every ``--eval_every`` steps
 (default: a run's steps / 5, so every curve has five points) and at the
 end, then writes ``DIR/results.md``, ``DIR/results.json`` and
-``DIR/curves.png`` (``vlg.analysis.study``).
+``DIR/curves.png`` (``vlg.projects.study.results``).
 
 Presets. ``budget`` (the default) compares the families at equal training
 compute: each trains its tiny recipe for its own ``recipes.TINY_STEPS``
@@ -59,17 +59,13 @@ or models can be added later. JAX's persistent compilation cache lives in
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from collections.abc import Callable, Mapping, Sequence
 
-import ml_collections
 from absl import app
 from absl import flags
 
-from vlg import recipes
-from vlg.analysis import study as study_lib
+from vlg.projects.study import results as results_lib
+from vlg.projects.study import runs
 
 _OUT = None
 _SEEDS = None
@@ -79,28 +75,6 @@ _EVAL_EVERY = None
 _PRESET = None
 _EVAL_NUM = None
 _COMPILATION_CACHE = None
-
-SETTINGS_FILE = 'study.json'
-PRESETS = ('budget', 'hour', 'tiny', 'small')
-# Steps of every run; budget: each family's recipes.TINY_STEPS.
-DEFAULT_STEPS = {'budget': None, 'hour': 100, 'tiny': 600, 'small': 2_000}
-# Evaluations per run: every curve has this many points.
-CURVE_POINTS = 5
-# The hour preset's changes to the tiny config (module docstring).
-HOUR = dict(
-    batch_size=16,
-    eval_batch_size=32,
-    model=dict(vision_depth=2),
-    parts=dict(entity=dict(batch_size=4), mrc=dict(batch_size=4),
-               vsg=dict(batch_size=8)),
-    # Examples per benchmark file: 200 for the pairwise sets, 50 for the
-    # others (retrieval's cost grows with images x k_test).
-    eval_num={name: 200 for name in (
-        'valse', 'svo_probes', 'winoground', 'vsr_random_dev',
-        'vsr_random_test', 'vsr_zeroshot_dev', 'vsr_zeroshot_test')},
-    eval_num_other=50,
-)
-ConfigHook = Callable[[ml_collections.ConfigDict], None]
 
 
 def define_flags() -> None:
@@ -114,16 +88,16 @@ def define_flags() -> None:
   _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per model (0..seeds-1).')
   _STEPS = flags.DEFINE_integer(
       'steps', None, "Training steps of every run; default: the preset's "
-      f'({DEFAULT_STEPS}; None: each family\'s recipes.TINY_STEPS).')
-  _MODELS = flags.DEFINE_list('models', list(study_lib.MODELS),
-                              f'Model families, of {study_lib.MODELS}.')
+      f'({runs.DEFAULT_STEPS}; None: each family\'s recipes.TINY_STEPS).')
+  _MODELS = flags.DEFINE_list('models', list(results_lib.MODELS),
+                              f'Model families, of {results_lib.MODELS}.')
   _EVAL_EVERY = flags.DEFINE_integer(
       'eval_every', 0, 'Run every synthetic evaluator every this many '
-      f"steps (and at the last step); 0: a run's steps / {CURVE_POINTS}, "
-      f'so every curve has {CURVE_POINTS} points.')
+      "steps (and at the last step); 0: a run's steps / "
+      f'{runs.CURVE_POINTS}, so every curve has {runs.CURVE_POINTS} points.')
   _PRESET = flags.DEFINE_enum(
-      'preset', 'budget', PRESETS, 'budget: each family\'s tiny recipe for '
-      'its own steps (equal training compute); hour: the tiny models and '
+      'preset', 'budget', runs.PRESETS, 'budget: each family\'s tiny recipe '
+      'for its own steps (equal training compute); hour: the tiny models and '
       'evaluation sized to fit 3 seeds in an hour on 2 CPU cores (module '
       "docstring); tiny, small: the recipes' variants unchanged.")
   _EVAL_NUM = flags.DEFINE_integer(
@@ -135,260 +109,6 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['out'])
 
 
-def _hour_preset(c: ml_collections.ConfigDict, eval_every: int,
-                 shrink: bool = True) -> None:
-  """Turns the tiny config ``c`` into the ``hour`` preset's (docstring);
-  ``shrink=False`` keeps the recipe's model and batches (``budget``)."""
-  c.eval_batch_size = HOUR['eval_batch_size']
-  if shrink:
-    c.batch_size = HOUR['batch_size']
-    c.model.update(HOUR['model'])
-    for name, part in (c.input.get('parts') or {}).items():
-      part.update(HOUR['parts'][name])
-  # Checkpoints serve resumption only (the curves come from the metrics
-  # log): one per evaluation.
-  c.ckpt_steps = eval_every
-  c.keep_every_steps = None
-  for name, entry in c.evals.items():
-    entry.synthetic_num = HOUR['eval_num'].get(name, HOUR['eval_num_other'])
-
-
-def study_config(model: str, seed: int, *, steps: int, eval_every: int,
-                 preset: str = 'budget', eval_num: int = 0,
-                 cache_dir: str = '') -> ml_collections.ConfigDict:
-  """The config of one run: ``model`` under ``preset``, with ``seed``.
-
-  Args:
-    model: a family of :data:`vlg.analysis.study.MODELS`.
-    seed: the training seed (``config.seed``).
-    steps: training steps (the schedule's length too).
-    eval_every: every synthetic evaluator's ``log_steps``.
-    preset: one of :data:`PRESETS` (module docstring).
-    eval_num: examples per synthetic benchmark file, for every set; 0
-      keeps the preset's.
-    cache_dir: where the synthetic benchmark sets are written; '' keeps
-      the default cache.
-  """
-  if model not in study_lib.MODELS:
-    raise ValueError(f'unknown model {model!r}; valid: {study_lib.MODELS}')
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; valid: {PRESETS}')
-  if steps < 1 or eval_every < 1:
-    raise ValueError(f'steps={steps} and eval_every={eval_every} must be '
-                     '>= 1')
-  arg = f'{"small" if preset == "small" else "tiny"},evals=True'
-  c = (recipes.albef_config(arg) if model == 'albef' else
-       recipes.family_config(model, arg))
-  c.seed = seed
-  c.total_steps = steps
-  if preset in ('hour', 'budget'):
-    _hour_preset(c, eval_every, shrink=preset == 'hour')
-  for entry in c.evals.values():
-    entry.log_steps = eval_every
-    if eval_num:
-      entry.synthetic_num = eval_num
-    if cache_dir:
-      entry.synthetic_cache = cache_dir
-  return c
-
-
-def default_eval_every(steps: int) -> int:
-  """The evaluation interval that gives every curve ``CURVE_POINTS``."""
-  return max(1, steps // CURVE_POINTS)
-
-
-def run_steps(models: Sequence[str], preset: str,
-              steps: int | None = None) -> dict[str, int]:
-  """Each model's training steps: ``steps`` for all, else the preset's
-  (``budget``: the family's ``recipes.TINY_STEPS``, equal compute)."""
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; valid: {PRESETS}')
-  if steps:
-    return {m: int(steps) for m in models}
-  if DEFAULT_STEPS[preset] is None:
-    return {m: recipes.TINY_STEPS[m] for m in models}
-  return {m: DEFAULT_STEPS[preset] for m in models}
-
-
-def is_done(workdir: str, steps: int) -> bool:
-  """Whether the run in ``workdir`` finished ``steps`` steps."""
-  path = os.path.join(workdir, study_lib.DONE_FILE)
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return json.load(f).get('steps') == steps
-
-
-def _last_checkpoint(workdir: str) -> int | None:
-  path = os.path.join(workdir, 'checkpoints')
-  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if (
-      os.path.isdir(path)) else []
-  return max(steps, default=None)
-
-
-def _check_settings(out: str, settings: dict[str, object]) -> None:
-  """Writes ``out/study.json`` or checks that the settings match it."""
-  path = os.path.join(out, SETTINGS_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    changed = {k: (saved.get(k), v) for k, v in settings.items()
-               if saved.get(k) != v}
-    if changed:
-      raise ValueError(
-          f'{path}: this study was started with other settings '
-          f'(saved, now): {changed}; use another --out or the same flags')
-    return
-  os.makedirs(out, exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(settings, f, indent=1)
-
-
-def _shared_inputs(configs: Sequence[ml_collections.ConfigDict]) -> None:
-  """Fails unless every run trains on the same data and evaluation sets."""
-  def fingerprint(c):
-    evals = {name: {k: v for k, v in e.items() if k.startswith('synthetic')}
-             for name, e in c.evals.items()}
-    return json.dumps(dict(data=c.input.data.to_dict(), evals=evals,
-                           tokenizer=c.input.tokenizer.to_dict(),
-                           resolution=c.input.resolution), sort_keys=True,
-                      default=str)
-  prints = {fingerprint(c) for c in configs}
-  if len(prints) > 1:
-    raise ValueError('the study runs differ in their data or evaluation '
-                     'sets; a config hook must change every run alike')
-
-
-def _share_tokenizer(configs: Sequence[ml_collections.ConfigDict],
-                     out: str) -> str:
-  """Trains (or loads) one tokenizer in ``out/tokenizer`` for every run."""
-  from vlg.data import pipeline  # pylint: disable=g-import-not-at-top
-  pipeline.get_tokenizer(configs[0].input, out)
-  path = os.path.join(out, 'tokenizer', 'tokenizer.model')
-  for c in configs:
-    c.input.tokenizer.path = path
-  return path
-
-
-def _duration(seconds: float) -> str:
-  return time.strftime('%H:%M:%S', time.gmtime(max(seconds, 0)))
-
-
-def run_study(out: str, *, models: Sequence[str], seeds: int,
-              steps: int | Mapping[str, int], eval_every: int = 0,
-              preset: str = 'budget', eval_num: int = 0,
-              config_hook: ConfigHook | None = None,
-              log: Callable[[str], None] = print) -> dict[str, object]:
-  """Trains (or resumes) every run of the study, then writes its results.
-
-  Args:
-    out: the study directory.
-    models: model families to train, in order.
-    seeds: seeds per model (0..seeds-1).
-    steps: training steps of every run, or of each model's runs (the
-      ``budget`` preset: :func:`run_steps`).
-    eval_every: evaluation interval in steps; 0: each run's steps /
-      ``CURVE_POINTS``.
-    preset: the preset of every run (:data:`PRESETS`).
-    eval_num: examples per synthetic benchmark file (0: the preset's).
-    config_hook: changes each run's config in place before it trains
-      (tests shrink the model with it); it must change every run alike.
-    log: receives the progress lines.
-
-  Returns:
-    ``{'trained': [(model, seed)], 'skipped': [...], 'interrupted': bool,
-    'results': the aggregate or None}``; results are written only when
-    every run of the study finished.
-  """
-  from vlg import train  # pylint: disable=g-import-not-at-top
-  unknown = sorted(set(models) - set(study_lib.MODELS))
-  if unknown or not models:
-    raise ValueError(f'--models={list(models)}: unknown {unknown}; valid: '
-                     f'{study_lib.MODELS}')
-  if seeds < 1:
-    raise ValueError(f'--seeds={seeds} must be >= 1')
-  if not isinstance(steps, Mapping):
-    steps = {m: int(steps) for m in models}
-  missing = [m for m in models if m not in steps]
-  if missing:
-    raise ValueError(f'no steps for {missing}')
-  every = {m: eval_every or default_eval_every(steps[m]) for m in models}
-  # One model's settings in study.json: a number when every model shares it.
-  def setting(values):
-    distinct = {values[m] for m in models}
-    return distinct.pop() if len(distinct) == 1 else {
-        m: values[m] for m in models}
-  _check_settings(out, dict(steps=setting(steps), eval_every=setting(every),
-                            preset=preset, eval_num=eval_num))
-  cache_dir = os.path.join(out, 'cache')
-  plan = [(m, s) for m in models for s in range(seeds)]
-  configs = {}
-  for model, seed in plan:
-    c = study_config(model, seed, steps=steps[model],
-                     eval_every=every[model], preset=preset,
-                     eval_num=eval_num, cache_dir=cache_dir)
-    if config_hook is not None:
-      config_hook(c)
-    configs[model, seed] = c
-  _shared_inputs(list(configs.values()))
-
-  todo = [(m, s) for m, s in plan
-          if not is_done(study_lib.run_dir(out, m, s), steps[m])]
-  skipped = [p for p in plan if p not in todo]
-  log(f'study {out}: {len(plan)} runs ({len(models)} models x {seeds} '
-      f'seeds, {setting(steps)} steps, evals every {setting(every)}); '
-      f'{len(skipped)} finished, {len(todo)} to train')
-  if todo:
-    _share_tokenizer(list(configs.values()), out)
-  start, trained, interrupted = time.time(), [], False
-  for i, (model, seed) in enumerate(todo):
-    workdir = study_lib.run_dir(out, model, seed)
-    resumed = _last_checkpoint(workdir)
-    log(f'[{i + 1}/{len(todo)}] {model} seed {seed}: '
-        + (f'resuming from step {resumed}' if resumed else 'training')
-        + f' in {workdir}')
-    t = time.time()
-    train.train_and_evaluate(configs[model, seed], workdir)
-    seconds = time.time() - t
-    reached = _last_checkpoint(workdir)
-    if reached != steps[model]:
-      log(f'{model} seed {seed} stopped at step {reached} of '
-          f'{steps[model]} (interrupted); run the same command again to '
-          'resume')
-      interrupted = True
-      break
-    with open(os.path.join(workdir, study_lib.DONE_FILE), 'w') as f:
-      json.dump(dict(model=model, seed=seed, steps=steps[model],
-                     seconds=seconds, resumed_from=resumed), f)
-    trained.append((model, seed))
-    elapsed = time.time() - start
-    left = len(todo) - i - 1
-    rate = (steps[model] - (resumed or 0)) / seconds
-    log(f'[{i + 1}/{len(todo)}] {model} seed {seed} done in '
-        f'{_duration(seconds)} ({rate:.2f} steps/s with evals and '
-        f'compilation); study {_duration(elapsed)}, about '
-        f'{_duration(elapsed / (i + 1) * left)} for the {left} left')
-  results = None
-  if not interrupted:
-    runs = study_lib.load_runs(out)
-    runs = {m: {s: c for s, c in runs.get(m, {}).items() if s < seeds}
-            for m in models}
-    results = study_lib.write_results(runs, out)
-    log(f'wrote {os.path.join(out, "results.md")}, results.json and '
-        'curves.png')
-  return dict(trained=trained, skipped=skipped, interrupted=interrupted,
-              results=results)
-
-
-def enable_compilation_cache(directory: str) -> None:
-  """JAX's persistent compilation cache in ``directory``, every entry kept
-  (a tiny model compiles in seconds, below JAX's default thresholds)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_compilation_cache_dir', directory)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -397,12 +117,12 @@ def main(argv):
   logging.getLogger('absl').setLevel(logging.WARNING)
   out = _OUT.value
   if _COMPILATION_CACHE.value:
-    enable_compilation_cache(os.path.join(out, 'cache', 'jax'))
-  steps = run_steps(_MODELS.value, _PRESET.value, _STEPS.value)
-  result = run_study(out, models=_MODELS.value, seeds=_SEEDS.value,
-                     steps=steps, eval_every=_EVAL_EVERY.value,
-                     preset=_PRESET.value, eval_num=_EVAL_NUM.value,
-                     log=lambda line: print(line, flush=True))
+    runs.enable_compilation_cache(os.path.join(out, 'cache', 'jax'))
+  steps = runs.run_steps(_MODELS.value, _PRESET.value, _STEPS.value)
+  result = runs.run_study(out, models=_MODELS.value, seeds=_SEEDS.value,
+                          steps=steps, eval_every=_EVAL_EVERY.value,
+                          preset=_PRESET.value, eval_num=_EVAL_NUM.value,
+                          log=lambda line: print(line, flush=True))
   if result['results'] is not None:
     with open(os.path.join(out, 'results.md')) as f:
       print(f.read())

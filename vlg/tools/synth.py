@@ -7,8 +7,8 @@ VALSE, VSR (random and zero-shot splits), SVO-Probes, Winoground, Karpathy
 retrieval, image paragraphs and RefCOCOg look-alikes drawn from vlg's
 synthetic world, with images under each set's ``images/`` folder, a
 ``README.md`` (sets, chance levels, settings) and a ``manifest.json``
-(counts). The readers of ``vlg.data.benchmarks`` load them unchanged. The
-same flags give identical files. See ``vlg.data.synthetic_benchmarks``.
+(counts). The readers of ``vlg.benchmarks`` load them unchanged. The
+same flags give identical files. See ``vlg.synthetic.benchmarks``.
 """
 
 import time
@@ -16,7 +16,7 @@ import time
 from absl import app
 from absl import flags
 
-from vlg.data import synthetic_benchmarks
+from vlg.synthetic import benchmarks as synthetic_benchmarks
 
 _OUT = None
 _RESOLUTION = None

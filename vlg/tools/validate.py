@@ -39,7 +39,7 @@ computes on the same batches, for every kept checkpoint (or ``--steps``;
   best threshold on these very pairs: a diagnostic of calibration, not a
   score) shows how much of the gap to a perfect matcher is the head's
   threshold rather than its ranking;
-* false negatives, from the world's ground truth (``vlg.data.synthetic.
+* false negatives, from the world's ground truth (``vlg.synthetic.
   truth``): each held-out caption is rebuilt from its image id and
   ``caption_index`` and checked against every scene of its batch.
   ``fn_pair_rate`` is the share of in-batch (image, caption of another

@@ -15,6 +15,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from vlg.data import masking
 from vlg.data import ops
 from vlg.data import tokenizer as tokenizer_lib
 
@@ -135,7 +136,6 @@ class Texts:
                                  max_len)
 
   def mask(self, ids: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    from vlg.objectives import masking  # pylint: disable=g-import-not-at-top
     mlm_ids, labels = masking.mask_tokens(
         ids, rng, vocab_size=self.tokenizer.vocab_size,
         mask_id=tokenizer_lib.MASK_ID, special_ids=tokenizer_lib.SPECIAL_IDS,

@@ -30,7 +30,7 @@ def relation_vocab(part_cfg: ml_collections.ConfigDict
   path = part_cfg.get('vocab', '')
   if path:
     return relations_lib.RelationVocab.load(path)
-  from vlg.data.synthetic import world  # pylint: disable=g-import-not-at-top
+  from vlg.synthetic import world  # pylint: disable=g-import-not-at-top
   # world.RELATIONS's order is the class order.
   return relations_lib.RelationVocab([(r, 1) for r in world.RELATIONS])
 

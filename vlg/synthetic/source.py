@@ -1,0 +1,110 @@
+"""Records of the synthetic world and its grain data source.
+
+``make_record`` turns (split, index, cfg) into one record of the source
+contract of ``vlg/data/sources.py``; ``SyntheticSource`` serves them lazily
+through grain's RandomAccessDataSource protocol. Layout, texts and annotation
+flags draw from separate streams (``world.scene_rng``), so changing a text or
+annotation knob never moves a pixel. No jax here: grain workers import this.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+
+from vlg.synthetic import language
+from vlg.synthetic import layout
+from vlg.synthetic import render
+from vlg.synthetic import world
+
+Record = dict[str, Any]
+
+
+def scene_record(scene: world.Scene, cfg: world.WorldConfig,
+                 rng: np.random.Generator) -> Record:
+  """The texts and annotations of ``scene`` (all record fields but the
+  image, image id and flags); ``rng`` draws the texts."""
+  res = scene.resolution
+  boxes = [o.norm_box(res) for o in scene.objects]
+  objects = [{'label': o.label, 'category': o.category, 'color': o.colour,
+              'size': o.size, 'box': box}
+             for o, box in zip(scene.objects, boxes)]
+  relations = [{'subject': s, 'object': o, 'predicate': p,
+                'subject_label': scene.objects[s].label,
+                'object_label': scene.objects[o].label,
+                'subject_box': boxes[s].copy(), 'object_box': boxes[o].copy()}
+               for s, p, o in scene.relations]
+  return {
+      'captions': language.captions(scene, rng, cfg),
+      'objects': objects,
+      'regions': [{'text': text, 'box': boxes[i].copy()}
+                  for text, i in language.regions(scene, rng)],
+      'relations': relations,
+      'paragraph': language.paragraph(scene),
+  }
+
+
+def make_record(split: str, index: int,
+                cfg: world.WorldConfig = world.WorldConfig()) -> Record:
+  """Image ``index`` of ``split`` as a record::
+
+    {'image': uint8 [R, R, 3], 'image_id': int (split_code * 10**9 + index),
+     'captions': [str] * num_captions,
+     'objects': [{'label', 'category', 'color', 'size',
+                  'box': float32 (cx, cy, w, h)}],
+     'regions': [{'text', 'box'}],
+     'relations': [{'subject', 'object', 'predicate', 'subject_label',
+                    'object_label', 'subject_box', 'object_box'}],
+     'paragraph': str, 'has_graph': bool, 'has_boxes': bool}
+
+  ``has_graph`` / ``has_boxes`` flag the images whose scene graph / boxes the
+  pipeline may use (fractions ``graph_rate`` / ``box_rate``); the fields are
+  filled for every image, so evaluators can always read them.
+  """
+  scene = layout.generate_scene(split, index, cfg)
+  record = {'image': render.render_scene(scene, cfg),
+            'image_id': world.image_id(split, index)}
+  record.update(scene_record(scene, cfg,
+                             world.scene_rng(split, index, cfg, stream=1)))
+  flags = world.scene_rng(split, index, cfg, stream=2).random(2)
+  record['has_graph'] = bool(flags[0] < cfg.graph_rate)
+  record['has_boxes'] = bool(flags[1] < cfg.box_rate)
+  return record
+
+
+class SyntheticSource:
+  """``num_examples`` synthetic records of one split, generated on access.
+
+  Implements grain's RandomAccessDataSource protocol (``__len__``,
+  ``__getitem__``); holds only the split, config and length, so it pickles
+  into grain worker processes.
+  """
+
+  def __init__(self, split: str = 'train',
+               cfg: world.WorldConfig = world.WorldConfig(),
+               num_examples: int = 100_000):
+    world.split_code(split)  # Fails early on an unknown split.
+    if not 0 < num_examples <= 10**9:
+      raise ValueError(f'num_examples={num_examples} not in (0, 10**9]')
+    self.split, self.cfg, self.num_examples = split, cfg, int(num_examples)
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def __getitem__(self, index) -> Record:
+    index = operator.index(index)
+    if not 0 <= index < self.num_examples:
+      raise IndexError(f'index {index} out of range for {self.describe()}')
+    return make_record(self.split, index, self.cfg)
+
+  def describe(self) -> str:
+    """A short description for logs."""
+    c = self.cfg
+    return (f'SyntheticSource(split={self.split!r}, n={self.num_examples}, '
+            f'resolution={c.resolution}, seed={c.seed}, '
+            f'objects={c.min_objects}-{c.max_objects}, '
+            f'heldout={len(c.heldout)})')
+
+  __repr__ = describe
