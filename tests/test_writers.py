@@ -30,3 +30,11 @@ def test_colab_is_a_valid_notebook():
                    if c['cell_type'] == 'code')
   assert 'metric_curves' in code
   compile(code.replace('!pip', '#!pip'), path, 'exec')
+
+
+def test_progress_line_shows_the_keys_present_and_the_eta():
+  line = writers.progress_line(
+      10, 100, {'loss': 1.23456, 'mrc_acc': 0.5, 'other': 9.0}, 2.0, 3725.0,
+      ('loss', 'itc_loss', 'mrc_acc'))
+  assert line == ('step 10/100 | loss 1.2346 | mrc_acc 0.5000 | '
+                  '2.00 steps/s | ETA 01:02:05')

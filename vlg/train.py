@@ -269,32 +269,6 @@ def _metadata(config, workdir, tokenizer, step) -> dict[str, Any]:
   }
 
 
-def _log_memory(compiled) -> None:
-  """Logs the compiled step's per-device memory (XLA's memory analysis)."""
-  mem = compiled.memory_analysis()
-  if mem is None:  # Not every backend reports it.
-    return
-  gib = lambda n: f'{n / 2**30:.3f} GiB'
-  logging.info(
-      'Compiled train step, per device: arguments %s, outputs %s, '
-      'temporaries %s, generated code %s',
-      gib(mem.argument_size_in_bytes), gib(mem.output_size_in_bytes),
-      gib(mem.temp_size_in_bytes), gib(mem.generated_code_size_in_bytes))
-
-
-def _format_progress(step, total, metrics, steps_per_sec, eta_s, keys):
-  """One progress line: ``keys`` of ``metrics`` (``pretrain.progress_keys``),
-  steps/s and the ETA."""
-  eta = time.strftime('%H:%M:%S', time.gmtime(max(eta_s, 0)))
-  parts = [f'step {step}/{total}']
-  for key in keys:
-    if key in metrics:
-      parts.append(f'{key} {metrics[key]:.4f}')
-  parts.append(f'{steps_per_sec:.2f} steps/s')
-  parts.append(f'ETA {eta}')
-  return ' | '.join(parts)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices=None,
                        on_step: Callable[[int], None] | None = None
@@ -462,7 +436,7 @@ def _train_and_evaluate(config, workdir, mesh, on_step) -> dict[str, float]:
         # Ahead-of-time compile on the first batch, so the per-device memory
         # the step needs is in the log before it runs.
         train_step = train_step.lower(state, batch).compile()
-        _log_memory(train_step)
+        writers.log_compiled_memory(train_step, 'train step')
       state, metrics = train_step(state, batch)
       step += 1
       window_steps += 1
@@ -495,9 +469,9 @@ def _train_and_evaluate(config, workdir, mesh, on_step) -> dict[str, float]:
         elapsed = time.time() - window_start
         sps = window_steps / max(elapsed, 1e-9)
         writer.write_scalars(step, {f'train/{k}': v for k, v in host.items()})
-        line = _format_progress(step, total, host, sps,
-                                (total - step) / max(sps, 1e-9),
-                                pretrain.progress_keys(config))
+        line = writers.progress_line(step, total, host, sps,
+                                     (total - step) / max(sps, 1e-9),
+                                     pretrain.progress_keys(config))
         if step == first_step + 1:
           line += ' (first step: includes compilation)'
         logging.info(line)

@@ -9,8 +9,10 @@ files; other processes only log (CLU's ``just_logging``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,3 +110,31 @@ def metric_curves(workdir_or_path: str) -> dict[str, dict[int, Any]]:
       if key != 'step':
         curves.setdefault(key, {})[step] = value
   return curves
+
+
+def progress_line(step: int, total: int, metrics: Mapping[str, float],
+                  steps_per_sec: float, eta_s: float,
+                  keys: tuple[str, ...]) -> str:
+  """The training progress line: the ``keys`` of ``metrics`` that are
+  present (``pretrain.progress_keys``), steps/s and the ETA."""
+  eta = time.strftime('%H:%M:%S', time.gmtime(max(eta_s, 0)))
+  parts = [f'step {step}/{total}']
+  for key in keys:
+    if key in metrics:
+      parts.append(f'{key} {metrics[key]:.4f}')
+  parts.append(f'{steps_per_sec:.2f} steps/s')
+  parts.append(f'ETA {eta}')
+  return ' | '.join(parts)
+
+
+def log_compiled_memory(compiled: Any, what: str) -> None:
+  """Logs a compiled program's per-device memory (XLA's memory analysis)."""
+  mem = compiled.memory_analysis()
+  if mem is None:  # Not every backend reports it.
+    return
+  gib = lambda n: f'{n / 2**30:.3f} GiB'
+  logging.info(
+      'Compiled %s, per device: arguments %s, outputs %s, temporaries %s, '
+      'generated code %s', what,
+      gib(mem.argument_size_in_bytes), gib(mem.output_size_in_bytes),
+      gib(mem.temp_size_in_bytes), gib(mem.generated_code_size_in_bytes))
