@@ -259,10 +259,10 @@ def test_early_stopping_on_a_plateau(data, fast_compile):
 
 
 def test_schedule_warms_up_over_ten_percent_then_decays_linearly():
-  schedule = train.make_schedule(train.HParams(lr=1.0), 100)
+  schedule = train.probe_schedule(train.HParams(lr=1.0), 100)
   got = [float(schedule(s)) for s in (0, 5, 10, 55, 100)]
   np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
-  cosine = train.make_schedule(train.HParams(lr=1.0, schedule='cosine'), 100)
+  cosine = train.probe_schedule(train.HParams(lr=1.0, schedule='cosine'), 100)
   np.testing.assert_allclose(float(cosine(55)), 0.5, atol=1e-6)
 
 

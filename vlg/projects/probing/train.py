@@ -210,7 +210,7 @@ class EarlyStopping:
 # ---------------------------------------------------------------------------
 
 
-def make_schedule(hp: HParams, total_steps: int) -> optax.Schedule:
+def probe_schedule(hp: HParams, total_steps: int) -> optax.Schedule:
   """Linear warm-up over ``warmup_fraction`` of the steps, then decay to 0."""
   warmup = max(1, int(round(hp.warmup_fraction * total_steps)))
   decay = max(1, total_steps - warmup)
@@ -242,11 +242,11 @@ def param_labels(params: PyTree, encoder: Encoder | None) -> PyTree:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(hp: HParams, total_steps: int, labels: PyTree
+def probe_optimizer(hp: HParams, total_steps: int, labels: PyTree
                    ) -> optax.GradientTransformation:
   """AdamW(lr) on the probe, AdamW(lr · lr_mult) on the resampler, zero
   updates for the vision tower and the fixed heads."""
-  schedule = make_schedule(hp, total_steps)
+  schedule = probe_schedule(hp, total_steps)
 
   def adamw(scale):
     return optax.adamw(lambda step: scale * schedule(step),
@@ -380,7 +380,7 @@ def train_probe(encoder: Encoder, spec: taps.TapSpec, task: tasks_lib.Task,
   n_train = len(splits['train'])
   batch_size = min(hp.batch_size, n_train)
   steps_per_epoch = -(-n_train // batch_size)
-  tx = make_optimizer(hp, hp.epochs * steps_per_epoch, labels)
+  tx = probe_optimizer(hp, hp.epochs * steps_per_epoch, labels)
 
   @jax.jit
   def train_step(state, batch):
