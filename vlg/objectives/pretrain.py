@@ -108,10 +108,10 @@ def make_loss_fn(config: ml_collections.ConfigDict) -> LossFn:
 def pretrain_loss(model, batch: Batch, *, momentum: dict[str, Any] | None,
                   queues: dict[str, jax.Array], rng: jax.Array,
                   alpha: jax.Array, weights: dict[str, float],
-                  part_ratios: dict[str, float], dropout_rngs=None,
-                  options: dict[str, Any] | None = None,
-                  objectives: dict[str, part.PartObjective] | None = None
-                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  part_ratios: dict[str, float],
+                  options: dict[str, Any],
+                  objectives: dict[str, part.PartObjective],
+                  dropout_rngs=None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Caption losses (ALBEF or X-VLM style) plus the enabled parts.
 
   Args:
@@ -127,17 +127,15 @@ def pretrain_loss(model, batch: Batch, *, momentum: dict[str, Any] | None,
     part_ratios: ``{part: ratio}`` of the enabled parts.
     dropout_rngs: dropout randomness (None: deterministic).
     options: ``config.loss`` as a dict (parts read their options there).
-    objectives: ``{part: PartObjective}`` (default: looked up by name).
+    objectives: ``{part: PartObjective}`` of the enabled parts.
 
   Returns:
     (total loss, metrics).
   """
-  if objectives is None:
-    objectives = {name: part.part_objective(name) for name in part_ratios}
   streams = [o.rng_stream or 0 for o in objectives.values()]
   # Key i of split(rng, n) does not depend on n, so a part's key is fixed
   # by its rng_stream alone.
-  keys = jax.random.split(rng, max([2] + streams) + 1)
+  keys = jax.random.split(rng, max([0] + streams) + 1)
   temp = itc.clamp_temp(model.temp[...])
   if momentum is not None:
     total, metrics = albef.albef_loss(
@@ -154,7 +152,7 @@ def pretrain_loss(model, batch: Batch, *, momentum: dict[str, Any] | None,
     key = None if objective.rng_stream is None else keys[objective.rng_stream]
     loss, m = objective.loss(model, batch, rng=key, temp=temp,
                              weights=weights, dropout_rngs=dropout_rngs,
-                             options=options or {})
+                             options=options)
     total = total + ratio * loss
     metrics.update(m)
   metrics['loss'] = total
