@@ -3,6 +3,8 @@
 import json
 import math
 
+import numpy as np
+
 from vlg import writers
 
 
@@ -38,3 +40,24 @@ def test_progress_line_shows_the_keys_present_and_the_eta():
       ('loss', 'itc_loss', 'mrc_acc'))
   assert line == ('step 10/100 | loss 1.2346 | mrc_acc 0.5000 | '
                   '2.00 steps/s | ETA 01:02:05')
+
+
+def test_outcomes_round_trip_atomic_and_process_zero_only(tmp_path):
+  from vlg.evaluators import common
+  results = common.Results(
+      {'accuracy': 0.5, 'relation/left of': 1.0, 'num_evaluated': 2.0},
+      {'accuracy': [True, False], 'relation/left of': [1.0]})
+  writers.write_outcomes(str(tmp_path), 300, 'vsr_dev', results, 0)
+  writers.write_outcomes(str(tmp_path), 100, 'vsr_dev', results, 0)
+  # Only process 0 writes; results without outcomes write nothing.
+  writers.write_outcomes(str(tmp_path), 200, 'vsr_dev', results, 1)
+  writers.write_outcomes(str(tmp_path), 200, 'skipped', {'skipped': 1.0}, 0)
+  # A file a crash left half-written is not read.
+  partial = writers.outcomes_path(str(tmp_path), 400, 'vsr_dev')
+  open(partial + '.partial.npz', 'wb').close()
+  got = writers.read_outcomes(str(tmp_path))
+  assert sorted(got) == ['vsr_dev/accuracy', 'vsr_dev/relation/left of']
+  assert sorted(got['vsr_dev/accuracy']) == [100, 300]
+  np.testing.assert_array_equal(got['vsr_dev/accuracy'][300], [1.0, 0.0])
+  np.testing.assert_array_equal(got['vsr_dev/relation/left of'][100], [1.0])
+  assert writers.read_outcomes(str(tmp_path / 'nothing')) == {}

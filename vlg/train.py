@@ -407,6 +407,8 @@ def _train_and_evaluate(config, workdir, mesh, on_step) -> dict[str, float]:
         results['seconds'] = time.time() - t
         writer.write_scalars(step, {f'{name}/{k}': v
                                     for k, v in results.items()})
+        writers.write_outcomes(workdir, step, name, results,
+                               jax.process_index())
         logging.info('eval %s at step %d: %s', name, step,
                      {k: round(v, 4) for k, v in results.items()
                       if '/' not in k})

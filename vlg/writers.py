@@ -112,6 +112,59 @@ def metric_curves(workdir_or_path: str) -> dict[str, dict[int, Any]]:
   return curves
 
 
+OUTCOMES_DIR = 'outcomes'
+
+
+def outcomes_path(workdir: str, step: int, eval_name: str) -> str:
+  """``WORKDIR/outcomes/<eval name>/step_<step>.npz``."""
+  return os.path.join(workdir, OUTCOMES_DIR, eval_name,
+                      f'step_{int(step):09d}.npz')
+
+
+def write_outcomes(workdir: str, step: int, eval_name: str,
+                   results: Mapping[str, Any], process_index: int) -> None:
+  """Stores an evaluation's per-example outcomes (process 0 only).
+
+  ``results`` is what an evaluator's ``run`` returned; its ``outcomes``
+  (``vlg.evaluators.common.Results``: ``{metric: [n]}``) are written to
+  :func:`outcomes_path`, one array per metric, through a temporary file
+  renamed into place, so a crash never leaves a half-written file. Results
+  without outcomes (a skipped evaluator) write nothing.
+  """
+  outcomes = getattr(results, 'outcomes', None)
+  if process_index > 0 or not outcomes:
+    return
+  path = outcomes_path(workdir, step, eval_name)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.partial.npz'
+  np.savez_compressed(tmp, **{k: np.asarray(v, np.float64)
+                              for k, v in outcomes.items()})
+  os.replace(tmp, path)
+
+
+def read_outcomes(workdir: str) -> dict[str, dict[int, np.ndarray]]:
+  """``{'<eval>/<metric>': {step: [n] outcomes}}`` of every stored step.
+
+  The keys match ``metrics.jsonl``'s, so a curve and its outcomes are
+  looked up by one name; an empty dict when nothing was stored.
+  """
+  root = os.path.join(workdir, OUTCOMES_DIR)
+  out: dict[str, dict[int, np.ndarray]] = {}
+  if not os.path.isdir(root):
+    return out
+  for eval_name in sorted(os.listdir(root)):
+    folder = os.path.join(root, eval_name)
+    for fname in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+      if not (fname.startswith('step_') and fname.endswith('.npz')) or (
+          fname.endswith('.partial.npz')):
+        continue
+      step = int(fname[len('step_'):-len('.npz')])
+      with np.load(os.path.join(folder, fname)) as arrays:
+        for metric in arrays.files:
+          out.setdefault(f'{eval_name}/{metric}', {})[step] = arrays[metric]
+  return out
+
+
 def progress_line(step: int, total: int, metrics: Mapping[str, float],
                   steps_per_sec: float, eta_s: float,
                   keys: tuple[str, ...]) -> str:

@@ -130,3 +130,65 @@ def test_curves_tool_writes_png_and_markdown(tmp_path):
           in text)
   assert '## Checkpoint selection: run_a' in text
   assert ('| coco_dev/tr@1 | -0.0200 | 0.0500 | 0.0200 |' in text)
+
+
+def _run_with_outcomes(root, name, outcomes_by_step):
+  """A run whose valse/acc_r curve is the mean of the given outcomes."""
+  from vlg.evaluators import common
+  w = root / name
+  writer = writers.JsonlWriter(str(w / 'metrics.jsonl'))
+  for step, values in outcomes_by_step.items():
+    results = common.Results({'acc_r': float(np.mean(values))},
+                             {'acc_r': values})
+    writer.write_scalars(step, {'valse/acc_r': results['acc_r'],
+                                'valse/chance/acc_r': 0.5})
+    writers.write_outcomes(str(w), step, 'valse', results, 0)
+  writer.close()
+  return str(w)
+
+
+def test_curves_tool_bands_and_whether_a_drop_is_real(tmp_path):
+  # run_real: 80 of 100 right at step 100, 60 at step 200, and every
+  # example right at 200 was right at 100: 20 discordant pairs, all one way
+  # (McNemar p = 2 / 2^20). run_noise: 2 examples flip each way.
+  real = {100: np.r_[np.ones(80), np.zeros(20)],
+          200: np.r_[np.ones(60), np.zeros(40)]}
+  base = np.r_[np.ones(60), np.zeros(40)]
+  noisy = base.copy()
+  noisy[:2], noisy[60:62] = 0, 1
+  noise = {100: base, 200: noisy}
+  workdirs = [_run_with_outcomes(tmp_path, 'run_real', real),
+              _run_with_outcomes(tmp_path, 'run_noise', noise)]
+  out = tmp_path / 'c.png'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vlg.tools.curves', f'--workdir={workdirs[0]}',
+       f'--workdir={workdirs[1]}', f'--out={out}', '--bootstrap=500'],
+      capture_output=True, text=True, check=False,
+      env=dict(os.environ, PYTHONPATH=os.path.abspath(REPO)))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  text = (tmp_path / 'c.md').read_text()
+  assert '## Confidence over examples' in text
+  rows = {line.split(' | ')[0].strip('| '): line.split(' | ')
+          for line in text.splitlines() if line.startswith('| run_')
+          and 'mcnemar' in line}
+  assert rows['run_real'][7:10] == ['mcnemar', f'{2 / 2**20:.4f}', 'yes |']
+  assert rows['run_noise'][2] == '100'  # Best at 100 (0.60, tie-free).
+  assert rows['run_noise'][7:10] == ['mcnemar', '1.0000', 'no |']
+  # The best value's interval brackets it.
+  best = rows['run_real'][3]
+  assert best.startswith('0.8000 [')
+  low, high = (float(v) for v in best[8:-1].split(', '))
+  assert low < 0.8 < high
+
+
+def test_plot_shades_bands(tmp_path):
+  curves = {'valse/acc_r': {100: 0.6, 200: 0.7}}
+  fig = cl.plot_curves({'run': curves}, bands={
+      'run': {'valse/acc_r': {100: (0.5, 0.7), 200: (0.6, 0.8)}}})
+  ax = [a for a in fig.axes if a.get_visible()][0]
+  assert len(ax.collections) == 1  # The band.
+  path = ax.collections[0].get_paths()[0]
+  ys = path.vertices[:, 1]
+  assert ys.min() == pytest.approx(0.5) and ys.max() == pytest.approx(0.8)
+  fig = cl.plot_curves({'run': curves})
+  assert not [a for a in fig.axes if a.get_visible()][0].collections

@@ -149,6 +149,24 @@ def test_every_synthetic_set_end_to_end_tiny_model(tmp_path, fast_compile):
       assert np.isfinite(v), (name, k)
       if not k.startswith('num') and 'num_evaluated' not in k:
         assert 0.0 <= v <= 1.0, (name, k, v)
+  # Every evaluator hands back the per-example outcomes of its headline
+  # metrics, one per example (query, for retrieval), averaging to the metric.
+  headline = {'valse': ('acc_r', 'precision_caption', 'precision_foil'),
+              'svo_probes': ('accuracy',),
+              'winoground': ('text', 'image', 'group'),
+              'retrieval': ('tr_r1', 'tr_r10', 'ir_r1', 'ir_r5'),
+              'paragraphs': ('tr_r1', 'ir_r1'),
+              'vsr_random_test': ('accuracy',),
+              'refcocog_val': ('accuracy', 'mean_iou')}
+  for name, keys in headline.items():
+    outcomes = results[name].outcomes
+    for key in keys:
+      n = results[name]['num_texts' if name in ('retrieval', 'paragraphs')
+                        and key.startswith('ir') else 'num_evaluated']
+      assert outcomes[key].shape == (n,), (name, key)
+      assert outcomes[key].mean() == pytest.approx(results[name][key])
+  assert 'r_mean' not in results['retrieval'].outcomes  # Not a mean over
+  assert 'auroc' not in results['valse'].outcomes       # examples.
   # The retrieval path (features, then ITM on the stored embeddings) gives
   # the pairwise path's ITM probability for the same (image, text).
   scorer = built['retrieval'][0].scorer

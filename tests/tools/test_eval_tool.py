@@ -55,6 +55,15 @@ def test_evaluates_missing_pairs_then_nothing(workdir, fast_compile):
   assert curves['valse/acc_r'][3] == got[(3, 'valse')]['acc_r']
   assert curves['valse/seconds'][3] > 0
   assert curves['valse/num_evaluated'][3] == 56  # 7 instruments x 8.
+  # Training (step 6) and this tool (step 3) stored the per-example
+  # outcomes behind each accuracy.
+  stored = writers.read_outcomes(workdir)
+  assert sorted(stored['valse/acc_r']) == [3, 6]
+  assert stored['valse/acc_r'][3].shape == (56,)
+  assert stored['valse/acc_r'][3].mean() == pytest.approx(
+      curves['valse/acc_r'][3])
+  assert stored['vsr_random_dev/accuracy'][6].mean() == pytest.approx(
+      curves['vsr_random_dev/accuracy'][6])
 
   lines = _lines(workdir)
   assert eval_tool.evaluate_workdir(workdir, log=logs.append) == {}

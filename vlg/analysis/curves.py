@@ -13,8 +13,9 @@ Pure functions over metric curves ``{name: {step: value}}`` as
   of every task at the selector's best checkpoint over the last
   checkpoint;
 - :func:`plot_curves`: a panel per benchmark or piece (the name without its
-  last component), every run a line with a legend entry, and the chance
-  level as a dashed line where the metrics carry one.
+  last component), every run a line with a legend entry, an optional
+  shaded band (a confidence interval) around it, and the chance level as
+  a dashed line where the metrics carry one.
 
 Values logged as strings (``'nan'``, as the JSONL writer keeps non-finite
 numbers) or non-numbers are left out of the curves.
@@ -31,6 +32,8 @@ from typing import Any
 from matplotlib.figure import Figure
 
 Curves = Mapping[str, Mapping[int, Any]]
+# {metric: {step: (low, high)}}: an interval around each point of a curve.
+Bands = Mapping[str, Mapping[int, tuple[float, float]]]
 
 DEV_TOKENS = ('dev', 'val', 'validation')
 _TOKEN_SPLIT = re.compile(r'[/_\-. ]+')
@@ -213,13 +216,17 @@ def panel_of(name: str) -> str:
 
 def plot_curves(runs: Mapping[str, Curves],
                 names: Sequence[str] | None = None, *,
-                columns: int = 3) -> Figure:
+                columns: int = 3,
+                bands: Mapping[str, Bands] | None = None) -> Figure:
   """Curves of several runs, a panel per benchmark or piece.
 
   Args:
     runs: ``{run label: curves}``.
     names: the metrics to draw; default: every skill of any run.
     columns: panels per row.
+    bands: ``{run label: {metric: {step: (low, high)}}}``, e.g. bootstrap
+      95% intervals over examples (``vlg.analysis.confidence``), shaded
+      around the run's line in its colour.
 
   Returns:
     A matplotlib ``Figure`` (no pyplot state; ``fig.savefig(path)``
@@ -248,6 +255,12 @@ def plot_curves(runs: Mapping[str, Curves],
                 linestyle=('-', '--', ':', '-.')[j % 4],
                 marker='osD^vx'[j // 4 % 6], markersize=3,
                 label=f'{label}: {leaf}' if len(runs) > 1 else leaf)
+        band = (bands or {}).get(label, {}).get(name, {})
+        steps = [s for s in values if s in band]
+        if steps:
+          ax.fill_between(steps, [band[s][0] for s in steps],
+                          [band[s][1] for s in steps], color=color,
+                          alpha=0.15, linewidth=0)
         chance = chance_value(curves, name)
         if chance is not None:
           chances.add(chance)

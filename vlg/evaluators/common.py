@@ -246,6 +246,40 @@ class PairScorer:
             '_mask': np.asarray(valid, np.int32)}
 
 
+class Results(dict):
+  """An evaluator's metrics, ``{name: float}``, with the per-example
+  outcomes behind them.
+
+  ``outcomes[name]`` is a [n] array (0/1 for a right-or-wrong metric, a
+  value such as an IoU otherwise) whose mean *is* ``self[name]``, in the
+  evaluator's fixed example order, so two checkpoints' outcomes on one
+  benchmark pair example by example: bootstrap bands and paired tests
+  (``vlg.analysis.confidence``) resample them. Metrics that are not a mean
+  over examples (AUROC, means of per-instrument means) have none. The
+  training loop and ``vlg.tools.eval`` store them beside ``metrics.jsonl``
+  (``vlg.writers.write_outcomes``). A plain dict everywhere else.
+
+  Raises:
+    ValueError: an outcome has no metric, or its mean is not the metric's
+      value (an evaluator bug, caught where it is made).
+  """
+
+  def __init__(self, metrics: dict[str, float],
+               outcomes: dict[str, Any]):
+    super().__init__(metrics)
+    self.outcomes = {}
+    for name, values in outcomes.items():
+      values = np.asarray(values, np.float64).ravel()
+      if name not in metrics:
+        raise ValueError(f'outcomes for {name!r}, which is not a metric')
+      value = float(metrics[name])
+      if values.size and not np.isclose(values.mean(), value, rtol=1e-9,
+                                        atol=1e-12):
+        raise ValueError(f'outcomes of {name!r} average {values.mean()}, '
+                         f'the metric is {value}')
+      self.outcomes[name] = values
+
+
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
   """Area under the ROC curve: P(pos > neg) + 0.5 P(pos == neg).
 

@@ -58,8 +58,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def metrics(examples, pred_boxes, num_in_file: int) -> dict[str, float]:
-  """Accuracy at IoU >= 0.5 from normalised (cx, cy, w, h) predictions."""
+def metrics(examples, pred_boxes, num_in_file: int) -> common.Results:
+  """Accuracy at IoU >= 0.5 from normalised (cx, cy, w, h) predictions,
+  with the per-example hits and IoUs."""
   n = len(examples)
   out = {'num_evaluated': float(n), 'num_in_file': float(num_in_file),
          'skipped': 0.0}
@@ -74,7 +75,9 @@ def metrics(examples, pred_boxes, num_in_file: int) -> dict[str, float]:
   out['mean_iou'] = common.mean_or_nan(overlap)
   out['baseline/whole_image/accuracy'] = common.mean_or_nan(
       iou(whole, gt) >= IOU_THRESHOLD)
-  return out
+  return common.Results(out, {
+      'accuracy': overlap >= IOU_THRESHOLD, 'mean_iou': overlap,
+      'baseline/whole_image/accuracy': iou(whole, gt) >= IOU_THRESHOLD})
 
 
 class Evaluator:

@@ -157,8 +157,10 @@ def recall_chance(num_relevant: Sequence[int], num_candidates: int,
 
 
 def metrics(score_i2t: np.ndarray, score_t2i: np.ndarray,
-            txt2img: Sequence[int], num_in_file: int) -> dict[str, float]:
-  """TR@K, IR@K and their mean from full score matrices.
+            txt2img: Sequence[int], num_in_file: int) -> common.Results:
+  """TR@K, IR@K and their mean from full score matrices, with the per-query
+  hits behind each recall (``r_mean`` mixes image and text queries and has
+  none).
 
   Args:
     score_i2t: [N, M] scores of every text for each image query.
@@ -175,15 +177,17 @@ def metrics(score_i2t: np.ndarray, score_t2i: np.ndarray,
   captions_per_image = np.bincount(txt2img, minlength=n)
   out = {'num_evaluated': float(n), 'num_in_file': float(num_in_file),
          'num_texts': float(m)}
+  outcomes = {}
   for k in KS:
     out[f'tr_r{k}'] = common.mean_or_nan(tr < k)
     out[f'ir_r{k}'] = common.mean_or_nan(ir < k)
+    outcomes.update({f'tr_r{k}': tr < k, f'ir_r{k}': ir < k})
     out[f'chance/tr_r{k}'] = recall_chance(captions_per_image, m, k)
     out[f'chance/ir_r{k}'] = recall_chance([1] * m, n, k)
   for prefix in ('', 'chance/'):
     out[f'{prefix}r_mean'] = float(np.mean(
         [out[f'{prefix}{d}_r{k}'] for d in ('tr', 'ir') for k in KS]))
-  return out
+  return common.Results(out, outcomes)
 
 
 class Evaluator:

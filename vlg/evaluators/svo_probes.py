@@ -56,16 +56,19 @@ class Evaluator:
 
 
 def metrics(examples, pos_scores, neg_scores,
-            num_in_file: int) -> dict[str, float]:
-  """SVO-Probes accuracies from per-row positive and negative scores."""
+            num_in_file: int) -> common.Results:
+  """SVO-Probes accuracies from per-row positive and negative scores, with
+  their per-row outcomes."""
   pos_scores = np.asarray(pos_scores, np.float64)
   neg_scores = np.asarray(neg_scores, np.float64)
   correct = pos_scores > neg_scores
   out = {'accuracy': common.mean_or_nan(correct), 'chance/accuracy': 0.5,
          'num_evaluated': float(len(examples)),
          'num_in_file': float(num_in_file)}
+  outcomes = {'accuracy': correct}
   for neg_type in svo_reader.NEG_TYPES:
     rows = [c for e, c in zip(examples, correct) if e.neg_type == neg_type]
     out[f'{neg_type}/accuracy'] = common.mean_or_nan(rows)
     out[f'{neg_type}/num_evaluated'] = float(len(rows))
-  return out
+    outcomes[f'{neg_type}/accuracy'] = rows
+  return common.Results(out, outcomes)

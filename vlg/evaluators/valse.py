@@ -61,8 +61,9 @@ class Evaluator:
 
 
 def metrics(examples, caption_scores, foil_scores, scorer_name: str,
-            num_in_file: int) -> dict[str, float]:
-  """VALSE metrics from per-example caption and foil scores."""
+            num_in_file: int) -> common.Results:
+  """VALSE metrics from per-example caption and foil scores, with the
+  per-example outcomes of the accuracies and precisions."""
   caption_scores = np.asarray(caption_scores, np.float64)
   foil_scores = np.asarray(foil_scores, np.float64)
   correct = caption_scores > foil_scores
@@ -70,6 +71,7 @@ def metrics(examples, caption_scores, foil_scores, scorer_name: str,
          'num_evaluated': float(len(examples)),
          'num_in_file': float(num_in_file),
          'chance/acc_r': 0.5, 'chance/acc_r_pieces': 0.5}
+  outcomes = {'acc_r': correct}
   by_instrument: dict[str, list[bool]] = {}
   for e, c in zip(examples, correct):
     by_instrument.setdefault(e.instrument, []).append(bool(c))
@@ -77,6 +79,7 @@ def metrics(examples, caption_scores, foil_scores, scorer_name: str,
   for inst, values in sorted(by_instrument.items()):
     acc = float(np.mean(values))
     out[f'{inst}/acc_r'] = acc
+    outcomes[f'{inst}/acc_r'] = values
     pieces.setdefault(benchmarks.valse_piece(inst), []).append(acc)
   for piece, accs in pieces.items():
     out[f'{piece}/acc_r'] = float(np.mean(accs))
@@ -89,4 +92,7 @@ def metrics(examples, caption_scores, foil_scores, scorer_name: str,
                min_precision=min(p_c, p_f),
                auroc=common.auroc(caption_scores, foil_scores))
     out['chance/auroc'] = 0.5
-  return out
+    if len(correct):
+      outcomes.update(precision_caption=caption_scores >= 0.5,
+                      precision_foil=foil_scores < 0.5)
+  return common.Results(out, outcomes)

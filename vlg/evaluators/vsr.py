@@ -58,8 +58,9 @@ class Evaluator:
 
 
 def metrics(examples, scores, categories: dict[str, str],
-            num_in_file: int) -> dict[str, float]:
-  """VSR accuracies from per-example ITM match probabilities.
+            num_in_file: int) -> common.Results:
+  """VSR accuracies from per-example ITM match probabilities, with each
+  accuracy's per-example outcomes.
 
   With ``categories`` (relation → category), an example whose relation it
   does not list counts under ``category/unknown``; without, there are no
@@ -78,4 +79,4 @@ def metrics(examples, scores, categories: dict[str, str],
       category = categories.get(e.relation, benchmarks.UNKNOWN_CATEGORY)
       groups.setdefault(f'category/{category}', []).append(bool(c))
   out.update({k: float(np.mean(v)) for k, v in sorted(groups.items())})
-  return out
+  return common.Results(out, {'accuracy': correct, **groups})

@@ -94,14 +94,17 @@ def _groups(example) -> list[str]:
   return out
 
 
-def metrics(examples, scores, num_in_file: int) -> dict[str, float]:
-  """Winoground scores from ``scores[n, c, i]`` = s(caption c, image i)."""
+def metrics(examples, scores, num_in_file: int) -> common.Results:
+  """Winoground scores from ``scores[n, c, i]`` = s(caption c, image i),
+  with each score's per-example outcomes."""
   correct = example_scores(scores)
   out = {'num_evaluated': float(len(examples)),
          'num_in_file': float(num_in_file)}
+  outcomes = {}
   for name in SCORES:
     out[name] = common.mean_or_nan(correct[name])
     out[f'chance/{name}'] = CHANCE[name]
+    outcomes[name] = correct[name]
   members: dict[str, list[int]] = {}
   for n, e in enumerate(examples):
     for group in _groups(e):
@@ -109,5 +112,6 @@ def metrics(examples, scores, num_in_file: int) -> dict[str, float]:
   for group, rows in sorted(members.items()):
     for name in SCORES:
       out[f'{group}/{name}'] = common.mean_or_nan(correct[name][rows])
+      outcomes[f'{group}/{name}'] = correct[name][rows]
     out[f'{group}/num_evaluated'] = float(len(rows))
-  return out
+  return common.Results(out, outcomes)

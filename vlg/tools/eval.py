@@ -222,6 +222,8 @@ def _evaluate_one(evaluator, run, name, writer) -> dict[str, float]:
   writer.write_scalars(run.step, {f'{name}/{k}': v
                                   for k, v in metrics.items()})
   writer.flush()
+  writers.write_outcomes(run.workdir, run.step, name, metrics,
+                         jax.process_index())
   return metrics
 
 

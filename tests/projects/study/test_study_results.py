@@ -176,3 +176,45 @@ def test_load_and_write_results(tmp_path):
           in md)
   image = np.asarray(Image.open(tmp_path / 'curves.png'))
   assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_claims_carry_a_paired_test_over_seed_mean_outcomes(tmp_path):
+  # 50 VSR examples; ALBEF's three seeds get the first 26, 26 and 26 right
+  # (0.52), ReX-VLM's the first 32 (0.64) — per-example means over seeds
+  # 0/1 vectors, so the paired test is McNemar with 6 discordant examples
+  # all one way: p = 2 / 2^6.
+  def vec(k):
+    return np.r_[np.ones(k), np.zeros(50 - k)]
+  curves = {
+      'albef': {s: {VSR: {100: 0.5, 200: 0.52}} for s in range(3)},
+      'rexvlm': {s: {VSR: {100: 0.5, 200: 0.64}} for s in range(3)}}
+  outcomes = {
+      'albef': {s: {VSR: {200: vec(26)}} for s in range(3)},
+      'rexvlm': {s: {VSR: {200: vec(32)}} for s in range(3)}}
+  got = study.aggregate(curves, outcomes)
+  row = got['claims'][0]['skills'][0]
+  assert row['skill'] == VSR and row['test'] == 'mcnemar'
+  assert row['p_value'] == pytest.approx(2 / 2**6)
+  assert row['significant'] and row['num_examples'] == 50
+  assert 'paired p 0.0312' in '\n'.join(study.summary_lines(got))
+  # Seeds that disagree per example: averaged, then the paired bootstrap.
+  outcomes['rexvlm'][1] = {VSR: {200: vec(32)[::-1]}}
+  row = study.aggregate(curves, outcomes)['claims'][0]['skills'][0]
+  assert row['test'] == 'paired_bootstrap'
+  # Without outcomes (or a seed missing them) there is no paired test.
+  assert 'p_value' not in study.aggregate(curves)['claims'][0]['skills'][0]
+  del outcomes['albef'][2][VSR]
+  assert 'p_value' not in study.aggregate(curves, outcomes)[
+      'claims'][0]['skills'][0]
+  # load_outcomes reads what training stored in each finished run.
+  from vlg import writers
+  from vlg.evaluators import common
+  for model, value in (('albef', 26), ('rexvlm', 32)):
+    for seed in range(3):
+      _write_run(str(tmp_path), model, seed, curves[model][seed])
+      writers.write_outcomes(
+          study.run_dir(str(tmp_path), model, seed), 200, 'vsr_random_dev',
+          common.Results({'accuracy': value / 50},
+                         {'accuracy': vec(value)}), 0)
+  loaded = study.load_outcomes(str(tmp_path))
+  np.testing.assert_array_equal(loaded['rexvlm'][2][VSR][200], vec(32))

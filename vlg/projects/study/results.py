@@ -12,7 +12,10 @@ each run is one model family trained with one seed, and its curves are
 - :func:`aggregate`: per model and column, mean ± std over seeds at the
   final step and at the column's best step (the step where the seed-mean
   curve peaks; the earliest wins a tie), each seed's own best step, and the
-  claims of the papers checked against twice the seed-to-seed std;
+  claims of the papers checked against twice the seed-to-seed std and,
+  where the runs stored per-example outcomes (:func:`load_outcomes`), by a
+  paired test over the benchmark's examples (each example's outcome
+  averaged over seeds; ``vlg.analysis.confidence.paired_test``);
 - :func:`results_markdown`: the tables and a plain-language summary written
   from those numbers;
 - :func:`write_results`: ``results.json``, ``results.md`` and ``curves.png``.
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from vlg import writers
+from vlg.analysis import confidence
 from vlg.analysis import curves as curves_lib
 
 RUNS_DIR = 'runs'
@@ -110,6 +114,25 @@ def load_runs(out: str) -> dict[str, dict[int, dict]]:
   return runs
 
 
+def load_outcomes(out: str) -> dict[str, dict[int, dict]]:
+  """``{model: {seed: {metric: {step: [n]}}}}`` of the finished runs'
+  stored per-example outcomes (``writers.read_outcomes``)."""
+  return {model: {seed: writers.read_outcomes(run_dir(out, model, seed))
+                  for seed in seeds}
+          for model, seeds in load_runs(out).items()}
+
+
+def seed_mean_outcomes(seed_outcomes: Mapping[int, Mapping[str, Any]],
+                       key: str, step: int) -> np.ndarray | None:
+  """Each example's outcome of ``key`` at ``step``, averaged over seeds;
+  None unless every seed stored it (with the same examples)."""
+  vectors = [o.get(key, {}).get(step) for o in seed_outcomes.values()]
+  if not vectors or any(v is None for v in vectors) or len(
+      {v.size for v in vectors}) > 1:
+    return None
+  return np.mean(np.stack(vectors), axis=0)
+
+
 def _ordered_models(runs: Runs) -> list[str]:
   known = [m for m in MODELS if m in runs]
   return known + sorted(m for m in runs if m not in MODELS)
@@ -179,7 +202,25 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
   return dict(margin=margin, two_std=spread, verdict=verdict)
 
 
-def _claims(stats: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _paired(outcomes, model: str, baseline: str, key: str, stats
+            ) -> dict[str, Any]:
+  """The paired test of ``model`` against ``baseline`` on ``key`` at their
+  final steps over the same examples; empty without outcomes."""
+  if not outcomes or model not in outcomes or baseline not in outcomes:
+    return {}
+  a = seed_mean_outcomes(outcomes[model], key,
+                         stats[model][key]['final']['step'])
+  b = seed_mean_outcomes(outcomes[baseline], key,
+                         stats[baseline][key]['final']['step'])
+  if a is None or b is None or a.size != b.size or not a.size:
+    return {}
+  c = confidence.paired_test(b, a)
+  return dict(p_value=c.p_value, test=c.test, significant=c.significant,
+              num_examples=c.n)
+
+
+def _claims(stats: Mapping[str, Mapping[str, Any]],
+            outcomes=None) -> list[dict[str, Any]]:
   out = []
   for model, baseline, skills, text in CLAIMS:
     if model not in stats or baseline not in stats:
@@ -190,7 +231,8 @@ def _claims(stats: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
       a, b = stats[model].get(key), stats[baseline].get(key)
       if a is None or b is None:
         continue
-      rows.append(dict(skill=key, **compare(a['final'], b['final'])))
+      rows.append(dict(skill=key, **compare(a['final'], b['final']),
+                       **_paired(outcomes, model, baseline, key, stats)))
     held = sum(r['verdict'] == 'holds' for r in rows)
     out.append(dict(model=model, baseline=baseline, claim=text, skills=rows,
                     num_held=held, holds=bool(rows) and held == len(rows)))
@@ -214,8 +256,9 @@ def _peaks(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   return out
 
 
-def aggregate(runs: Runs) -> dict[str, Any]:
-  """The study's numbers from ``{model: {seed: curves}}``.
+def aggregate(runs: Runs, outcomes=None) -> dict[str, Any]:
+  """The study's numbers from ``{model: {seed: curves}}`` (and, for the
+  claims' paired tests, :func:`load_outcomes`'s per-example outcomes).
 
   Returns:
     ``{'models', 'seeds': {model: [seed]}, 'columns': [{key, label}],
@@ -245,7 +288,7 @@ def aggregate(runs: Runs) -> dict[str, Any]:
       models=models, final_steps=final_steps,
       seeds={m: sorted(runs[m]) for m in models},
       columns=[dict(key=k, label=label) for k, label in COLUMNS],
-      stats=stats, claims=_claims(stats), peaks=_peaks(stats))
+      stats=stats, claims=_claims(stats, outcomes), peaks=_peaks(stats))
 
 
 # Reports
@@ -297,6 +340,17 @@ def _pct(x: float) -> str:
   return f'{100 * x:+.1f}'
 
 
+def _claim_detail(row: Mapping[str, Any]) -> str:
+  """'VSR rand dev +10.0 (2σ 4.0, holds, paired p 0.002)'."""
+  notes = []
+  if not math.isnan(row['two_std']):
+    notes += [f'2σ {100 * row["two_std"]:.1f}', row['verdict']]
+  if 'p_value' in row:
+    notes.append(f'paired p {row["p_value"]:.3g}')
+  label = f'{LABELS.get(row["skill"], row["skill"])} {_pct(row["margin"])}'
+  return f'{label} ({", ".join(notes)})' if notes else label
+
+
 def summary_lines(results: Mapping[str, Any]) -> list[str]:
   """The plain-language summary, one line per claim, from the numbers."""
   lines = []
@@ -317,12 +371,7 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
     else:
       head = (f'**{c["claim"]}**: does not show on any of the {len(rows)} '
               'skills (no margin above twice the seed std).')
-    details = '; '.join(
-        f'{LABELS.get(r["skill"], r["skill"])} {_pct(r["margin"])} '
-        f'(2σ {100 * r["two_std"]:.1f}, {r["verdict"]})'
-        if not math.isnan(r['two_std']) else
-        f'{LABELS.get(r["skill"], r["skill"])} {_pct(r["margin"])}'
-        for r in rows)
+    details = '; '.join(_claim_detail(r) for r in rows)
     lines.append(f'- {head} Final-step margins in points: {details}.')
   for m, p in results['peaks'].items():
     name = MODEL_NAMES.get(m, m)
@@ -379,13 +428,13 @@ def _json_safe(value: Any) -> Any:
   return value
 
 
-def write_results(runs: Runs, out: str) -> dict[str, Any]:
+def write_results(runs: Runs, out: str, outcomes=None) -> dict[str, Any]:
   """Writes ``results.json``, ``results.md`` and ``curves.png`` in ``out``.
 
   Returns:
     The :func:`aggregate` results.
   """
-  results = aggregate(runs)
+  results = aggregate(runs, outcomes)
   results['summary'] = summary_lines(results)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'results.json'), 'w') as f:

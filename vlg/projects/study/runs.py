@@ -281,7 +281,8 @@ def run_study(out: str, *, models: Sequence[str], seeds: int,
     runs = results_lib.load_runs(out)
     runs = {m: {s: c for s, c in runs.get(m, {}).items() if s < seeds}
             for m in models}
-    results = results_lib.write_results(runs, out)
+    results = results_lib.write_results(runs, out,
+                                        results_lib.load_outcomes(out))
     log(f'wrote {os.path.join(out, "results.md")}, results.json and '
         'curves.png')
   return dict(trained=trained, skipped=skipped, interrupted=interrupted,
