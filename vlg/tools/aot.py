@@ -28,7 +28,8 @@ with status 1 (a bad ``--topology`` or a missing libtpu: status 2).
 FSDP meshes, ``model.remat=full``, ``grad_accum_steps`` 2 and 4), prints
 which fit, their memory and projected step time, and names the fastest
 that fits. The ``base`` recipes take minutes and ~10 GB of host memory per
-compile (docs/results.md §13 has the measured table).
+compile (measured table: docs/results.md, "Planning TPU launches ahead
+of time").
 
 ``--topology`` takes libtpu's form ``KIND:AxB`` (v5e, v6e: a 2-D torus of
 chips) or ``KIND:AxBxC`` (v4, v5p: 3-D), e.g. ``v5e:16x16``, ``v5p:2x4x4``,
