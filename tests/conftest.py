@@ -6,6 +6,10 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# Tests that compile for TPU topologies (vlg.tools.aot) use libtpu's
+# compile-only devices, from several processes at once (xdist workers, the
+# tools' subprocesses); libtpu's one-process lock would refuse all but one.
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 from absl import flags  # noqa: E402
 

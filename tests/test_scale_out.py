@@ -12,6 +12,8 @@ import pytest
 
 from vlg import sharding
 from vlg import train
+from vlg import train_state
+from vlg.data import batch_spec
 from vlg.data import pipeline
 
 from test_train import _losses
@@ -114,19 +116,9 @@ def _compiled_step(cfg, mesh_sizes):
   sharding.set_rules(rules)
   with jax.set_mesh(mesh):
     built = train.build_step(cfg, mesh, rules)
-    state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        built['abstract_state'], built['shardings'])
-    n, length, res = cfg.batch_size, cfg.input.max_text_len, cfg.input.resolution
-    specs = {'image': ((n, res, res, 3), np.uint8),
-             'text_ids': ((n, length), np.int32),
-             'text_mask': ((n, length), np.int32),
-             'mlm_ids': ((n, length), np.int32),
-             'mlm_labels': ((n, length), np.int32),
-             'image_id': ((n,), np.int32), '_num_bad': ((n,), np.int32)}
-    batch = {k: jax.ShapeDtypeStruct(
-        shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape), rules))
-             for k, (shape, dtype) in specs.items()}
+    state = train_state.with_shardings(built['abstract_state'],
+                                       built['shardings'])
+    batch = batch_spec.batch_spec(cfg, mesh, rules)
     return built, built['train_step'].lower(state, batch).compile()
 
 

@@ -26,3 +26,21 @@ def test_a_mesh_that_does_not_fit_the_devices_names_both():
   with pytest.raises(ValueError, match=r'Mesh \[2, 2, 1\] needs 4 devices '
                      'but 1 are available'):
     sharding.make_mesh((2, 2, 1), devices=sharding.mesh_devices(1))
+
+
+def test_a_mesh_over_two_slices_puts_the_slices_on_the_data_axis():
+  pytest.importorskip('libtpu', reason='libtpu is not installed (pip '
+                      'install -r requirements-tpu-aot.txt; CI installs it)')
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  devices = topologies.get_topology_desc('v5e:2x2', platform='tpu',
+                                         num_slices=2).devices
+  mesh = sharding.make_mesh((-1, 1, 1), devices=devices)
+  assert dict(mesh.shape) == {'data': 8, 'fsdp': 1, 'tensor': 1}
+  slices = [d.slice_index for d in mesh.devices.ravel()]
+  assert slices == [0] * 4 + [1] * 4
+  mesh = sharding.make_mesh((2, -1, 1), devices=devices)
+  assert dict(mesh.shape) == {'data': 2, 'fsdp': 4, 'tensor': 1}
+  for row, slice_index in zip(mesh.devices, (0, 1)):
+    assert {d.slice_index for d in row.ravel()} == {slice_index}
+  with pytest.raises(ValueError, match=r'spans 2 slices.*multiple of 2'):
+    sharding.make_mesh((1, -1, 1), devices=devices)

@@ -87,3 +87,35 @@ def test_a_later_seed_reuses_the_compiled_initialiser(setup, caplog,
       _init(setup, seed)
     keys.append(_init_cache_keys(caplog.records))
   assert len(keys[0]) == 1 and keys[1] == keys[0], keys
+
+
+def _compile_only_devices(topology='v5e:2x2', **kwargs):
+  """libtpu's compile-only TPU devices: any computation on them fails."""
+  pytest.importorskip('libtpu', reason='libtpu is not installed (pip '
+                      'install -r requirements-tpu-aot.txt; CI installs it)')
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  return topologies.get_topology_desc(topology, platform='tpu',
+                                      **kwargs).devices
+
+
+def test_build_step_on_compile_only_devices_runs_nothing():
+  # The model, optimizer state and shardings are built abstractly: an eager
+  # op (e.g. optax's tx.init counters) would fail on these devices.
+  from test_train import tiny_test_config  # pylint: disable=g-import-not-at-top
+  from vlg import train  # pylint: disable=g-import-not-at-top
+  c = tiny_test_config()
+  devices = _compile_only_devices()
+  mesh = sharding.make_mesh(c.mesh, devices=devices)
+  rules = [tuple(r) for r in c.sharding_rules]
+  with jax.set_mesh(mesh), sharding.rules_context(rules):
+    built = train.build_step(c, mesh, rules)
+    state = train_state.with_shardings(built['abstract_state'],
+                                       built['shardings'])
+  leaves = jax.tree.leaves(state)
+  assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+  assert {d for x in leaves for d in x.sharding.device_set} == set(devices)
+  # Adam's moments follow the parameters' shardings; its counter is
+  # replicated.
+  opt = jax.tree.leaves(built['shardings']['opt'])
+  params = jax.tree.leaves(built['shardings']['params'])
+  assert len(opt) > 2 * len(params)

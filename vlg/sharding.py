@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -74,9 +75,31 @@ def make_mesh(sizes: Sequence[int], devices=None) -> jax.sharding.Mesh:
   if total != n:
     raise ValueError(f'Mesh {sizes} needs {total} devices but {n} are '
                      'available; use -1 for one axis to fill the rest.')
-  return jax.make_mesh(tuple(sizes), MESH_AXES,
-                       axis_types=(AxisType.Auto,) * len(MESH_AXES),
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  num_slices = len({getattr(d, 'slice_index', None) for d in devices})
+  if num_slices > 1:
+    return jax.sharding.Mesh(_multi_slice_devices(sizes, devices, num_slices),
+                             MESH_AXES, axis_types=axis_types)
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types,
                        devices=devices)
+
+
+def _multi_slice_devices(sizes: list[int], devices, num_slices: int):
+  """The device array of a mesh over several TPU slices (multislice).
+
+  Slices talk over the data-centre network, much slower than the links
+  inside a slice, so they go on the ``data`` axis, the one that
+  communicates least (one gradient all-reduce per step): each slice holds
+  ``data / num_slices`` rows of the mesh, whole ``fsdp`` and ``tensor``.
+  """
+  if sizes[0] % num_slices:
+    raise ValueError(
+        f'Mesh {sizes} spans {num_slices} slices, which go on the data '
+        f'axis: its size {sizes[0]} must be a multiple of {num_slices} '
+        f'(e.g. ({num_slices}, -1, 1) for FSDP within each slice)')
+  per_slice = (sizes[0] // num_slices, sizes[1], sizes[2])
+  return mesh_utils.create_hybrid_device_mesh(
+      per_slice, (num_slices, 1, 1), devices, allow_split_physical_axes=True)
 
 
 def set_rules(rules: Rules) -> None:

@@ -35,6 +35,7 @@ from vlg import predict
 from vlg import sharding
 from vlg import train_state
 from vlg import writers
+from vlg.data import batch_spec
 from vlg.data import parts as data_parts
 from vlg.data import pipeline
 from vlg.evaluators import common as eval_common
@@ -320,16 +321,7 @@ def _train_and_evaluate(config, workdir, mesh, on_step) -> dict[str, float]:
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(f'Tokenizer has {tokenizer.vocab_size} pieces but '
                      f'model.vocab_size is {config.model.vocab_size}')
-  data_shards = mesh.shape['data'] * mesh.shape['fsdp']
-  accum = int(config.get('grad_accum_steps', 1))
-  batch_sizes = {'batch_size': config.batch_size}
-  batch_sizes.update({f'input.parts.{k}.batch_size': v.batch_size for k, v in
-                      pipeline.enabled_parts(config.input).items()})
-  for name, size in batch_sizes.items():
-    if size % (data_shards * accum):
-      raise ValueError(
-          f'{name}={size} does not divide over the {data_shards} data shards '
-          f'of mesh {dict(mesh.shape)} times grad_accum_steps={accum}')
+  batch_spec.check_divisible(config, mesh)
   dataset = pipeline.make_dataset(
       config.input, tokenizer, global_batch=config.batch_size,
       seed=config.seed, process_index=process_index,
@@ -349,8 +341,7 @@ def _train_and_evaluate(config, workdir, mesh, on_step) -> dict[str, float]:
       keep_every_steps=config.get('keep_every_steps'),
       keep_latest=config.get('keep_latest', 2))
   latest = ckpt.latest_step()
-  abstract_with_shardings = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+  abstract_with_shardings = train_state.with_shardings(
       built['abstract_state'], shardings)
   if latest is not None:
     a_params, a_rest = _split_for_checkpoint(abstract_with_shardings)

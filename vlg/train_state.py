@@ -67,16 +67,32 @@ def init_params(model_cfg, seed: int, shardings) -> PyTree:
 
 
 def state_shardings(mesh, param_shardings, abstract_state, tx) -> PyTree:
-  """Shardings of the whole train state (optimizer state follows params)."""
+  """Shardings of the whole train state (optimizer state follows params).
+
+  Nothing runs on the mesh's devices: optax finds which parts of the
+  optimizer state mirror the parameters by calling ``tx.init`` on a
+  placeholder, and that call is traced with ``jax.eval_shape``. Run
+  eagerly, its step counters (``jnp.zeros``) would execute on the mesh in
+  force, which compile-only devices cannot do (``vlg.tools.aot``).
+  """
   rep = sharding.replicated(mesh)
   opt = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_state['opt'], param_shardings,
+      lambda placeholder: jax.eval_shape(tx.init, placeholder),
+      lambda _, s: s, abstract_state['opt'], param_shardings,
       transform_non_params=lambda _: rep)
   out = jax.tree.map(lambda _: rep, abstract_state)
   out['params'] = param_shardings
   out['ema'] = param_shardings
   out['opt'] = opt
   return out
+
+
+def with_shardings(abstract_state: PyTree, shardings: PyTree) -> PyTree:
+  """``jax.ShapeDtypeStruct``s of the state with their shardings: what
+  ``train_step.lower`` compiles for, and what a restore reads into."""
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, shardings)
 
 
 def init_state(config, params, tx) -> PyTree:

@@ -24,6 +24,8 @@ from jax.extend import core as jex_core
 
 from vlg import sharding
 from vlg import train
+from vlg import train_state
+from vlg.data import batch_spec
 from vlg.models import layers
 from vlg.tools import bench
 from vlg.tools import flops
@@ -119,17 +121,6 @@ def bench_figures():
     jax.config.update('jax_disable_most_optimizations', False)
 
 
-def _abstract_batch(c, mesh):
-  b, length, r = c.batch_size, c.input.max_text_len, c.input.resolution
-  rep = sharding.replicated(mesh)
-  spec = lambda shape, dtype=jnp.int32: jax.ShapeDtypeStruct(  # noqa: E731
-      shape, dtype, sharding=rep)
-  return {'image': spec((b, r, r, 3), jnp.uint8), 'image_id': spec((b,)),
-          'text_ids': spec((b, length)), 'text_mask': spec((b, length)),
-          'mlm_ids': spec((b, length)), 'mlm_labels': spec((b, length)),
-          '_num_bad': spec((b,))}
-
-
 def test_train_step_matches_traced_matmuls_and_xla_cost_analysis(
     bench_figures):
   c = tiny_flops_config()
@@ -138,11 +129,10 @@ def test_train_step_matches_traced_matmuls_and_xla_cost_analysis(
   sharding.set_rules(rules)
   with jax.set_mesh(mesh):
     built = train.build_step(c, mesh, rules)
-    state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        built['abstract_state'], built['shardings'])
+    state = train_state.with_shardings(built['abstract_state'],
+                                       built['shardings'])
     traced = dot_flops(jax.make_jaxpr(built['train_step'])(
-        state, _abstract_batch(c, mesh)).jaxpr)
+        state, batch_spec.batch_spec(c, mesh, rules)).jaxpr)
   analytic = flops.train_step_flops(c)
   assert analytic['total'] == sum(v for k, v in analytic.items()
                                   if k != 'total')

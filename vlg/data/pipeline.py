@@ -39,7 +39,9 @@ Evaluation streams add ``_mask`` (1 real, 0 padding). The typed parts of
 ``vlg/data/parts/`` for their slots) are separate streams with their own
 batch sizes, zipped into the same dict under the prefixes ``ent_``,
 ``mrc_`` and ``vsg_`` (plus ``_num_bad_<part>``); each objective reads only
-the slots it needs.
+the slots it needs. Every transform declares its slots' shapes and dtypes
+(``example_spec``), from which ``vlg.data.batch_spec`` gives a config's
+global batch without reading any data.
 
 The iterator is checkpointable (``get_state``/``set_state``, saved by orbax
 with ``grain.checkpoint.CheckpointSave``): restoring it reproduces the next
@@ -133,8 +135,29 @@ class CaptionTransform(grain.transforms.RandomMap):
         '_num_bad': np.int32(record.get('_num_bad', 0)),
     }
 
+  @staticmethod
+  def example_spec(input_cfg: ml_collections.ConfigDict
+                   ) -> dict[str, tuple[tuple[int, ...], type]]:
+    """(shape, dtype) of every slot :meth:`random_map` returns, for one
+    example (the batch contract above without its batch dimension);
+    ``vlg.data.batch_spec`` stacks them into a batch's spec."""
+    res, length = int(input_cfg.resolution), int(input_cfg.max_text_len)
+    scalar, text = ((), np.int32), ((length,), np.int32)
+    return {'image': ((res, res, 3), np.uint8), 'image_id': scalar,
+            'caption_index': scalar, 'flipped': scalar, 'text_ids': text,
+            'text_mask': text, 'mlm_ids': text, 'mlm_labels': text,
+            '_num_bad': scalar}
+
 
 TRANSFORMS = {'caption': CaptionTransform}
+
+
+def caption_transform_class(input_cfg: ml_collections.ConfigDict) -> type:
+  """The transform of the caption stream (``input.kind``)."""
+  if input_cfg.kind not in TRANSFORMS:
+    raise ValueError(f'input.kind={input_cfg.kind!r}; valid: '
+                     f'{sorted(TRANSFORMS)}')
+  return TRANSFORMS[input_cfg.kind]
 
 
 def build_sources(input_cfg: ml_collections.ConfigDict,
@@ -165,6 +188,16 @@ def enabled_parts(input_cfg: ml_collections.ConfigDict
   for name in parts:
     parts_lib.part_module(name)  # A clear error for an unknown part.
   return {k: v for k, v in sorted(parts.items()) if v.get('enabled', True)}
+
+
+def stream_batch_sizes(input_cfg: ml_collections.ConfigDict,
+                       global_batch: int) -> dict[str, int]:
+  """Global batch size of each stream a step zips: ``caption`` (the
+  ``global_batch``) and each enabled part (its ``batch_size``)."""
+  sizes = {'caption': int(global_batch)}
+  sizes.update({k: int(v.batch_size) for k, v in
+                enabled_parts(input_cfg).items()})
+  return sizes
 
 
 def _mixture(input_cfg, data_cfg, seed: int, process_index: int,
@@ -208,13 +241,9 @@ def make_dataset(input_cfg: ml_collections.ConfigDict,
   part of ``input.parts`` (each ``batch_size`` examples, from ``data`` or
   ``input.data``) are zipped into one dict per step.
   """
-  if input_cfg.kind not in TRANSFORMS:
-    raise ValueError(f'input.kind={input_cfg.kind!r}; valid: '
-                     f'{sorted(TRANSFORMS)}')
+  caption_cls = caption_transform_class(input_cfg)
   streams = []
-  sizes = {'caption': global_batch}
-  sizes.update({k: int(v.batch_size) for k, v in
-                enabled_parts(input_cfg).items()})
+  sizes = stream_batch_sizes(input_cfg, global_batch)
   for name, size in sizes.items():
     if size % process_count:
       raise ValueError(f'{name} batch size {size} is not divisible by the '
@@ -223,7 +252,7 @@ def make_dataset(input_cfg: ml_collections.ConfigDict,
   # (sources_lib.CheckedTransform); good examples draw what the bare
   # transform draws.
   skip_bad = bool(input_cfg.get('skip_bad_examples', False))
-  caption = TRANSFORMS[input_cfg.kind](tokenizer, input_cfg)
+  caption = caption_cls(tokenizer, input_cfg)
   ds, views = _mixture(input_cfg, None, seed, process_index, process_count)
   caption = sources_lib.CheckedTransform(caption, views, skip_bad)
   streams.append(ds.random_map(caption, seed=seed).batch(

@@ -152,8 +152,22 @@ def grid(input_cfg, part_cfg) -> tuple[int, int]:
   return res // patch, patch
 
 
+def num_bad_slot(prefix: str) -> str:
+  """The slot counting a part's skipped bad records (``_num_bad_ent``)."""
+  return f'_num_bad_{prefix.rstrip("_")}'
+
+
 def prefixed(prefix: str, out: dict[str, np.ndarray], record
               ) -> dict[str, np.ndarray]:
+  """A transform's slots under its prefix, plus its bad-record count."""
   out = {prefix + k: v for k, v in out.items()}
-  out[f'_num_bad_{prefix.rstrip("_")}'] = np.int32(record.get('_num_bad', 0))
+  out[num_bad_slot(prefix)] = np.int32(record.get('_num_bad', 0))
+  return out
+
+
+def prefixed_spec(prefix: str, spec: dict[str, tuple[tuple[int, ...], type]]
+                  ) -> dict[str, tuple[tuple[int, ...], type]]:
+  """:func:`prefixed` for (shape, dtype) slot specs (``example_spec``)."""
+  out = {prefix + k: v for k, v in spec.items()}
+  out[num_bad_slot(prefix)] = ((), np.int32)
   return out

@@ -46,6 +46,13 @@ def check_model(model_cfg: ml_collections.ConfigDict,
     raise ValueError('input.parts.entity needs model.box_head=True')
 
 
+def slot_sizes(input_cfg: ml_collections.ConfigDict,
+               part_cfg: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(pairs M, text length L) of every row."""
+  return (int(part_cfg.max_pairs),
+          int(part_cfg.get('max_text_len', input_cfg.max_text_len)))
+
+
 class Transform(grain.transforms.RandomMap):
   """Record → up to ``max_pairs`` (box, text) pairs of one image."""
 
@@ -56,8 +63,7 @@ class Transform(grain.transforms.RandomMap):
     self.aug = common.BoxAugment(input_cfg)
     self.texts = common.Texts(tokenizer, int(input_cfg.max_words),
                         float(input_cfg.mlm_probability))
-    self.max_pairs = int(part_cfg.max_pairs)
-    self.max_len = int(part_cfg.get('max_text_len', input_cfg.max_text_len))
+    self.max_pairs, self.max_len = slot_sizes(input_cfg, part_cfg)
     self.use_objects = bool(part_cfg.get('objects', True))
     self.use_regions = bool(part_cfg.get('regions', True))
     self.whole_image = bool(part_cfg.get('whole_image_caption', True))
@@ -120,4 +126,18 @@ class Transform(grain.transforms.RandomMap):
         out['box'], self.grid, self.patch, self.grid * self.patch,
         whole_image=whole).astype(np.int32)
     return common.prefixed(self.prefix, out, record)
+
+  @classmethod
+  def example_spec(cls, input_cfg, part_cfg):
+    """(shape, dtype) of every slot :meth:`random_map` returns."""
+    m, length = slot_sizes(input_cfg, part_cfg)
+    grid, _ = common.grid(input_cfg, part_cfg)
+    res = int(input_cfg.resolution)
+    text, pair = ((m, length), np.int32), ((m,), np.int32)
+    return common.prefixed_spec(cls.prefix, {
+        'image': ((res, res, 3), np.uint8), 'text_ids': text,
+        'text_mask': text, 'mlm_ids': text, 'mlm_labels': text,
+        'box': ((m, 4), np.float32), 'valid': pair, 'is_box': pair,
+        'text_group': pair, 'box_group': pair,
+        'patch_mask': ((m, 1 + grid * grid), np.int32)})
 

@@ -5,6 +5,7 @@ masked relation classification (docs/objectives.md §5); its objective is
 Slots, Q = ``num_relations``; subject and object as entity label texts::
 
   mrc_image, mrc_{subject,object}_ids / _mask [Q, Le],
+  mrc_{subject,object}_box float32 [Q, 4],
   mrc_{subject,object}_patch_mask [Q, 1+G*G], mrc_label int32 [Q],
   mrc_valid int32 [Q]
 """
@@ -45,6 +46,11 @@ def check_model(model_cfg: ml_collections.ConfigDict,
                      f'pass --config.model.mrc_classes={n}')
 
 
+def slot_sizes(part_cfg: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(triplets Q, label text length Le) of every row."""
+  return int(part_cfg.num_relations), int(part_cfg.get('max_text_len', 12))
+
+
 class Transform(grain.transforms.RandomMap):
   """Record → up to ``num_relations`` (subject, object, relation) triplets."""
 
@@ -54,8 +60,7 @@ class Transform(grain.transforms.RandomMap):
   def __init__(self, tokenizer, input_cfg, part_cfg, vocab=None):
     self.aug = common.BoxAugment(input_cfg)
     self.texts = common.Texts(tokenizer, int(input_cfg.max_words), 0.0)
-    self.num = int(part_cfg.num_relations)
-    self.max_len = int(part_cfg.get('max_text_len', 12))
+    self.num, self.max_len = slot_sizes(part_cfg)
     self.grid, self.patch = common.grid(input_cfg, part_cfg)
     self.vocab = relation_vocab(part_cfg) if vocab is None else vocab
 
@@ -101,6 +106,20 @@ class Transform(grain.transforms.RandomMap):
           out[f'{role}_box'], self.grid, self.patch,
           self.grid * self.patch).astype(np.int32)
     return common.prefixed(self.prefix, out, record)
+
+  @classmethod
+  def example_spec(cls, input_cfg, part_cfg):
+    """(shape, dtype) of every slot :meth:`random_map` returns."""
+    q, length = slot_sizes(part_cfg)
+    grid, _ = common.grid(input_cfg, part_cfg)
+    res = int(input_cfg.resolution)
+    spec = {'image': ((res, res, 3), np.uint8), 'label': ((q,), np.int32),
+            'valid': ((q,), np.int32)}
+    for role in ('subject', 'object'):
+      spec[f'{role}_ids'] = spec[f'{role}_mask'] = ((q, length), np.int32)
+      spec[f'{role}_box'] = ((q, 4), np.float32)
+      spec[f'{role}_patch_mask'] = ((q, 1 + grid * grid), np.int32)
+    return common.prefixed_spec(cls.prefix, spec)
 
 
 def union_box(boxes: np.ndarray) -> np.ndarray:

@@ -54,3 +54,13 @@ class Transform(grain.transforms.RandomMap):
            'text_ids': ids, 'text_mask': mask, 'mlm_ids': mlm_ids,
            'mlm_labels': mlm_labels}
     return common.prefixed(self.prefix, out, record)
+
+  @classmethod
+  def example_spec(cls, input_cfg, part_cfg):
+    """(shape, dtype) of every slot :meth:`random_map` returns."""
+    res, text = int(input_cfg.resolution), ((int(part_cfg.max_text_len),),
+                                            np.int32)
+    return common.prefixed_spec(cls.prefix, {
+        'image': ((res, res, 3), np.uint8), 'image_id': ((), np.int32),
+        'text_ids': text, 'text_mask': text, 'mlm_ids': text,
+        'mlm_labels': text})
