@@ -149,7 +149,7 @@ def mcnemar(a, b) -> Comparison:
     ValueError: an outcome is not 0 or 1, or the vectors differ in length.
   """
   a, b = _paired(a, b)
-  if not (np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all()):
+  if not (is_binary(a) and is_binary(b)):
     raise ValueError('McNemar needs right-or-wrong (0/1) outcomes; use '
                      'paired_bootstrap for other values')
   n = a.size

@@ -169,10 +169,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   workdirs = _WORKDIRS.value
-  runs = {label: writers.metric_curves(w)
-          for label, w in zip(run_labels(workdirs), workdirs)}
-  outcomes = {label: writers.read_outcomes(w)
-              for label, w in zip(run_labels(workdirs), workdirs)}
+  labels = dict(zip(run_labels(workdirs), workdirs))
+  runs = {label: writers.metric_curves(w) for label, w in labels.items()}
+  outcomes = {label: writers.read_outcomes(w) for label, w in labels.items()}
   print(report(runs, _OUT.value, _SKILLS.value, _SELECTORS.value,
                _TASKS.value, outcomes=outcomes,
                num_resamples=_BOOTSTRAP.value, seed=_SEED.value))
