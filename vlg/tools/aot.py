@@ -26,24 +26,20 @@ states as available, a little under the chip's nominal size) and exits
 with status 1 (a bad ``--topology`` or a missing libtpu: status 2).
 ``--suggest`` also compiles a few alternatives (all-data and
 FSDP meshes, ``model.remat=full``, ``grad_accum_steps`` 2 and 4), prints
-which fit, their memory and projected step time, and names the fastest
-that fits. The ``base`` recipes take minutes and ~10 GB of host memory per
-compile (measured table: docs/results.md, "Planning TPU launches ahead
-of time").
+which fit, their memory and projected step time, and names the best: the
+fastest that fits, the earlier of the list (as given, all-data first) when
+within 2% of it. ALBEF ``base`` takes 15-18 minutes and 9-11 GB of host
+memory per compile on 2 CPU cores, ReX-VLM ``base`` more than 22 GB
+(measured table: docs/results.md, "Planning TPU launches ahead of time").
 
-``--topology`` takes libtpu's form ``KIND:AxB`` (v5e, v6e: a 2-D torus of
-chips) or ``KIND:AxBxC`` (v4, v5p: 3-D), e.g. ``v5e:16x16``, ``v5p:2x4x4``,
-or a slice name ``KIND-N`` as Cloud TPU sells it (N chips for v5e and v6e,
-N TensorCores = 2 per chip for v4 and v5p), e.g. ``v5e-256``, ``v4-128``,
-``v5p-64``. v4 and v5p chips compile as megacore (one device per chip).
+``--topology`` takes libtpu's form ``KIND:AxB`` / ``KIND:AxBxC``
+(``v5e:16x16``, ``v5p:2x4x4``) or a slice name ``KIND-N`` (``v5e-256``,
+``v4-128``, ``v5p-64``); ``vlg.tools.tpu_topology`` reads them.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import importlib.util
-import math
 import os
 import re
 import sys
@@ -55,6 +51,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vlg import config_lib
+from vlg.tools import tpu_topology
 
 _CONFIG = None
 _TOPOLOGY = None
@@ -62,31 +59,7 @@ _NUM_SLICES = None
 _MFU = None
 _SUGGEST = None
 
-GiB = 2**30
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  """What the tool needs to know of a TPU generation."""
-  hbm_bytes: int  # Nominal HBM per chip.
-  dims: int  # 2: a 2-D torus (AxB); 3: 3-D (AxBxC).
-  megacore: bool  # Two TensorCores compiled as one device per chip.
-
-
-# Cloud TPU docs, "TPU versions": HBM per chip. Dense bf16 peaks are
-# vlg.tools.flops.PEAK_BF16_FLOPS.
-CHIPS: dict[str, Chip] = {
-    'v4': Chip(hbm_bytes=32 * GiB, dims=3, megacore=True),
-    'v5e': Chip(hbm_bytes=16 * GiB, dims=2, megacore=False),
-    'v5p': Chip(hbm_bytes=95 * GiB, dims=3, megacore=True),
-    'v6e': Chip(hbm_bytes=32 * GiB, dims=2, megacore=False),
-}
-# vlg.tools.flops.peak_key of each kind's compile-only devices.
-PEAK_KEYS = {'v4': 'TPU v4', 'v5e': 'TPU v5e', 'v5p': 'TPU v5p',
-             'v6e': 'TPU v6e'}
-TOPOLOGY_FORMS = ('KIND:AxB for v5e, v6e or KIND:AxBxC for v4, v5p (e.g. '
-                  'v5e:16x16, v5p:2x4x4), or a slice name KIND-N (e.g. '
-                  'v5e-256, v4-128, v5p-64)')
+GiB = tpu_topology.GiB
 
 
 def define_flags() -> None:
@@ -97,7 +70,8 @@ def define_flags() -> None:
       'config', None, 'Config file, e.g. configs/albef.py:base.',
       lock_config=True)
   _TOPOLOGY = flags.DEFINE_string('topology', None,
-                                  f'TPU slice to compile for: {TOPOLOGY_FORMS}.')
+                                  f'TPU slice to compile for: '
+                                  f'{tpu_topology.TOPOLOGY_FORMS}.')
   _NUM_SLICES = flags.DEFINE_integer(
       'num_slices', 1, 'Slices of --topology joined over the data-centre '
       'network (multislice); they go on the mesh\'s data axis.')
@@ -107,108 +81,6 @@ def define_flags() -> None:
       'suggest', False, 'Also compile alternatives (meshes, remat, gradient '
       'accumulation) and print which fit.')
   flags.mark_flags_as_required(['config', 'topology'])
-
-
-# Topologies
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Topology:
-  """One TPU slice: chip generation and chip grid."""
-  kind: str
-  shape: tuple[int, ...]
-
-  @property
-  def chips(self) -> int:
-    return math.prod(self.shape)
-
-  @property
-  def name(self) -> str:
-    """libtpu's name of the topology, e.g. ``v5e:16x16``."""
-    return f'{self.kind}:' + 'x'.join(map(str, self.shape))
-
-
-def _grid(chips: int, dims: int) -> tuple[int, ...]:
-  """Cloud TPU's chip grid of a slice of ``chips`` (a power of two): one
-  host's 2x2 (x1) first, then the last of the smallest sides doubled until
-  there are enough (v5e-8 → 2x4, v5e-256 → 16x16, v4-128 → 4x4x4)."""
-  shape = [1] * dims
-  while math.prod(shape) < chips:
-    if min(shape[:2]) < 2:
-      shape[shape.index(1)] *= 2
-    else:
-      smallest = min(shape)
-      shape[max(i for i, s in enumerate(shape) if s == smallest)] *= 2
-  return tuple(shape)
-
-
-def parse_topology(text: str) -> Topology:
-  """``v5e:16x16`` / ``v5p:2x4x4`` / ``v5e-256`` → :class:`Topology`.
-
-  Raises:
-    ValueError: an unknown kind or a malformed grid, naming the forms
-      expected.
-  """
-  bad = ValueError(f'--topology={text!r}: expected {TOPOLOGY_FORMS}; '
-                   f'kinds: {sorted(CHIPS)}')
-  match = re.fullmatch(r'(v\d[a-z]?)(?::(\d+(?:x\d+)*)|-(\d+))', text.strip())
-  if not match or match.group(1) not in CHIPS:
-    raise bad
-  kind, grid, count = match.groups()
-  chip = CHIPS[kind]
-  if grid is not None:
-    shape = tuple(int(s) for s in grid.split('x'))
-    if len(shape) != chip.dims or min(shape) < 1:
-      raise bad
-    return Topology(kind, shape)
-  per_chip = 2 if chip.megacore else 1
-  chips, rest = divmod(int(count), per_chip)
-  if rest or chips < 1 or chips & (chips - 1):
-    raise ValueError(f'--topology={text!r}: {kind}-N needs N = '
-                     f'{per_chip} x a power of two; or give the grid: '
-                     f'{TOPOLOGY_FORMS}')
-  return Topology(kind, _grid(chips, chip.dims))
-
-
-def require_libtpu() -> None:
-  """Raises a clear error when libtpu (the TPU compiler) is missing."""
-  if importlib.util.find_spec('libtpu') is None:
-    raise RuntimeError(
-        'Compiling for TPU needs the libtpu package (no TPU is needed): '
-        'pip install -r requirements-tpu-aot.txt')
-
-
-def compile_only_devices(topology: Topology, num_slices: int = 1) -> list:
-  """libtpu's compile-only devices of ``num_slices`` x ``topology``."""
-  require_libtpu()
-  # libtpu lets one process at a time load it (a lock file guarding the
-  # chips); compile-only devices touch no chip, so planners may run side by
-  # side, and beside a process that holds the lock.
-  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  if num_slices < 1:
-    raise ValueError(f'--num_slices must be >= 1, got {num_slices}')
-  shape3 = tuple(topology.shape) + (1,) * (3 - len(topology.shape))
-  kwargs: dict[str, Any] = dict(
-      # A slice smaller than a host (2x2x1 chips) is one host of its size.
-      chips_per_host_bounds=tuple(min(s, h) for s, h in zip(shape3,
-                                                            (2, 2, 1))),
-      num_slices=num_slices)
-  if CHIPS[topology.kind].megacore:
-    kwargs['chip_config_name'] = 'megacore'
-  return list(topologies.get_topology_desc(
-      topology.name, platform='tpu', **kwargs).devices)
-
-
-def hbm_bytes(device, kind: str) -> int:
-  """HBM of one device: its own ``memory_stats`` where it reports them (a
-  real TPU), else the :data:`CHIPS` table (compile-only devices have none)."""
-  try:
-    limit = (device.memory_stats() or {}).get('bytes_limit')
-  except Exception:  # pylint: disable=broad-except
-    limit = None  # "MemoryStats is only supported for addressable devices".
-  return int(limit) if limit else CHIPS[kind].hbm_bytes
 
 
 # Compiling one config
@@ -241,7 +113,15 @@ def _is_out_of_memory(message: str) -> bool:
   return 'RESOURCE_EXHAUSTED' in message or 'Ran out of memory' in message
 
 
-def plan(config, topology: Topology, num_slices: int = 1,
+def xla_flops(compiled) -> float:
+  """FLOPs of one run of a compiled program on one device (XLA's cost
+  analysis, which counts the body of a loop once, whatever its trips)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops', 0.0))
+
+
+def plan(config, topology: tpu_topology.Topology, num_slices: int = 1,
          mfu: float = 0.4) -> dict[str, Any]:
   """Compiles ``config``'s train step for the topology; returns the report.
 
@@ -249,7 +129,8 @@ def plan(config, topology: Topology, num_slices: int = 1,
   per device ``argument_bytes``, ``output_bytes``, ``alias_bytes``,
   ``temp_bytes``, ``code_bytes``, ``needed_bytes`` (their sum less the
   aliased bytes), ``xla_peak_bytes`` (XLA's peak of live buffers);
-  ``flops_per_device`` and ``flops`` (all devices; XLA's cost analysis),
+  ``flops_per_device`` and ``flops`` (all devices; XLA's cost analysis,
+  times ``grad_accum_steps``),
   ``analytic_flops`` (``vlg.tools.flops``, None where it does not apply),
   ``step_s`` (the per-device FLOPs at ``mfu`` of the bf16 peak),
   ``compile_s``. A program that does not fit has ``fits`` False,
@@ -265,14 +146,15 @@ def plan(config, topology: Topology, num_slices: int = 1,
 
   if not 0 < mfu <= 1:
     raise ValueError(f'--mfu must be in (0, 1], got {mfu}')
-  devices = compile_only_devices(topology, num_slices)
+  devices = tpu_topology.compile_only_devices(topology, num_slices)
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   batch_spec.check_divisible(config, mesh)
   rules = [tuple(r) for r in config.sharding_rules]
   kind = devices[0].device_kind
   out: dict[str, Any] = dict(
       mesh=dict(mesh.shape), devices=mesh.size, device_kind=kind,
-      hbm_bytes=hbm_bytes(devices[0], topology.kind), batch=config.batch_size)
+      hbm_bytes=tpu_topology.hbm_bytes(devices[0], topology.kind),
+      batch=config.batch_size)
   start = time.perf_counter()
   with jax.set_mesh(mesh), sharding.rules_context(rules):
     built = train.build_step(config, mesh, rules)
@@ -304,12 +186,15 @@ def plan(config, topology: Topology, num_slices: int = 1,
   out['needed_bytes'] = (out['argument_bytes'] + out['output_bytes']
                          - out['alias_bytes'] + out['temp_bytes']
                          + out['code_bytes'])
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  per_device = float(cost.get('flops', 0.0))
-  peak = flops_lib.PEAK_BF16_FLOPS[PEAK_KEYS[topology.kind]]
+  # XLA counts a loop's body once: with gradient accumulation nearly all
+  # of the step is the body of a loop over the micro-batches (only the
+  # optimizer update, under 1% of a step, is outside and so over-counted).
+  accum = int(config.get('grad_accum_steps', 1))
+  per_device = xla_flops(compiled) * accum
+  peak = flops_lib.PEAK_BF16_FLOPS[tpu_topology.PEAK_KEYS[topology.kind]]
   out.update(flops_per_device=per_device, flops=per_device * mesh.size,
-             peak_flops=peak, mfu=mfu, step_s=per_device / (peak * mfu))
+             grad_accum_steps=accum, peak_flops=peak, mfu=mfu,
+             step_s=per_device / (peak * mfu))
   try:
     out['analytic_flops'] = flops_lib.train_step_flops(config)['total']
   except ValueError:  # A config vlg.tools.flops does not count.
@@ -350,11 +235,24 @@ def with_overrides(config, overrides: dict[str, Any]):
   return config
 
 
+# Projected step times within this fraction of the fastest count as equal:
+# they differ by elementwise work (an FSDP step updates 1/N of the
+# parameters per device) while the communication they do not model
+# differs more (FSDP gathers the parameters every step).
+STEP_TIME_TIE = 0.02
+
+
 def best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-  """The row that fits with the shortest projected step (the earlier row on
-  a tie: all-data before FSDP, which communicates more); None if none fits."""
+  """The first row that fits with a projected step within
+  :data:`STEP_TIME_TIE` of the fastest that fits (rows are in order of
+  preference: as given, all-data, FSDP, remat, accumulation); None if none
+  fits."""
   fitting = [r for r in rows if r['fits']]
-  return min(fitting, key=lambda r: r['step_s']) if fitting else None
+  if not fitting:
+    return None
+  fastest = min(r['step_s'] for r in fitting)
+  return next(r for r in fitting
+              if r['step_s'] <= fastest * (1 + STEP_TIME_TIE))
 
 
 def suggest(config, topology, num_slices=1, mfu=0.4, plan_fn=plan
@@ -399,7 +297,7 @@ def does_not_fit(r: dict[str, Any]) -> str:
   return f'does not fit: needs {_gib(r["needed_bytes"])} GiB of {_gib(have)} GiB'
 
 
-def report_lines(r: dict[str, Any], topology: Topology,
+def report_lines(r: dict[str, Any], topology: tpu_topology.Topology,
                  num_slices: int = 1) -> list[str]:
   """The lines :func:`main` prints for a :func:`plan` report."""
   slices = f' x {num_slices} slices' if num_slices > 1 else ''
@@ -419,8 +317,11 @@ def report_lines(r: dict[str, Any], topology: Topology,
       f'fits: needs {_gib(r["needed_bytes"])} GiB of {_gib(r["hbm_bytes"])} '
       f'GiB ({100 * r["needed_bytes"] / r["hbm_bytes"]:.0f}%: arguments + '
       'outputs - aliased + temporaries + code)',
-      f'FLOPs per step (XLA cost analysis): {_flop(r["flops_per_device"])} '
-      f'per device, {_flop(r["flops"])} in all']
+      f'FLOPs per step (XLA cost analysis'
+      + (f', its accumulation loop x {r["grad_accum_steps"]}'
+         if r['grad_accum_steps'] > 1 else '')
+      + f'): {_flop(r["flops_per_device"])} per device, '
+      f'{_flop(r["flops"])} in all']
   if r.get('analytic_flops'):
     lines.append(f'model FLOPs per step (vlg.tools.flops, matmuls only): '
                  f'{_flop(r["analytic_flops"])}')
@@ -452,8 +353,8 @@ def main(argv):
   del argv
   config, mfu = _CONFIG.value, _MFU.value
   try:
-    topology = parse_topology(_TOPOLOGY.value)
-    require_libtpu()
+    topology = tpu_topology.parse_topology(_TOPOLOGY.value)
+    tpu_topology.require_libtpu()
   except (ValueError, RuntimeError) as e:
     print(f'FATAL {e}', file=sys.stderr)
     raise SystemExit(2) from e
