@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 from flax import nnx
 
 from vlg.models import sizes
@@ -147,3 +148,83 @@ def test_posemb_init_option():
   np.testing.assert_array_equal(cls_s, cls_r)
   with pytest.raises(ValueError, match='vision_posemb_init'):
     pos_embed('learned', 0)
+
+
+def _same_conv_reference(x, kernel, bias, stride):
+  """float64 3×3 convolution of one [H, W, Cin] map with TensorFlow's
+  'SAME' padding (pad total max((out - 1)·s + k − in, 0), the smaller
+  half before), then the exact (erf) GELU of ``layers.gelu``."""
+  h, w, _ = x.shape
+  k = kernel.shape[0]
+  out_h, out_w = -(-h // stride), -(-w // stride)
+  pad_h = max((out_h - 1) * stride + k - h, 0)
+  pad_w = max((out_w - 1) * stride + k - w, 0)
+  padded = np.pad(x, ((pad_h // 2, pad_h - pad_h // 2),
+                      (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+  out = np.zeros((out_h, out_w, kernel.shape[-1]))
+  for i in range(out_h):
+    for j in range(out_w):
+      window = padded[i * stride:i * stride + k, j * stride:j * stride + k]
+      out[i, j] = np.einsum('hwc,hwco->o', window, kernel) + bias
+  return 0.5 * out * (1 + scipy.special.erf(out / np.sqrt(2)))
+
+
+def _conv_stem(channels=(3, 5), patch=4, seed=0):
+  with nnx.use_eager_sharding(False):
+    stem = vit.ConvPatchStem(patch, channels, 6, dtype=jnp.float32,
+                             rngs=nnx.Rngs(seed))
+  rng = np.random.RandomState(seed)
+  for b in stem.biases:  # Non-zero biases, so the test sees them added.
+    b[...] = jnp.asarray(rng.randn(*b.shape) * 0.1, jnp.float32)
+  return stem
+
+
+def test_conv_stem_matches_a_float64_reference():
+  stem = _conv_stem()
+  patches = np.random.RandomState(1).randn(2, 3, 4, 4, 3)
+  got = np.asarray(stem(jnp.asarray(patches, jnp.float32)), np.float64)
+  assert got.shape == (2, 3, 6)
+  kernels = [np.asarray(k[...], np.float64) for k in stem.kernels]
+  biases = [np.asarray(b[...], np.float64) for b in stem.biases]
+  out_k = np.asarray(stem.out.kernel[...], np.float64)
+  out_b = np.asarray(stem.out.bias[...], np.float64)
+  for i in range(2):
+    for n in range(3):
+      x = patches[i, n]
+      for kernel, bias, stride in zip(kernels, biases, (1, 2)):
+        x = _same_conv_reference(x, kernel, bias, stride)
+      assert x.shape == (2, 2, 5)  # 4 pixels, one stride-2 stage.
+      want = np.einsum('hwc,hwcd->d', x, out_k) + out_b
+      np.testing.assert_allclose(got[i, n], want, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_stem_embeds_each_patch_from_its_own_pixels():
+  cfg = sizes.model_config('tiny', vision_depth=1, vision_stem='conv')
+  with nnx.use_eager_sharding(False):
+    model = vit.VisionTransformer(cfg, rngs=nnx.Rngs(0))
+  p, grid = cfg.patch_size, cfg.image_size // cfg.patch_size
+  rng = np.random.RandomState(0)
+  image = rng.randint(0, 256, (1, cfg.image_size, cfg.image_size, 3))
+
+  def embed(img):
+    x = model.normalize(jnp.asarray(img)).reshape(1, grid, p, grid, p, 3)
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(1, grid * grid, p, p, 3)
+    return np.asarray(model.patch_embed(x))[0]
+
+  changed = image.copy()
+  changed[0, p:2 * p, 2 * p:3 * p] = 255 - changed[0, p:2 * p, 2 * p:3 * p]
+  diff = np.abs(embed(changed) - embed(image)).max(axis=-1)
+  patch = grid + 2  # Row 1, column 2.
+  assert diff[patch] > 1e-3
+  np.testing.assert_array_equal(np.delete(diff, patch), 0.0)
+  out = model(jnp.asarray(image, jnp.uint8))
+  assert out.shape == (1, 1 + grid * grid, cfg.vision_width)
+
+
+def test_stem_options_are_checked():
+  with pytest.raises(ValueError, match='vision_stem='):
+    cfg = sizes.model_config('tiny', vision_depth=1, vision_stem='resnet')
+    with nnx.use_eager_sharding(False):
+      vit.VisionTransformer(cfg, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='divisible by'):
+    _conv_stem(channels=(3, 5, 5, 5), patch=4)

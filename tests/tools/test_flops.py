@@ -27,6 +27,7 @@ from vlg import train
 from vlg import train_state
 from vlg.data import batch_spec
 from vlg.models import layers
+from vlg.models import vit
 from vlg.tools import bench
 from vlg.tools import flops
 
@@ -34,10 +35,17 @@ import configs.albef as albef_config
 
 
 def dot_flops(jaxpr) -> int:
-  """2·|output|·|contracted dims| summed over every dot_general, recursing
-  into sub-jaxprs (jit, custom_jvp, ...)."""
+  """2·|output|·|contracted dims| summed over every dot_general (and
+  2·|output|·kernel height·width·input channels over every ungrouped
+  convolution), recursing into sub-jaxprs (jit, custom_jvp, ...)."""
   total = 0
   for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'conv_general_dilated':
+      assert eqn.params['feature_group_count'] == 1
+      rhs_spec = eqn.params['dimension_numbers'].rhs_spec  # (O, I, H, W).
+      kernel = eqn.invars[1].aval.shape
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
+          kernel[d] for d in rhs_spec[1:])
     if eqn.primitive.name == 'dot_general':
       (contract, _), _ = eqn.params['dimension_numbers']
       lhs = eqn.invars[0].aval.shape
@@ -85,6 +93,24 @@ def test_block_counts_match_the_traced_layers():
   assert _traced_dots(lambda x, c: fusion(x, None, c), x, image) == (
       flops.attention(5, 5, 8, 8) + flops.attention(5, 7, 8, 12) +
       flops.mlp(5, 8, 16))
+
+
+def test_conv_stem_count_matches_the_traced_stem():
+  c = albef_config.get_config('tiny')
+  c.model.update(vision_stem='conv', vision_stem_channels=(4, 6, 8))
+  with nnx.use_eager_sharding(False):
+    model = vit.VisionTransformer(c.model, rngs=nnx.Rngs(0))
+  # By hand, per 8-pixel patch: 8·8 outputs of 3·3·3 → 4, 4·4 of 3·3·4 → 6,
+  # 2·2 of 3·3·6 → 8, then the flattened 2·2·8 → width.
+  width = c.model.vision_width
+  want = 2 * (64 * 27 * 4 + 16 * 36 * 6 + 4 * 54 * 8 + 32 * width)
+  assert flops.conv_stem(c.model) == (want, 2 * 64 * 27 * 4)
+  image = jnp.ones((1, c.model.image_size, c.model.image_size, 3))
+  patches = (c.model.image_size // c.model.patch_size) ** 2
+  counts = flops.vit(c.model, c.model.image_size)
+  assert counts['patch_embed'] == patches * want
+  assert _traced_dots(lambda x: model(x), image) == (
+      counts['patch_embed'] + counts['blocks'])
 
 
 def tiny_flops_config():

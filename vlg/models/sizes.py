@@ -65,6 +65,11 @@ _COMMON = dict(
     # Initial ViT position embeddings: 'trunc_normal' (DeiT, ALBEF) or
     # 'sincos2d' (MAE/big_vision; box position readable from the start).
     vision_posemb_init='trunc_normal',
+    # Patch embedding: 'patch' (a linear map of each patch's pixels, ViT's)
+    # or 'conv' (per-patch convolutions, vlg/models/vit.py:ConvPatchStem,
+    # with these channels: 3x3 at stride 1, then 3x3 at stride 2 each).
+    vision_stem='patch',
+    vision_stem_channels=(16, 32, 64),
 )
 
 

@@ -19,9 +19,11 @@ left out, as in the usual MFU convention) of exactly the passes that
 - ITC targets from the momentum features (forward only).
 
 Backward costs two matmuls per forward matmul whose both operands depend on
-the parameters (×3 in all); the patch embedding (pixels need no gradient)
-and the online ITC similarities (the momentum side is stop-gradiented) cost
-one (×2). Images enter at ``input.resolution`` and texts at
+the parameters (×3 in all); the patch embedding's first layer (pixels need
+no gradient) and the online ITC similarities (the momentum side is
+stop-gradiented) cost one (×2). A convolutional stem
+(``model.vision_stem='conv'``) counts its 3×3 convolutions as matmuls of
+the same size. Images enter at ``input.resolution`` and texts at
 ``input.max_text_len``, as the pipeline produces them.
 
 ``PEAK_BF16_FLOPS`` holds dense (no sparsity) bfloat16 peaks per chip;
@@ -120,14 +122,35 @@ def mlp(length: int, width: int, hidden: int) -> int:
   return dense(length, width, hidden) + dense(length, hidden, width)
 
 
+def conv_stem(m: ml_collections.ConfigDict) -> tuple[int, int]:
+  """One patch through ``ConvPatchStem``: (all its FLOPs, its first
+  convolution's), 'SAME' 3×3 convolutions at their output sizes."""
+  side, cin, total, first = int(m.patch_size), 3, 0, 0
+  for i, cout in enumerate(int(c) for c in m.vision_stem_channels):
+    if i:
+      side //= 2
+    layer = dense(side * side, 9 * cin, cout)
+    first = first or layer
+    total += layer
+    cin = cout
+  return total + dense(1, side * side * cin, int(m.vision_width)), first
+
+
 def vit(m: ml_collections.ConfigDict, resolution: int) -> dict[str, int]:
-  """One image through the ViT: ``patch_embed`` and ``blocks``."""
+  """One image through the ViT: ``patch_embed`` and ``blocks``, and
+  ``patch_embed_first``, the FLOPs of the patch embedding's first layer
+  (whose input, the pixels, needs no gradient)."""
   p, dv = int(m.patch_size), int(m.vision_width)
   patches = (resolution // p) ** 2
   tokens = 1 + patches
   block = attention(tokens, tokens, dv, dv) + mlp(tokens, dv,
                                                   int(m.vision_mlp))
-  return {'patch_embed': dense(patches, p * p * 3, dv),
+  if m.get('vision_stem', 'patch') == 'conv':
+    stem, first = conv_stem(m)
+    embed, embed_first = patches * stem, patches * first
+  else:
+    embed = embed_first = dense(patches, p * p * 3, dv)
+  return {'patch_embed': embed, 'patch_embed_first': embed_first,
           'blocks': int(m.vision_depth) * block}
 
 
@@ -197,7 +220,7 @@ def train_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
 
   image = vit(m, resolution)
   vision_fwd = image['patch_embed'] + image['blocks'] + dense(1, dv, e)
-  vision_train = (2 * image['patch_embed'] +
+  vision_train = (3 * image['patch_embed'] - image['patch_embed_first'] +
                   3 * (image['blocks'] + dense(1, dv, e)))
   text_fwd = text_layers(m, length) + dense(1, dt, e)
   mlm_text_fwd = text_layers(m, length)
