@@ -27,6 +27,7 @@ from vlg.synthetic import truth
 from vlg.synthetic import world
 from vlg.tools import itm_probe
 from vlg.tools import validate
+from vlg.tools import word_probe
 
 from test_restore import trained_run
 
@@ -249,3 +250,17 @@ def test_validate_reports_itm_probe_and_false_negatives(tmp_path_factory,
     pairs += other.sum()
   assert res['fn_pair_rate'] == pytest.approx(true / pairs)
   assert math.isfinite(res['itm_random_auroc'])
+  # The word probe scored every whole-word shape token of these captions.
+  tok = restore.load_tokenizer(workdir, cfg)
+  shapes = set(word_probe.WORD_CLASSES['shape'])
+  stream = iter(pipeline.make_dataset(
+      validate.heldout_input(cfg.input, 'val', 16), tok, global_batch=16,
+      seed=cfg.seed))
+  num = sum(tok.decode([i]).strip() in shapes
+            for _ in range(2) for row, m in zip(*(
+                lambda b: (b['text_ids'], b['text_mask']))(next(stream)))
+            for i, keep in zip(row, m) if keep)
+  assert res['mlm_word_num/shape'] == num > 0
+  for name in word_probe.WORD_CLASSES:
+    acc = res[f'mlm_word_acc/{name}']
+    assert math.isnan(acc) or 0 <= acc <= 1, name

@@ -52,7 +52,12 @@ computes on the same batches, for every kept checkpoint (or ``--steps``;
   over images b (and likewise over texts). Borderline relations count as
   not true. These need the caption sources to share one world
   configuration, and captions in its grammar; otherwise they are left out,
-  with a log line.
+  with a log line;
+* ``mlm_word_acc/<class>``: the MLM head's accuracy on the held-out
+  captions with every word of one class of the world (shape, colour, size,
+  number, relation) masked at once (``vlg.tools.word_probe``), beside
+  ``mlm_word_num/<class>``, the number of masked tokens: which attributes
+  the model reads off the image.
 
 Batch means are combined weighted by their counts (boxes, triplets,
 masked tokens, ITM pairs, negatives), and counts are summed, so the
@@ -87,6 +92,7 @@ from vlg.objectives import pairs
 from vlg.objectives import part
 from vlg.objectives import pretrain
 from vlg.tools import itm_probe
+from vlg.tools import word_probe
 
 PREFIX = 'heldout'
 _FLAGS = {}
@@ -186,6 +192,40 @@ def make_metrics_fn(config: ml_collections.ConfigDict, graphdef
   return metrics_fn
 
 
+def make_mlm_predict_fn(graphdef) -> Callable[..., jax.Array]:
+  """Jitted ``(params, image, text_ids, text_mask) → [B, L]`` argmax of the
+  MLM head over the fused captions (the word probe's predictions)."""
+
+  @jax.jit
+  def predict(params, image, text_ids, text_mask):
+    model = nnx.merge(graphdef, params)
+    img = model.embed_image(image)
+    txt = model.embed_text(text_ids, text_mask)
+    fused = model.fuse(txt['text_embeds'], text_mask, img['image_embeds'])
+    return jnp.argmax(model.mlm_logits(fused['fused_embeds']), axis=-1)
+
+  return predict
+
+
+def word_probe_metrics(predict, params, data, class_ids, mesh, rules
+                       ) -> dict[str, float]:
+  """``word_probe.word_metrics`` over the held-out caption batches."""
+  totals: dict[str, list[int]] = {}
+  for batch in data:
+    for name, ids in class_ids.items():
+      masked, targets = word_probe.mask_class(batch['text_ids'],
+                                              batch['text_mask'], ids)
+      inputs = pipeline.to_global(
+          {'image': batch['image'], 'text_ids': masked,
+           'text_mask': batch['text_mask']}, mesh, rules)
+      predicted = jax.device_get(predict(params, inputs['image'],
+                                         inputs['text_ids'],
+                                         inputs['text_mask']))
+      word_probe.accumulate(totals, name, predicted, batch['text_ids'],
+                            targets)
+  return word_probe.word_metrics(totals)
+
+
 # Per-batch counts: summed over batches.
 COUNTS = ('mrc_num', 'mlm_num_masked', 'box_mlm_num_masked',
           'vsg_mlm_num_masked')
@@ -267,6 +307,8 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
     log(f'{workdir}: {len(steps)} step(s) {steps} on {batches} held-out '
         f'batch(es) of {batch_size} from the {split!r} split')
     fn = make_metrics_fn(config, run.graphdef)
+    predict = make_mlm_predict_fn(run.graphdef)
+    class_ids = word_probe.class_token_ids(run.tokenizer)
     writer = writers.create_writer(workdir, jax.process_index()) if write else (
         None)
     results = {}
@@ -283,6 +325,8 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
         res = combine(per_batch)
         res.update(itm_probe.itm_probe_metrics(per_batch, probes))
         res.update(fn_rates)
+        res.update(word_probe_metrics(predict, params, data, class_ids,
+                                      run.mesh, run.rules))
         if labels is not None:
           res['mrc_majority_rate'] = majority_rate(labels)
           res['mrc_chance'] = 1.0 / int(config.model.mrc_classes)
