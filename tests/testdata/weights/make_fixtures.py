@@ -1,0 +1,287 @@
+"""Writes the reference fixtures of tests/weights/ from the reference code.
+
+Not run in CI (CI has no PyTorch): the tests read what this script stored.
+It needs torch, timm and transformers in a separate environment and
+ALBEF's public code (github.com/salesforce/ALBEF, ``models/``) checked out
+somewhere; nothing of ALBEF, timm or Hugging Face is copied into vlg::
+
+  python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch timm \
+      'transformers<5'
+  git clone https://github.com/salesforce/ALBEF /tmp/ALBEF
+  /tmp/refenv/bin/python tests/testdata/weights/make_fixtures.py \
+      --albef=/tmp/ALBEF --out=tests/testdata/weights
+
+Each model is built at a tiny size with random weights (every parameter,
+LayerNorms and biases included, perturbed away from its initial value so
+that a mis-mapped bias or scale shows), run on fixed inputs, and stored as
+
+* ``albef_tiny.pth``: ALBEF's ``state_dict`` saved by ``torch.save`` as in
+  its ``Pretrain.py`` (``{'model': ..., 'config': ...}``), online and
+  momentum weights (different) and queues; ``albef_tiny_io.npz``: inputs
+  (uint8 images, token ids, mask), the draws of the forward pass (masked
+  ids, MLM labels, hard negatives) and its outputs (features, ITC
+  similarities, ITM logits, MLM logits of the online and momentum models,
+  the three losses);
+* ``deit_tiny.pth`` (timm ``VisionTransformer``, DeiT's ``{'model': ...}``
+  layout) and ``deit_tiny_io.npz``: tokens after the final LayerNorm at the
+  training resolution and at a larger one (position embeddings resized by
+  ALBEF's ``interpolate_pos_embed``);
+* ``bert_tiny.safetensors`` (Hugging Face ``BertForPreTraining``, written by
+  ``save_pretrained``) and ``bert_tiny_io.npz``: last hidden states and MLM
+  logits.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import types
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def perturb(module, seed):
+  """Every parameter += noise (LayerNorm weights around 1), deterministic."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in module.named_parameters():
+      noise = torch.randn(p.shape, generator=g)
+      if name.endswith(('LayerNorm.weight', 'norm1.weight', 'norm2.weight',
+                        'norm.weight')):
+        p.copy_(1.0 + 0.1 * noise)
+      elif p.ndim <= 1:
+        p.add_(0.05 * noise)
+      else:
+        p.copy_(0.15 * noise)
+
+
+def to_pixels(images_uint8):
+  """[B, H, W, 3] uint8 → ALBEF's normalised [B, 3, H, W] (CLIP mean/std)."""
+  x = torch.from_numpy(images_uint8).float() / 255.0
+  x = (x - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+  return x.permute(0, 3, 1, 2).contiguous()
+
+
+def text_batch(rng, batch, length, vocab, cls_id=1, first=5):
+  ids = rng.randint(first, vocab, size=(batch, length)).astype(np.int64)
+  ids[:, 0] = cls_id
+  lengths = np.linspace(length, length // 2, batch).astype(int)
+  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int64)
+  ids[mask == 0] = 0
+  return ids, mask
+
+
+def make_albef(albef_dir, out):
+  sys.path.insert(0, albef_dir)
+  import transformers.modeling_utils as mu  # noqa: E402
+  import transformers.pytorch_utils as pu  # noqa: E402
+  # ALBEF's xbert imports these from modeling_utils (transformers 4.8).
+  for n in ('apply_chunking_to_forward', 'find_pruneable_heads_and_indices',
+            'prune_linear_layer'):
+    if not hasattr(mu, n):
+      setattr(mu, n, getattr(pu, n))
+  import transformers.file_utils as fu  # noqa: E402
+  # Its docstring decorator's signature changed after 4.8; docs only.
+  fu.add_code_sample_docstrings = lambda *a, **k: (lambda f: f)
+  from models import model_pretrain  # noqa: E402
+  from models import xbert  # noqa: E402
+
+  sizes = dict(vision_width=32, vision_depth=2, vision_heads=2, patch_size=8,
+               image_size=32, text_width=32, text_layers=2, fusion_layers=2,
+               text_heads=2, text_mlp=64, vocab_size=100, max_positions=24,
+               embed_dim=16, queue_size=8)
+  real_vit = model_pretrain.VisionTransformer
+
+  def small_vit(**kw):
+    kw.update(embed_dim=sizes['vision_width'], depth=sizes['vision_depth'],
+              num_heads=sizes['vision_heads'],
+              patch_size=sizes['patch_size'])
+    return real_vit(**kw)
+
+  model_pretrain.VisionTransformer = small_vit
+  # No download: a fresh BERT of the given config (then perturbed).
+  xbert.BertForMaskedLM.from_pretrained = classmethod(
+      lambda cls, name, config: cls(config))
+  model_pretrain.concat_all_gather = lambda t: t  # one process
+  bert_config = dict(
+      architectures=['BertForMaskedLM'], attention_probs_dropout_prob=0.0,
+      hidden_act='gelu', hidden_dropout_prob=0.0,
+      hidden_size=sizes['text_width'], initializer_range=0.02,
+      intermediate_size=sizes['text_mlp'], layer_norm_eps=1e-12,
+      max_position_embeddings=sizes['max_positions'], model_type='bert',
+      num_attention_heads=sizes['text_heads'],
+      num_hidden_layers=sizes['text_layers'] + sizes['fusion_layers'],
+      pad_token_id=0, type_vocab_size=2, vocab_size=sizes['vocab_size'],
+      fusion_layer=sizes['text_layers'], encoder_width=sizes['vision_width'])
+  tmp = tempfile.mkdtemp()
+  with open(os.path.join(tmp, 'config_bert.json'), 'w') as f:
+    json.dump(bert_config, f)
+  config = dict(mlm_probability=0.15, embed_dim=sizes['embed_dim'],
+                image_res=sizes['image_size'],
+                vision_width=sizes['vision_width'],
+                bert_config=os.path.join(tmp, 'config_bert.json'), temp=0.1,
+                queue_size=sizes['queue_size'],
+                # momentum 1: the forward's momentum update keeps the stored
+                # momentum weights, so vlg's EMA must equal them.
+                momentum=1.0)
+  tokenizer = types.SimpleNamespace(pad_token_id=0, cls_token_id=1,
+                                    mask_token_id=3)
+  torch.manual_seed(0)
+  model = model_pretrain.ALBEF(text_encoder='bert-base-uncased',
+                               tokenizer=tokenizer, config=config,
+                               init_deit=False)
+  perturb(model, seed=1)
+  with torch.no_grad():
+    model.temp.fill_(0.1)
+    q = torch.randn(model.image_queue.shape, generator=torch.Generator()
+                    .manual_seed(2))
+    model.image_queue.copy_(F.normalize(q, dim=0))
+    q = torch.randn(model.text_queue.shape, generator=torch.Generator()
+                    .manual_seed(3))
+    model.text_queue.copy_(F.normalize(q, dim=0))
+  model.eval()
+  sd = {k: v.clone() for k, v in model.state_dict().items()}
+  torch.save({'model': sd, 'config': {k: v for k, v in config.items()
+                                      if k != 'bert_config'}, 'epoch': 0},
+             os.path.join(out, 'albef_tiny.pth'))
+
+  rng = np.random.RandomState(0)
+  b, length = 4, 12
+  images = rng.randint(0, 256, size=(b, 32, 32, 3)).astype(np.uint8)
+  ids, mask = text_batch(rng, b, length, sizes['vocab_size'])
+  captured, draws = {}, []
+
+  def hook(name):
+    def fn(mod, inp, outp):
+      captured.setdefault(name, outp.detach().clone())
+    return fn
+
+  for name in ('visual_encoder', 'vision_proj', 'text_proj', 'vision_proj_m',
+               'text_proj_m', 'itm_head'):
+    getattr(model, name).register_forward_hook(hook(name))
+  model.text_encoder.cls.register_forward_hook(hook('mlm_logits'))
+  model.text_encoder_m.cls.register_forward_hook(hook('mlm_logits_m'))
+  real_multinomial = torch.multinomial
+
+  def multinomial(*args, **kw):
+    r = real_multinomial(*args, **kw)
+    draws.append(int(r.item()))
+    return r
+
+  real_mask = model.mask
+
+  def mask_fn(*args, **kw):
+    ids_m, labels = real_mask(*args, **kw)
+    captured['mlm_ids'], captured['mlm_labels'] = ids_m.clone(), labels.clone()
+    return ids_m, labels
+
+  model.mask = mask_fn
+  torch.multinomial = multinomial
+  torch.manual_seed(4)
+  text = types.SimpleNamespace(input_ids=torch.from_numpy(ids),
+                               attention_mask=torch.from_numpy(mask))
+  with torch.no_grad():
+    loss_mlm, loss_ita, loss_itm = model(to_pixels(images), text, alpha=0.4)
+  torch.multinomial = real_multinomial
+  assert len(draws) == 2 * b, draws
+  image_feat = F.normalize(captured['vision_proj'], dim=-1)
+  text_feat = F.normalize(captured['text_proj'], dim=-1)
+  image_feat_m = F.normalize(captured['vision_proj_m'], dim=-1)
+  text_feat_m = F.normalize(captured['text_proj_m'], dim=-1)
+  # The forward's own similarities (model_pretrain.py), with the queues as
+  # stored (the forward enqueued afterwards).
+  text_all = torch.cat([text_feat_m.t(), sd['text_queue']], dim=1)
+  image_all = torch.cat([image_feat_m.t(), sd['image_queue']], dim=1)
+  np.savez_compressed(
+      os.path.join(out, 'albef_tiny_io.npz'),
+      sizes=json.dumps(sizes), alpha=0.4, images=images, text_ids=ids,
+      text_mask=mask, mlm_ids=captured['mlm_ids'].numpy(),
+      mlm_labels=captured['mlm_labels'].numpy(),
+      neg_image=np.array(draws[:b]), neg_text=np.array(draws[b:]),
+      image_embeds=captured['visual_encoder'].numpy(),
+      image_feat=image_feat.numpy(), text_feat=text_feat.numpy(),
+      image_feat_m=image_feat_m.numpy(), text_feat_m=text_feat_m.numpy(),
+      sim_i2t=(image_feat @ text_all / 0.1).numpy(),
+      sim_t2i=(text_feat @ image_all / 0.1).numpy(),
+      itm_logits=captured['itm_head'].numpy(),
+      mlm_logits=captured['mlm_logits'].numpy(),
+      mlm_logits_m=captured['mlm_logits_m'].numpy(),
+      loss_itc=loss_ita.item(), loss_itm=loss_itm.item(),
+      loss_mlm=loss_mlm.item())
+  sys.path.remove(albef_dir)
+  return model_pretrain
+
+
+def make_deit(out, interpolate_pos_embed):
+  import timm.models.vision_transformer as tvit  # noqa: E402
+  kw = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0,
+            qkv_bias=True, num_classes=10)
+  torch.manual_seed(0)
+  model = tvit.VisionTransformer(img_size=32, **kw)
+  perturb(model, seed=5)
+  model.eval()
+  torch.save({'model': model.state_dict()}, os.path.join(out, 'deit_tiny.pth'))
+  rng = np.random.RandomState(1)
+  images = rng.randint(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
+  images48 = rng.randint(0, 256, size=(2, 48, 48, 3)).astype(np.uint8)
+  big = tvit.VisionTransformer(img_size=48, **kw)
+  sd = dict(model.state_dict())
+  sd['pos_embed'] = interpolate_pos_embed(sd['pos_embed'], big)
+  big.load_state_dict(sd)
+  big.eval()
+  with torch.no_grad():
+    tokens = model.forward_features(to_pixels(images))
+    tokens48 = big.forward_features(to_pixels(images48))
+  np.savez_compressed(os.path.join(out, 'deit_tiny_io.npz'), images=images,
+                      tokens=tokens.numpy(), images48=images48,
+                      tokens48=tokens48.numpy(),
+                      pos_embed48=sd['pos_embed'].numpy())
+
+
+def make_bert(out):
+  import transformers  # noqa: E402
+  cfg = transformers.BertConfig(
+      vocab_size=100, hidden_size=32, num_hidden_layers=4,
+      num_attention_heads=2, intermediate_size=64, max_position_embeddings=24,
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  torch.manual_seed(0)
+  model = transformers.BertForPreTraining(cfg)
+  perturb(model, seed=6)
+  model.eval()
+  tmp = tempfile.mkdtemp()
+  model.save_pretrained(tmp, safe_serialization=True)
+  os.replace(os.path.join(tmp, 'model.safetensors'),
+             os.path.join(out, 'bert_tiny.safetensors'))
+  rng = np.random.RandomState(2)
+  ids, mask = text_batch(rng, 3, 10, 100, cls_id=1)
+  with torch.no_grad():
+    o = model(input_ids=torch.from_numpy(ids),
+              attention_mask=torch.from_numpy(mask),
+              output_hidden_states=True)
+  np.savez_compressed(os.path.join(out, 'bert_tiny_io.npz'), text_ids=ids,
+                      text_mask=mask, hidden=o.hidden_states[-1].numpy(),
+                      mlm_logits=o.prediction_logits.numpy())
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--albef', required=True,
+                      help='a checkout of github.com/salesforce/ALBEF')
+  parser.add_argument('--out', default=os.path.dirname(
+      os.path.abspath(__file__)))
+  args = parser.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  model_pretrain = make_albef(os.path.abspath(args.albef), args.out)
+  make_deit(args.out, model_pretrain.interpolate_pos_embed)
+  make_bert(args.out)
+
+
+if __name__ == '__main__':
+  main()
