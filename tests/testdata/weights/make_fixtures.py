@@ -26,6 +26,9 @@ that a mis-mapped bias or scale shows), run on fixed inputs, and stored as
   layout) and ``deit_tiny_io.npz``: tokens after the final LayerNorm at the
   training resolution and at a larger one (position embeddings resized by
   ALBEF's ``interpolate_pos_embed``);
+* ``reader_cases*.pth`` and ``reader_cases_expected.npz``: strided and
+  offset views, several dtypes and a scalar, in the zip and the legacy
+  (pre-1.6) format, for the restricted reader;
 * ``bert_tiny.safetensors`` (Hugging Face ``BertForPreTraining``, written by
   ``save_pretrained``) and ``bert_tiny_io.npz``: last hidden states and MLM
   logits.
@@ -270,6 +273,32 @@ def make_bert(out):
                       mlm_logits=o.prediction_logits.numpy())
 
 
+def make_reader_cases(out):
+  """Tensors the restricted reader must rebuild exactly: views with offsets
+  and strides, several dtypes, a scalar; in the zip and legacy formats."""
+  g = torch.Generator().manual_seed(7)
+  base = torch.randn(5, 6, generator=g)
+  tensors = {
+      'transposed': base.t(),  # strides (1, 6)
+      'slice': base[1:3, 2:5],  # offset 8, shares base's storage
+      'base': base,
+      'bf16': torch.randn(3, 2, generator=g).to(torch.bfloat16),
+      'fp16': torch.randn(4, generator=g).to(torch.float16),
+      'int64': torch.arange(-3, 5),
+      'bool': torch.tensor([True, False, True]),
+      'scalar': torch.tensor(2.5),
+  }
+  obj = {'state_dict': tensors, 'epoch': 3, 'note': 'plain data',
+         'nested': [1.5, (2, 'x'), {'k': None}]}
+  torch.save(obj, os.path.join(out, 'reader_cases.pth'))
+  torch.save(obj, os.path.join(out, 'reader_cases_legacy.pth'),
+             _use_new_zipfile_serialization=False)
+  np.savez_compressed(
+      os.path.join(out, 'reader_cases_expected.npz'),
+      **{k: (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+         for k, v in tensors.items()})
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--albef', required=True,
@@ -281,6 +310,7 @@ def main():
   model_pretrain = make_albef(os.path.abspath(args.albef), args.out)
   make_deit(args.out, model_pretrain.interpolate_pos_embed)
   make_bert(args.out)
+  make_reader_cases(args.out)
 
 
 if __name__ == '__main__':
