@@ -20,6 +20,7 @@ from flax import nnx
 
 from vlg.models import create_model
 from vlg.models import sizes as sizes_lib
+from vlg.weights import augreg
 from vlg.weights import bert
 from vlg.weights import common
 from vlg.weights import files
@@ -129,3 +130,22 @@ def test_tower_errors_name_the_culprits():
   vit['blocks.0.attn.q_norm.weight'] = np.ones(16, np.float32)
   with pytest.raises(common.WeightsError, match='q_norm'):
     timm_vit.load_tower(vit, target, 4)
+
+
+def test_augreg_npz_tokens_match_timm_reading_the_same_file():
+  """AugReg fixture: random values in the vision_transformer ``.npz``
+  layout, read by timm's own npz loader (the reference); vlg runs with
+  AugReg's [-1, 1] pixel scaling (mean = std = 0.5)."""
+  io = np.load(os.path.join(DATA, 'augreg_tiny_io.npz'))
+  cfg, graphdef, target = build(image_mean=augreg.AUGREG_MEAN,
+                                image_std=augreg.AUGREG_STD)
+  arrays = files.read(os.path.join(DATA, 'augreg_tiny.npz'))
+  params, summary = augreg.load_tower(arrays, target, 4)
+  assert summary.skipped == ['head/bias', 'head/kernel']
+  assert not summary.fresh
+  model = nnx.merge(graphdef, params)
+  np.testing.assert_allclose(model.vision(jnp.asarray(io['images'])),
+                             io['tokens'], **TOL)
+  del arrays['Transformer/encoderblock_1/LayerNorm_2/bias']
+  with pytest.raises(common.WeightsError, match='LayerNorm_2/bias'):
+    augreg.load_tower(arrays, target, 4)

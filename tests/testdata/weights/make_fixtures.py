@@ -26,6 +26,9 @@ that a mis-mapped bias or scale shows), run on fixed inputs, and stored as
   layout) and ``deit_tiny_io.npz``: tokens after the final LayerNorm at the
   training resolution and at a larger one (position embeddings resized by
   ALBEF's ``interpolate_pos_embed``);
+* ``augreg_tiny.npz`` (the AugReg layout of google-research/
+  vision_transformer, random values) and ``augreg_tiny_io.npz``: tokens of
+  timm's ViT after timm's own ``.npz`` loader read that file;
 * ``reader_cases*.pth`` and ``reader_cases_expected.npz``: strided and
   offset views, several dtypes and a scalar, in the zip and the legacy
   (pre-1.6) format, for the restricted reader;
@@ -248,6 +251,54 @@ def make_deit(out, interpolate_pos_embed):
                       pos_embed48=sd['pos_embed'].numpy())
 
 
+def make_augreg(out):
+  """A random ViT in the AugReg ``.npz`` layout (google-research/
+  vision_transformer), loaded by timm's own npz loader (the reference for
+  the layout) and run on [-1, 1] pixels (AugReg's normalisation)."""
+  import timm.models.vision_transformer as tvit  # noqa: E402
+  rng = np.random.RandomState(3)
+  d, h, p, mlp, grid = 32, 2, 8, 128, 4
+
+  def r(*shape, scale=0.15, mean=0.0):
+    return (mean + scale * rng.randn(*shape)).astype(np.float32)
+
+  w = {'cls': r(1, 1, d), 'embedding/kernel': r(p, p, 3, d),
+       'embedding/bias': r(d, scale=0.05),
+       'Transformer/posembed_input/pos_embedding': r(1, 1 + grid * grid, d),
+       'Transformer/encoder_norm/scale': r(d, scale=0.1, mean=1.0),
+       'Transformer/encoder_norm/bias': r(d, scale=0.05),
+       'head/kernel': r(d, 10), 'head/bias': r(10, scale=0.05)}
+  for i in range(2):
+    b = f'Transformer/encoderblock_{i}/'
+    for ln in ('LayerNorm_0', 'LayerNorm_2'):
+      w[f'{b}{ln}/scale'] = r(d, scale=0.1, mean=1.0)
+      w[f'{b}{ln}/bias'] = r(d, scale=0.05)
+    a = f'{b}MultiHeadDotProductAttention_1/'
+    for n in ('query', 'key', 'value'):
+      w[f'{a}{n}/kernel'] = r(d, h, d // h)
+      w[f'{a}{n}/bias'] = r(h, d // h, scale=0.05)
+    w[f'{a}out/kernel'] = r(h, d // h, d)
+    w[f'{a}out/bias'] = r(d, scale=0.05)
+    w[f'{b}MlpBlock_3/Dense_0/kernel'] = r(d, mlp)
+    w[f'{b}MlpBlock_3/Dense_0/bias'] = r(mlp, scale=0.05)
+    w[f'{b}MlpBlock_3/Dense_1/kernel'] = r(mlp, d)
+    w[f'{b}MlpBlock_3/Dense_1/bias'] = r(d, scale=0.05)
+  path = os.path.join(out, 'augreg_tiny.npz')
+  np.savez(path, **w)
+  model = tvit.VisionTransformer(img_size=32, patch_size=p, embed_dim=d,
+                                 depth=2, num_heads=h, mlp_ratio=4.0,
+                                 qkv_bias=True, num_classes=10)
+  with torch.no_grad():
+    tvit._load_weights(model, path)  # pylint: disable=protected-access
+  model.eval()
+  images = rng.randint(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
+  x = torch.from_numpy(images).float() / 127.5 - 1.0
+  with torch.no_grad():
+    tokens = model.forward_features(x.permute(0, 3, 1, 2).contiguous())
+  np.savez_compressed(os.path.join(out, 'augreg_tiny_io.npz'), images=images,
+                      tokens=tokens.numpy())
+
+
 def make_bert(out):
   import transformers  # noqa: E402
   cfg = transformers.BertConfig(
@@ -310,6 +361,7 @@ def main():
   model_pretrain = make_albef(os.path.abspath(args.albef), args.out)
   make_deit(args.out, model_pretrain.interpolate_pos_embed)
   make_bert(args.out)
+  make_augreg(args.out)
   make_reader_cases(args.out)
 
 
