@@ -29,6 +29,9 @@ that a mis-mapped bias or scale shows), run on fixed inputs, and stored as
 * ``augreg_tiny.npz`` (the AugReg layout of google-research/
   vision_transformer, random values) and ``augreg_tiny_io.npz``: tokens of
   timm's ViT after timm's own ``.npz`` loader read that file;
+* ``bert_synth/`` (with ``--captions``): a tiny BERT folder trained on the
+  synthetic world's captions, and ``wordpiece_io.npz``: ids of
+  transformers' ``BertTokenizer`` with its vocabulary;
 * ``reader_cases*.pth`` and ``reader_cases_expected.npz``: strided and
   offset views, several dtypes and a scalar, in the zip and the legacy
   (pre-1.6) format, for the restricted reader;
@@ -324,6 +327,78 @@ def make_bert(out):
                       mlm_logits=o.prediction_logits.numpy())
 
 
+def make_bert_synth(out, captions_file):
+  """A tiny BERT that knows the synthetic world's captions: a WordPiece
+  vocabulary trained on them (``tokenizers``) and ``BertForPreTraining``
+  trained by MLM on them; saved as a Hugging Face folder (``vocab.txt``,
+  ``tokenizer_config.json``, ``config.json``, ``model.safetensors``). With
+  it a vlg run configured with ``model.init.text`` starts with an MLM loss
+  far below ln(vocab). Also ``wordpiece_io.npz``: token ids of
+  transformers' pure-Python ``BertTokenizer`` (the reference of BERT's
+  tokenisation) on awkward sentences, for vlg/data/wordpiece.py."""
+  import tokenizers  # noqa: E402
+  import transformers  # noqa: E402
+  with open(captions_file) as f:
+    captions = [line.strip() for line in f if line.strip()]
+  folder = os.path.join(out, 'bert_synth')
+  os.makedirs(folder, exist_ok=True)
+  wp = tokenizers.BertWordPieceTokenizer(lowercase=True)
+  wp.train_from_iterator(captions, vocab_size=160, min_frequency=2,
+                         special_tokens=['[PAD]', '[UNK]', '[CLS]', '[SEP]',
+                                         '[MASK]'])
+  wp.save_model(folder)
+  with open(os.path.join(folder, 'tokenizer_config.json'), 'w') as f:
+    json.dump({'do_lower_case': True}, f)
+  tok = transformers.BertTokenizer(os.path.join(folder, 'vocab.txt'),
+                                   do_lower_case=True)
+  vocab = len(tok)
+  cfg = transformers.BertConfig(
+      vocab_size=vocab, hidden_size=64, num_hidden_layers=4,
+      num_attention_heads=2, intermediate_size=128,
+      max_position_embeddings=32, hidden_dropout_prob=0.0,
+      attention_probs_dropout_prob=0.0)
+  torch.manual_seed(0)
+  model = transformers.BertForPreTraining(cfg)
+  enc = tok(captions, padding='max_length', truncation=True, max_length=24,
+            return_tensors='pt')
+  ids_all, mask_all = enc['input_ids'], enc['attention_mask']
+  opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+  special = torch.tensor(tok.all_special_ids)
+  g = torch.Generator().manual_seed(8)
+  model.train()
+  for step in range(600):
+    idx = torch.randint(0, len(captions), (64,), generator=g)
+    ids, mask = ids_all[idx].clone(), mask_all[idx]
+    labels = ids.clone()
+    chosen = (torch.rand(ids.shape, generator=g) < 0.15) & ~torch.isin(
+        ids, special)
+    labels[~chosen] = -100
+    r = torch.rand(ids.shape, generator=g)
+    ids[chosen & (r < 0.8)] = tok.mask_token_id
+    rand = chosen & (r >= 0.8) & (r < 0.9)
+    ids[rand] = torch.randint(5, vocab, ids.shape, generator=g)[rand]
+    outp = model(input_ids=ids, attention_mask=mask)
+    loss = F.cross_entropy(outp.prediction_logits.reshape(-1, vocab),
+                           labels.reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if step % 100 == 0 or step == 599:
+      print(f'bert_synth step {step}: MLM loss {loss.item():.3f} '
+            f'(ln V = {np.log(vocab):.3f})')
+  model.eval()
+  model.save_pretrained(folder, safe_serialization=True)
+  sentences = ['There is a LARGE purple hexagon.', 'an image of a ring [SEP] '
+               'a ring left of a hexagon', 'Café, naïve résumé!!',
+               'xylophone zebra qwertyuiop', '  spaced   out\ttabs\n',
+               'two rings, one hexagon; 3 objects']
+  ids = [tok.convert_tokens_to_ids(tok.tokenize(t)) for t in sentences]
+  width = max(len(i) for i in ids)
+  np.savez_compressed(
+      os.path.join(out, 'wordpiece_io.npz'), sentences=np.array(sentences),
+      ids=np.array([i + [-1] * (width - len(i)) for i in ids]))
+
+
 def make_reader_cases(out):
   """Tensors the restricted reader must rebuild exactly: views with offsets
   and strides, several dtypes, a scalar; in the zip and legacy formats."""
@@ -356,12 +431,18 @@ def main():
                       help='a checkout of github.com/salesforce/ALBEF')
   parser.add_argument('--out', default=os.path.dirname(
       os.path.abspath(__file__)))
+  parser.add_argument(
+      '--captions', default='',
+      help='synthetic-world captions, one a line, for bert_synth/ (write '
+      'them with vlg: see tests/weights/test_init.py)')
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   model_pretrain = make_albef(os.path.abspath(args.albef), args.out)
   make_deit(args.out, model_pretrain.interpolate_pos_embed)
   make_bert(args.out)
   make_augreg(args.out)
+  if args.captions:
+    make_bert_synth(args.out, args.captions)
   make_reader_cases(args.out)
 
 
