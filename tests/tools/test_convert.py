@@ -98,3 +98,44 @@ def test_help_lists_the_flags():
   assert 'Converts a released model' in res.stdout
   for flag in ('--format', '--src', '--out', '--tokenizer', '--config'):
     assert flag in res.stdout
+
+
+def test_colab_scores_a_released_model(converted, tmp_path, monkeypatch,
+                                       capsys):
+  """The notebook's "score a released ALBEF" cell, run on the converted
+  fixture with small synthetic stand-ins of the four benchmarks in their
+  published layouts (the paths a user fills into ``BENCH``)."""
+  import jax
+  import nbformat
+  from vlg.synthetic import benchmarks as synthetic_benchmarks
+  out, _ = converted
+  bench = str(tmp_path / 'bench')
+  synthetic_benchmarks.write_all(bench, resolution=48, num=4,
+                                 sets=('valse', 'vsr', 'svo_probes',
+                                       'winoground'))
+  paths = dict(
+      valse=dict(type='valse', root=f'{bench}/valse',
+                 image_root=f'{bench}/valse/images'),
+      vsr_random_dev=dict(type='vsr', file=f'{bench}/vsr/random/dev.jsonl',
+                          image_root=f'{bench}/vsr/images'),
+      svo_probes=dict(type='svo_probes',
+                      file=f'{bench}/svo_probes/svo_probes.jsonl',
+                      image_root=f'{bench}/svo_probes/images'),
+      winoground=dict(type='winoground', root=f'{bench}/winoground'))
+  nb = nbformat.read(os.path.join(REPO, 'colabs', 'evaluate.ipynb'),
+                     as_version=4)
+  src = nb.cells[-1].source
+  assert 'BENCH = dict(' in src
+  src = src.replace('BENCH = dict(', 'BENCH = USER_PATHS or dict(', 1)
+  monkeypatch.setenv('VLG_RELEASED_DIR', out)
+  exec(src, {'os': os, 'jax': jax, 'restore': restore,  # pylint: disable=exec-used
+             'USER_PATHS': paths})
+  printed = capsys.readouterr().out
+  rows = {line[:18].strip(): line[18:].split()
+          for line in printed.splitlines()[1:]}
+  assert set(rows) == {'VSR rand dev', 'VALSE acc_r', 'SVO acc',
+                       'Winoground text', 'Winoground image',
+                       'Winoground group'}, printed
+  assert rows['VALSE acc_r'][1] == '72.2' and rows['SVO acc'][1] == '86.7'
+  for vlg_value, *_ in rows.values():
+    assert 0.0 <= float(vlg_value) <= 100.0

@@ -80,6 +80,11 @@ def _config_for(config: ml_collections.ConfigDict,
   if 'world' in config.input.data.get('synthetic', {}):
     config.input.data.synthetic.world.resolution = sizes['image_size']
   config.input.tokenizer.path = ''  # The copy in OUT/tokenizer is used.
+  # Texts longer than the position table cannot be encoded.
+  limit = sizes['max_positions']
+  config.input.max_text_len = min(int(config.input.max_text_len), limit)
+  config.eval_max_text_len = min(int(config.get('eval_max_text_len', 30)),
+                                 limit)
   return config
 
 
