@@ -120,3 +120,15 @@ def test_npz_is_read_without_pickle(tmp_path):
   np.savez(path, a=np.arange(3), b=np.array([object()], dtype=object))
   with pytest.raises(ValueError, match='allow_pickle'):
     files.read(str(path))
+
+
+def test_msgpack_is_read_as_flat_slash_joined_arrays(tmp_path):
+  from flax import serialization
+  tree = {'embedding': {'kernel': np.arange(6, dtype=np.float32).reshape(
+      2, 3)}, 'cls': np.ones((1, 1, 3), np.float32)}
+  path = tmp_path / 'w.msgpack'
+  path.write_bytes(serialization.msgpack_serialize(tree))
+  got = files.read(str(path))
+  assert sorted(got) == ['cls', 'embedding/kernel']
+  np.testing.assert_array_equal(got['embedding/kernel'],
+                                tree['embedding']['kernel'])
