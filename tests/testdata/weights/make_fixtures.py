@@ -8,8 +8,17 @@ somewhere; nothing of ALBEF, timm or Hugging Face is copied into vlg::
   python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch timm \
       'transformers<5'
   git clone https://github.com/salesforce/ALBEF /tmp/ALBEF
+  # The synthetic captions bert_synth/ is trained on, written with vlg:
+  PYTHONPATH=.:tests python -c "from test_train import tiny_test_config; \
+      from vlg.data import pipeline; open('/tmp/captions.txt', 'w').write( \
+      '\\n'.join(pipeline.training_texts(tiny_test_config().input, 3000)))"
   /tmp/refenv/bin/python tests/testdata/weights/make_fixtures.py \
-      --albef=/tmp/ALBEF --out=tests/testdata/weights
+      --albef=/tmp/ALBEF --captions=/tmp/captions.txt \
+      --out=tests/testdata/weights
+
+The stored files were made with torch 2.14.1, timm 1.0.31, transformers
+4.57.6 and tokenizers 0.22.2 (ALBEF's ``xbert.py`` is for transformers 4.8:
+two renamed imports are shimmed below, nothing of its computation).
 
 Each model is built at a tiny size with random weights (every parameter,
 LayerNorms and biases included, perturbed away from its initial value so
@@ -433,8 +442,8 @@ def main():
       os.path.abspath(__file__)))
   parser.add_argument(
       '--captions', default='',
-      help='synthetic-world captions, one a line, for bert_synth/ (write '
-      'them with vlg: see tests/weights/test_init.py)')
+      help='synthetic-world captions, one a line, for bert_synth/ (written '
+      'with vlg: see the module docstring)')
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   model_pretrain = make_albef(os.path.abspath(args.albef), args.out)
