@@ -163,3 +163,18 @@ def test_model_sizes_read_from_the_checkpoint(converted):
     want = sizes.get(k, 4 * sizes['vision_width'] if k == 'vision_mlp'
                      else None)
     assert v == want, k
+
+
+def test_a_checkpoint_without_momentum_or_queues_converts_online_only(
+    converted):
+  """Fine-tuning checkpoints keep no momentum copies or queues."""
+  _, sizes, _, _, sd = converted
+  online = {k: v for k, v in sd.items()
+            if not k.startswith(('visual_encoder_m.', 'text_encoder_m.',
+                                 'vision_proj_m.', 'text_proj_m.'))
+            and k not in ('image_queue', 'text_queue', 'queue_ptr')}
+  _, target = abstract(tiny_config(sizes))
+  conv = albef.convert(online, target, grid=4, text_layers=2)
+  assert conv.ema is None and conv.queues is None
+  np.testing.assert_array_equal(conv.params['itm_head']['kernel'],
+                                sd['itm_head.weight'].T)
