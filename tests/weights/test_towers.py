@@ -149,3 +149,23 @@ def test_augreg_npz_tokens_match_timm_reading_the_same_file():
   del arrays['Transformer/encoderblock_1/LayerNorm_2/bias']
   with pytest.raises(common.WeightsError, match='LayerNorm_2/bias'):
     augreg.load_tower(arrays, target, 4)
+
+
+def test_flax_bert_msgpack_matches_transformers_flax_model():
+  """``bert_tiny_flax.msgpack``: the PyTorch fixture BERT converted and
+  saved by transformers' ``FlaxBertForPreTraining``; compared with that
+  Flax model's own outputs."""
+  io = np.load(os.path.join(DATA, 'bert_tiny_io.npz'))
+  ref = np.load(os.path.join(DATA, 'bert_tiny_flax_io.npz'))
+  _, graphdef, target = build()
+  arrays = files.read(os.path.join(DATA, 'bert_tiny_flax.msgpack'))
+  assert bert.is_flax(arrays)
+  params, summary = bert.load_tower(arrays, target, text_layers=4)
+  assert not summary.fresh
+  model = nnx.merge(graphdef, params)
+  hidden = model.text.encode(io['text_ids'], io['text_mask'])
+  mask = io['text_mask'].astype(bool)
+  np.testing.assert_allclose(np.asarray(hidden)[mask], ref['hidden'][mask],
+                             **TOL)
+  np.testing.assert_allclose(np.asarray(model.mlm_logits(hidden))[mask],
+                             ref['mlm_logits'][mask], **TOL)

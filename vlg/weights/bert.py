@@ -23,7 +23,8 @@ at ``fusion_layer = 6``. Hugging Face names and their vlg places:
 The MLM decoder is tied to the word embeddings in vlg; a checkpoint whose
 ``cls.predictions.decoder.weight`` differs from them is refused (it would
 silently change the model). Old checkpoints name LayerNorm parameters
-``gamma``/``beta``; both spellings are read. Plain BERT has no
+``gamma``/``beta``; both spellings are read. Hugging Face's Flax BERT
+(``flax_model.msgpack``) is mapped to these names first (:func:`from_flax`). Plain BERT has no
 cross-attention: starting a vlg model from BERT leaves the fusion layers'
 ``cross``/``cross_norm`` freshly initialised, as ALBEF does.
 """
@@ -123,6 +124,34 @@ def convert(src: common.Source, text_layers: int, *, prefix: str = 'bert.',
   return flat
 
 
+def is_flax(arrays: dict[str, np.ndarray]) -> bool:
+  """Whether ``arrays`` is Hugging Face's Flax BERT (``flax_model.msgpack``
+  read by ``files.read``: '/'-joined names, ``kernel``/``embedding``/
+  ``scale`` leaves)."""
+  return any(k.endswith('embeddings/word_embeddings/embedding')
+             for k in arrays)
+
+
+def from_flax(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Hugging Face's Flax BERT names → its PyTorch names and layouts:
+  '/' → '.', ``kernel`` [in, out] → ``weight`` [out, in], ``embedding`` and
+  ``scale`` → ``weight``. The two libraries name every module alike, so
+  the rest of this module applies unchanged."""
+  out = {}
+  for name, value in arrays.items():
+    *path, leaf = name.split('/')
+    value = np.asarray(value)
+    if leaf == 'kernel':
+      if value.ndim != 2:
+        raise common.WeightsError(f'Flax BERT: {name} is {value.shape}, '
+                                  'not a 2-D Dense kernel')
+      leaf, value = 'weight', np.ascontiguousarray(value.T)
+    elif leaf in ('embedding', 'scale'):
+      leaf = 'weight'
+    out['.'.join(path + [leaf])] = value
+  return out
+
+
 def skipped_keys(src: common.Source) -> list[str]:
   return sorted(n for n in src.arrays if n.endswith(SKIPPED_SUFFIXES))
 
@@ -134,6 +163,8 @@ def load_tower(arrays: dict[str, np.ndarray], target: dict, text_layers: int,
   (a whole-model parameter tree). Cross-attention of the fusion layers
   stays freshly initialised; so does the MLM head if the checkpoint has
   none (a bare ``BertModel``)."""
+  if is_flax(arrays):
+    arrays = from_flax(arrays)
   src = common.Source(arrays, what)
   flat = convert(src, text_layers, prefix=find_prefix(src))
   skipped = skipped_keys(src)

@@ -3,7 +3,8 @@
   --config.model.init.vision=PATH   # DeiT/timm .pth, ALBEF-style ViT, or
                                     # an AugReg .npz
   --config.model.init.text=PATH     # a Hugging Face BERT: model.safetensors,
-                                    # pytorch_model.bin, or their folder
+                                    # pytorch_model.bin, flax_model.msgpack,
+                                    # or their folder
 
 The papers never train from random weights: ALBEF and X-VLM start from
 DeiT-B/16 and BERT-base, the relation paper's JAX models from an AugReg
@@ -38,7 +39,8 @@ from vlg.weights import files
 from vlg.weights import timm_vit
 
 # Tried in this order inside a Hugging Face model folder.
-HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin',
+                   'flax_model.msgpack')
 
 
 def init_config() -> ml_collections.ConfigDict:

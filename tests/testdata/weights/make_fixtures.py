@@ -35,6 +35,9 @@ that a mis-mapped bias or scale shows), run on fixed inputs, and stored as
   layout) and ``deit_tiny_io.npz``: tokens after the final LayerNorm at the
   training resolution and at a larger one (position embeddings resized by
   ALBEF's ``interpolate_pos_embed``);
+* ``bert_tiny_flax.msgpack`` and ``bert_tiny_flax_io.npz``: the same BERT
+  as transformers' ``FlaxBertForPreTraining`` (its own conversion and
+  outputs);
 * ``augreg_tiny.npz`` (the AugReg layout of google-research/
   vision_transformer, random values) and ``augreg_tiny_io.npz``: tokens of
   timm's ViT after timm's own ``.npz`` loader read that file;
@@ -323,8 +326,9 @@ def make_bert(out):
   model.eval()
   tmp = tempfile.mkdtemp()
   model.save_pretrained(tmp, safe_serialization=True)
-  os.replace(os.path.join(tmp, 'model.safetensors'),
-             os.path.join(out, 'bert_tiny.safetensors'))
+  import shutil  # noqa: E402
+  shutil.copy(os.path.join(tmp, 'model.safetensors'),
+              os.path.join(out, 'bert_tiny.safetensors'))
   rng = np.random.RandomState(2)
   ids, mask = text_batch(rng, 3, 10, 100, cls_id=1)
   with torch.no_grad():
@@ -334,6 +338,26 @@ def make_bert(out):
   np.savez_compressed(os.path.join(out, 'bert_tiny_io.npz'), text_ids=ids,
                       text_mask=mask, hidden=o.hidden_states[-1].numpy(),
                       mlm_logits=o.prediction_logits.numpy())
+  return tmp
+
+
+def make_flax_bert(out, pt_folder):
+  """The same BERT as Hugging Face's Flax model (converted by transformers
+  from the PyTorch folder), saved as ``flax_model.msgpack``, with the Flax
+  model's own outputs on the same inputs."""
+  import transformers  # noqa: E402
+  model = transformers.FlaxBertForPreTraining.from_pretrained(
+      pt_folder, from_pt=True)
+  tmp = tempfile.mkdtemp()
+  model.save_pretrained(tmp)
+  os.replace(os.path.join(tmp, 'flax_model.msgpack'),
+             os.path.join(out, 'bert_tiny_flax.msgpack'))
+  io = np.load(os.path.join(out, 'bert_tiny_io.npz'))
+  o = model(input_ids=io['text_ids'], attention_mask=io['text_mask'],
+            output_hidden_states=True)
+  np.savez_compressed(os.path.join(out, 'bert_tiny_flax_io.npz'),
+                      hidden=np.asarray(o.hidden_states[-1]),
+                      mlm_logits=np.asarray(o.prediction_logits))
 
 
 def make_bert_synth(out, captions_file):
@@ -448,7 +472,8 @@ def main():
   os.makedirs(args.out, exist_ok=True)
   model_pretrain = make_albef(os.path.abspath(args.albef), args.out)
   make_deit(args.out, model_pretrain.interpolate_pos_embed)
-  make_bert(args.out)
+  pt_bert = make_bert(args.out)
+  make_flax_bert(args.out, pt_bert)
   make_augreg(args.out)
   if args.captions:
     make_bert_synth(args.out, args.captions)
