@@ -31,8 +31,8 @@ LAYERS = (
     ('vlg.data',),
     # Benchmark readers; data preparation (annotation formats → records).
     ('vlg.benchmarks', 'vlg.prepare'),
-    # Models and losses.
-    ('vlg.models', 'vlg.objectives'),
+    # Models, losses, and pretrained-weight import (numpy readers).
+    ('vlg.models', 'vlg.objectives', 'vlg.weights'),
     # Evaluation during training; analysis of finished runs.
     ('vlg.evaluators', 'vlg.analysis'),
     # The training core.

@@ -29,6 +29,15 @@ Variant ``base_4m`` is ``base`` on ALBEF's 4M real data, prepared with
 
   python -m vlg.main --config=configs/xvlm.py:base_4m \
       --config.data_dir=/data/vlg --workdir=gs://.../xvlm_4m
+
+The papers start these runs from pretrained towers, which vlg leaves to
+``model.init`` (empty by default: from scratch; docs/weights.md): ALBEF and
+X-VLM from DeiT-B/16 and BERT-base (``--config.model.init.vision=
+deit_base_patch16_224-b5f2ef4d.pth --config.model.init.text=
+bert-base-uncased/ --config.input.tokenizer.path=bert-base-uncased/
+--config.model.vocab_size=30522``), ReALBEF and ReX-VLM from an AugReg
+ViT-B/16 ImageNet-21k ``.npz`` (with ``model.image_mean`` and
+``model.image_std`` at 0.5) and BERT-base.
 """
 
 from __future__ import annotations

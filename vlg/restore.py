@@ -175,7 +175,7 @@ def load_tokenizer(workdir: str, config: ml_collections.ConfigDict
       workdir, 'tokenizer')
   if not os.path.exists(path):
     raise FileNotFoundError(f'Tokenizer of {workdir} not found at {path}')
-  return tokenizer_lib.Tokenizer.load(path)
+  return tokenizer_lib.load(path)
 
 
 def eval_defaults(run: Run) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from vlg.objectives import albef as albef_objective
 from vlg.objectives import itc
 from vlg.objectives import part as part_lib
 from vlg.objectives import pretrain
+from vlg.weights import init as weights_init
 
 
 
@@ -229,6 +230,11 @@ def build_step(config, mesh, rules) -> dict[str, Any]:
   def init_fn():
     params = train_state.init_params(config.model, config.seed,
                                      param_shardings)
+    if weights_init.requested(config.model):
+      # Pretrained towers (model.init, docs/weights.md) replace the fresh
+      # ones; the EMA below starts equal to the result.
+      params = weights_init.to_shardings(
+          weights_init.load(config.model, params)[0], param_shardings)
     return jax.jit(lambda p: train_state.init_state(config, p, tx),
                    out_shardings=shardings)(params)
 
@@ -318,6 +324,7 @@ def _train_and_evaluate(config, workdir, mesh, on_step) -> dict[str, float]:
   if process_index != 0:
     pipeline.wait_for_tokenizer(config.input, workdir)
   tokenizer = pipeline.get_tokenizer(config.input, workdir)
+  weights_init.check_tokenizer(config.model, tokenizer)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(f'Tokenizer has {tokenizer.vocab_size} pieces but '
                      f'model.vocab_size is {config.model.vocab_size}')

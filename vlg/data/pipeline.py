@@ -121,8 +121,9 @@ class CaptionTransform(grain.transforms.RandomMap):
     ids, mask = self.tokenizer.encode(text, self.max_len)
     mlm_ids, mlm_labels = masking.mask_tokens(
         ids, rng, vocab_size=self.tokenizer.vocab_size,
-        mask_id=tokenizer_lib.MASK_ID, special_ids=tokenizer_lib.SPECIAL_IDS,
-        pad_id=tokenizer_lib.PAD_ID, p=self.mlm_probability)
+        mask_id=self.tokenizer.mask_id,
+        special_ids=self.tokenizer.special_ids,
+        pad_id=self.tokenizer.pad_id, p=self.mlm_probability)
     return {
         'image': image,
         'image_id': _int32_id(record['image_id']),
@@ -315,7 +316,7 @@ def get_tokenizer(input_cfg: ml_collections.ConfigDict,
   """Loads ``input.tokenizer.path`` or trains one and caches it."""
   tcfg = input_cfg.tokenizer
   if tcfg.get('path'):
-    return tokenizer_lib.Tokenizer.load(tcfg.path)
+    return tokenizer_lib.load(tcfg.path)
   spec = json.dumps(input_cfg.data.to_dict(), sort_keys=True, default=str)
   model_type = str(tcfg.get('model_type', 'unigram'))
   # The unigram key keeps the form it had before model_type existed, so

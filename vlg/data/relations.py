@@ -321,15 +321,18 @@ def encode_vsg(tokenizer: tokenizer_lib.Tokenizer,
                      f'strings, got {triplets!r}')
   if max_len < 3:
     raise ValueError(f'max_len must be >= 3, got {max_len}')
-  seq = [tokenizer_lib.CLS_ID]
+  cls_id = getattr(tokenizer, 'cls_id', tokenizer_lib.CLS_ID)
+  sep_id = getattr(tokenizer, 'sep_id', tokenizer_lib.SEP_ID)
+  seq = [cls_id]
   for j, text in enumerate(triplets):
     body = list(_body_ids(tokenizer, text))
     if len(seq) + len(body) + 1 > max_len:
       if j == 0:
-        seq += body[:max_len - 2] + [tokenizer_lib.SEP_ID]
+        seq += body[:max_len - 2] + [sep_id]
       break
-    seq += body + [tokenizer_lib.SEP_ID]
-  ids = np.full((max_len,), tokenizer_lib.PAD_ID, np.int32)
+    seq += body + [sep_id]
+  ids = np.full((max_len,), getattr(tokenizer, 'pad_id', tokenizer_lib.PAD_ID),
+                np.int32)
   ids[:len(seq)] = seq
   mask = np.zeros((max_len,), np.int32)
   mask[:len(seq)] = 1

@@ -32,6 +32,13 @@ MODEL_FILE = 'tokenizer.model'
 class Tokenizer:
   """Wraps a SentencePiece model; ``encode`` adds [CLS] ... [SEP] and pads."""
 
+  kind = 'sentencepiece'
+  # The special ids as attributes, as BERT's WordPiece tokenizer
+  # (vlg/data/wordpiece.py) has them at other values.
+  pad_id, unk_id, cls_id, sep_id, mask_id = (PAD_ID, UNK_ID, CLS_ID, SEP_ID,
+                                             MASK_ID)
+  special_ids = SPECIAL_IDS
+
   def __init__(self, model_proto: bytes):
     self._proto = model_proto
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
@@ -98,6 +105,20 @@ class Tokenizer:
     """Text of the non-special ids (special tokens other than [UNK] dropped)."""
     keep = [int(i) for i in ids if int(i) not in (PAD_ID, CLS_ID, SEP_ID)]
     return self._sp.decode(keep)
+
+
+def load(path: str):
+  """A tokenizer from ``path``: a SentencePiece model (or a folder with
+  ``tokenizer.model``), or BERT's WordPiece ``vocab.txt`` (or a folder with
+  one, e.g. a Hugging Face BERT folder; vlg/data/wordpiece.py)."""
+  from vlg.data import wordpiece  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(path):
+    if (not os.path.exists(os.path.join(path, MODEL_FILE)) and
+        os.path.exists(os.path.join(path, wordpiece.VOCAB_FILE))):
+      return wordpiece.WordPieceTokenizer.load(path)
+  elif path.endswith('.txt'):
+    return wordpiece.WordPieceTokenizer.load(path)
+  return Tokenizer.load(path)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, *,

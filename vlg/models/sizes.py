@@ -70,6 +70,9 @@ _COMMON = dict(
     # with these channels: 3x3 at stride 1, then 3x3 at stride 2 each).
     vision_stem='patch',
     vision_stem_channels=(16, 32, 64),
+    # Pretrained towers for a fresh run (vlg/weights/init.py,
+    # docs/weights.md): paths to a ViT (.pth/.npz) and a BERT; '' = none.
+    init=dict(vision='', text=''),
 )
 
 

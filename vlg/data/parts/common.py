@@ -138,8 +138,9 @@ class Texts:
   def mask(self, ids: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     mlm_ids, labels = masking.mask_tokens(
         ids, rng, vocab_size=self.tokenizer.vocab_size,
-        mask_id=tokenizer_lib.MASK_ID, special_ids=tokenizer_lib.SPECIAL_IDS,
-        pad_id=tokenizer_lib.PAD_ID, p=self.mlm_probability)
+        mask_id=self.tokenizer.mask_id,
+        special_ids=self.tokenizer.special_ids,
+        pad_id=self.tokenizer.pad_id, p=self.mlm_probability)
     return mlm_ids.astype(np.int32), labels.astype(np.int32)
 
 

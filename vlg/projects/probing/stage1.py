@@ -345,7 +345,7 @@ def load_resampler(workdir: str, step: int | None = None,
   cfgs = {n: ml_collections.ConfigDict(meta[n])
           for n in stage1_models.MODEL_NAMES[kind]}
   from vlg.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  tokenizer = tokenizer_lib.Tokenizer.load(
+  tokenizer = tokenizer_lib.load(
       os.path.join(workdir, 'tokenizer', 'tokenizer.model'))
   if config.vision_workdir:
     vision_cfg = restore.load_config(config.vision_workdir).model

@@ -1,0 +1,174 @@
+r"""Converts a released model into a vlg checkpoint directory.
+
+  python -m vlg.tools.convert --format=albef --src=ALBEF_4M.pth \
+      --tokenizer=/models/bert-base-uncased --out=workdirs/albef_4m_released \
+      [--config=configs/albef.py:base] [--config.model.text_heads=12]
+
+Reads ALBEF's pretraining checkpoint with the restricted reader (no code
+from the file runs; vlg/weights/torch_reader.py), converts online and
+momentum weights and the ITC queues (vlg/weights/albef.py), and writes OUT
+as a vlg run directory: ``OUT/checkpoints/0/`` (orbax: ``params`` =
+{params, ema}, ``train_state`` = {queues, step}, ``config`` = the run
+config + metadata) and ``OUT/tokenizer/`` (BERT's ``vocab.txt``, which
+ALBEF tokenises with). ``vlg.tools.eval --workdir=OUT``,
+``restore.load_run(OUT)``, the Colab (``colabs/evaluate.ipynb``) and
+probing then load it like any vlg run.
+
+The model config is ``--config`` (ALBEF base by default) with the sizes the
+checkpoint's shapes determine (widths, depths, vocabulary, resolution,
+embedding size) taken from the file; head counts, which shapes do not
+determine, come from the config (12 for base, as ALBEF). ``--tokenizer``
+is BERT's ``vocab.txt`` or a Hugging Face BERT folder holding one: ALBEF's
+``bert-base-uncased`` vocabulary (30,522 pieces), without which token ids
+would be meaningless. A summary of what was loaded and skipped is printed;
+a key that does not fit is an error naming it.
+
+The directory is for evaluation and probing: it has no data-iterator
+state, so ``vlg.main`` cannot resume training from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from vlg import checkpointing
+from vlg import train_state
+from vlg.data import tokenizer as tokenizer_lib
+from vlg.weights import albef
+from vlg.weights import files
+
+FORMATS = ('albef',)
+DEFAULT_CONFIG = 'configs/albef.py:base'
+_FLAGS = {}
+
+
+def define_flags() -> None:
+  """Defines the flags (only when run as a program)."""
+  _FLAGS['format'] = flags.DEFINE_enum(
+      'format', 'albef', FORMATS, 'Source format: albef (ALBEF_4M.pth, '
+      'ALBEF.pth pretraining checkpoints).')
+  _FLAGS['src'] = flags.DEFINE_string('src', None, 'The released checkpoint.')
+  _FLAGS['out'] = flags.DEFINE_string('out', None, 'Output run directory '
+                                      '(must not hold checkpoints yet).')
+  _FLAGS['tokenizer'] = flags.DEFINE_string(
+      'tokenizer', None, "The model's tokenizer: BERT's vocab.txt or a "
+      'Hugging Face BERT folder with one.')
+  _FLAGS['config'] = config_flags.DEFINE_config_file(
+      'config', None, f'Run config to convert into (default '
+      f'{DEFAULT_CONFIG}); model sizes are taken from the checkpoint.',
+      lock_config=False)
+
+
+def _config_for(config: ml_collections.ConfigDict,
+                sizes: dict[str, int]) -> ml_collections.ConfigDict:
+  """``config`` with the checkpoint's sizes, nothing pretrained to load."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.update(sizes)
+  config.model.init = dict(vision='', text='')
+  config.input.resolution = sizes['image_size']
+  if 'world' in config.input.data.get('synthetic', {}):
+    config.input.data.synthetic.world.resolution = sizes['image_size']
+  config.input.tokenizer.path = ''  # The copy in OUT/tokenizer is used.
+  # Texts longer than the position table cannot be encoded.
+  limit = sizes['max_positions']
+  config.input.max_text_len = min(int(config.input.max_text_len), limit)
+  config.eval_max_text_len = min(int(config.get('eval_max_text_len', 30)),
+                                 limit)
+  return config
+
+
+def convert_albef(src: str, out: str, tokenizer_path: str,
+                  config: ml_collections.ConfigDict) -> dict:
+  """Writes OUT from ALBEF's checkpoint ``src``; returns the metadata."""
+  ckpt_dir = os.path.join(os.path.abspath(out), 'checkpoints')
+  if os.path.exists(ckpt_dir) and os.listdir(ckpt_dir):
+    raise FileExistsError(f'{ckpt_dir} already holds checkpoints')
+  tokenizer = tokenizer_lib.load(tokenizer_path)
+  if getattr(tokenizer, 'kind', '') != 'wordpiece':
+    raise ValueError(f'--tokenizer={tokenizer_path} is not a BERT WordPiece '
+                     'vocabulary; ALBEF tokenises with bert-base-uncased')
+  arrays = files.read(src)
+  sizes = albef.model_sizes(arrays)
+  if tokenizer.vocab_size != sizes['vocab_size']:
+    raise ValueError(f'--tokenizer has {tokenizer.vocab_size} pieces, the '
+                     f'checkpoint {sizes["vocab_size"]} word embeddings')
+  config = _config_for(config, sizes)
+  rules = [tuple(r) for r in config.sharding_rules]
+  _, target, _ = train_state.abstract_model(config.model, rules)
+  conv = albef.convert(arrays, target,
+                       grid=sizes['image_size'] // sizes['patch_size'],
+                       text_layers=sizes['text_layers'], what=src)
+  print(f'{src}: {conv.summary}')
+  ema = conv.ema if conv.ema is not None else conv.params
+  queues = conv.queues
+  if queues is None:
+    dim = int(config.model.embed_dim)
+    queues = {'image': np.zeros((0, dim), np.float32),
+              'text': np.zeros((0, dim), np.float32), 'ptr': 0}
+  config.queue_size = int(queues['image'].shape[0])
+  rest = {'queues': {'image': queues['image'], 'text': queues['text'],
+                     'ptr': np.asarray(queues['ptr'], np.int32)},
+          'step': np.zeros((), np.int32)}
+  tokenizer.save(os.path.join(out, 'tokenizer'))
+  meta = {
+      'step': 0, 'workdir': os.path.abspath(out),
+      'tokenizer_fingerprint': tokenizer.fingerprint,
+      'tokenizer_vocab_size': tokenizer.vocab_size,
+      'image_resolution': int(config.input.resolution),
+      'image_mean': list(config.model.image_mean),
+      'image_std': list(config.model.image_std),
+      'jax_version': jax.__version__, 'process_count': 1,
+      'converted_from': os.path.abspath(src), 'format': 'albef',
+      'loaded': len(conv.summary.loaded),
+      'skipped': conv.summary.skipped,
+  }
+  manager = ocp.CheckpointManager(
+      ckpt_dir, options=ocp.CheckpointManagerOptions(
+          enable_async_checkpointing=False),
+      item_names=checkpointing.ITEMS)
+  try:
+    manager.save(0, args=ocp.args.Composite(
+        params=ocp.args.StandardSave({'params': conv.params, 'ema': ema}),
+        train_state=ocp.args.StandardSave(rest),
+        config=ocp.args.JsonSave({
+            'config': json.loads(config.to_json_best_effort()),
+            'meta': meta})))
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+  with open(os.path.join(out, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  return meta
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  for name in ('src', 'out', 'tokenizer'):
+    if not _FLAGS[name].value:
+      raise app.UsageError(f'--{name} is required')
+  config = _FLAGS['config'].value
+  if config is None:
+    from vlg import recipes  # pylint: disable=g-import-not-at-top
+    config = recipes.albef_config('base')
+  meta = convert_albef(_FLAGS['src'].value, _FLAGS['out'].value,
+                       _FLAGS['tokenizer'].value, config)
+  logging.info('Wrote %s: %s', _FLAGS['out'].value, meta)
+  print(f'Wrote {_FLAGS["out"].value} (evaluate with python -m '
+        f'vlg.tools.eval --workdir={_FLAGS["out"].value})')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
