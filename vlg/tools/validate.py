@@ -207,14 +207,15 @@ def make_mlm_predict_fn(graphdef) -> Callable[..., jax.Array]:
   return predict
 
 
-def word_probe_metrics(predict, params, data, class_ids, mesh, rules
-                       ) -> dict[str, float]:
+def word_probe_metrics(predict, params, data, class_ids, mask_id, mesh,
+                       rules) -> dict[str, float]:
   """``word_probe.word_metrics`` over the held-out caption batches."""
   totals: dict[str, list[int]] = {}
   for batch in data:
     for name, ids in class_ids.items():
       masked, targets = word_probe.mask_class(batch['text_ids'],
-                                              batch['text_mask'], ids)
+                                              batch['text_mask'], ids,
+                                              mask_id)
       inputs = pipeline.to_global(
           {'image': batch['image'], 'text_ids': masked,
            'text_mask': batch['text_mask']}, mesh, rules)
@@ -326,7 +327,8 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
         res.update(itm_probe.itm_probe_metrics(per_batch, probes))
         res.update(fn_rates)
         res.update(word_probe_metrics(predict, params, data, class_ids,
-                                      run.mesh, run.rules))
+                                      run.tokenizer.mask_id, run.mesh,
+                                      run.rules))
         if labels is not None:
           res['mrc_majority_rate'] = majority_rate(labels)
           res['mrc_chance'] = 1.0 / int(config.model.mrc_classes)

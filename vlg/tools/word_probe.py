@@ -68,8 +68,10 @@ def class_token_ids(tokenizer: tokenizer_lib.Tokenizer,
 
 
 def mask_class(text_ids: np.ndarray, text_mask: np.ndarray,
-               class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """``text_ids`` with every real token in ``class_ids`` set to [MASK].
+               class_ids: np.ndarray, mask_id: int = tokenizer_lib.MASK_ID
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """``text_ids`` with every real token in ``class_ids`` set to [MASK]
+  (``mask_id``: the tokenizer's, e.g. ``tokenizer.mask_id``).
 
   Returns:
     ``(masked_ids, targets)``: int32 [B, L] and bool [B, L] (True where a
@@ -77,7 +79,7 @@ def mask_class(text_ids: np.ndarray, text_mask: np.ndarray,
   """
   ids = np.asarray(text_ids)
   targets = np.isin(ids, class_ids) & (np.asarray(text_mask) > 0)
-  masked = np.where(targets, tokenizer_lib.MASK_ID, ids).astype(np.int32)
+  masked = np.where(targets, mask_id, ids).astype(np.int32)
   return masked, targets
 
 
