@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vlg.models import create_model
+from vlg import train_state
 from vlg.models import sizes as sizes_lib
 from vlg.objectives import itc
 from vlg.objectives import itm
@@ -44,10 +44,11 @@ def tiny_config(sizes):
 
 
 def abstract(cfg):
-  with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(0)))
-  graphdef, state = nnx.split(model, nnx.Param)
-  return graphdef, nnx.to_pure_dict(state)
+  # jax.eval_shape (train_state.abstract_model), not nnx.eval_shape: the
+  # latter resolves the logical axis names against whatever mesh another
+  # test of the same process left set.
+  graphdef, params, _ = train_state.abstract_model(cfg, rules=())
+  return graphdef, params
 
 
 @pytest.fixture(scope='module')

@@ -96,32 +96,34 @@ def run(config, steps: int, warmup: int, matmul_size: int) -> dict:
       sizes, devices=None if -1 in sizes else jax.devices()[:n])
   rules = [tuple(r) for r in config.sharding_rules]
   sharding.set_rules(rules)
-  jax.set_mesh(mesh)
-  tokenizer = pipeline.get_tokenizer(config.input,
-                                     tempfile.mkdtemp(prefix='vlg_bench_'))
-  it = iter(pipeline.make_dataset(config.input, tokenizer,
-                                  global_batch=config.batch_size, seed=0))
-  batch = pipeline.to_global(next(it), mesh, rules)
-  built = train.build_step(config, mesh, rules)
-  state = built['init_fn']()
+  # A context, not a global: the mesh stays where bench.run set it only
+  # while it runs (a caller's later models see no mesh of ours).
+  with jax.set_mesh(mesh):
+    tokenizer = pipeline.get_tokenizer(config.input,
+                                       tempfile.mkdtemp(prefix='vlg_bench_'))
+    it = iter(pipeline.make_dataset(config.input, tokenizer,
+                                    global_batch=config.batch_size, seed=0))
+    batch = pipeline.to_global(next(it), mesh, rules)
+    built = train.build_step(config, mesh, rules)
+    state = built['init_fn']()
 
-  t = time.perf_counter()
-  compiled = built['train_step'].lower(state, batch).compile()
-  compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', 0.0)) if cost else 0.0
-  mem = compiled.memory_analysis()
-
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
     t = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
+    compiled = built['train_step'].lower(state, batch).compile()
+    compile_s = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get('flops', 0.0)) if cost else 0.0
+    mem = compiled.memory_analysis()
+
+    for _ in range(warmup):
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+      t = time.perf_counter()
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
   # cost_analysis counts one device's program; the step runs on all.
   total_flops = flops * mesh.size

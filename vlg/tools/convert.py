@@ -43,6 +43,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from vlg import checkpointing
+from vlg import config_lib
 from vlg import train_state
 from vlg.data import tokenizer as tokenizer_lib
 from vlg.weights import albef
@@ -171,4 +172,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)
