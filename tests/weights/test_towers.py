@@ -169,3 +169,17 @@ def test_flax_bert_msgpack_matches_transformers_flax_model():
                              **TOL)
   np.testing.assert_allclose(np.asarray(model.mlm_logits(hidden))[mask],
                              ref['mlm_logits'][mask], **TOL)
+
+
+def test_layer_and_block_counts_refuse_gaps():
+  z = np.zeros(1)
+  bert_src = common.Source({f'bert.encoder.layer.{i}.x': z for i in (0, 1, 2)},
+                           'bert.bin')
+  assert bert.num_layers(bert_src, 'bert.') == 3
+  vit_src = common.Source({'blocks.0.w': z, 'blocks.2.w': z}, 'deit.pth')
+  with pytest.raises(common.WeightsError,
+                     match=r'deit.pth: block indices \[0, 2\]'):
+    timm_vit.depth_of(vit_src)
+  gap = common.Source({'bert.encoder.layer.1.x': z}, 'bert.bin')
+  with pytest.raises(common.WeightsError, match='layer indices'):
+    bert.num_layers(gap, 'bert.')

@@ -71,13 +71,8 @@ def find_prefix(src: common.Source) -> str:
 
 
 def num_layers(src: common.Source, prefix: str) -> int:
-  start = len(prefix + 'encoder.layer.')
-  idx = {int(n[start:].split('.')[0])
-         for n in src.names_under(prefix + 'encoder.layer.')}
-  if idx != set(range(len(idx))):
-    raise common.WeightsError(f'{src.what}: layer indices {sorted(idx)} are '
-                              'not 0..n-1')
-  return len(idx)
+  """Number of BERT layers (``encoder.layer.<i>.`` indices)."""
+  return common.count_indexed(src, prefix + 'encoder.layer.', 'layer')
 
 
 def convert(src: common.Source, text_layers: int, *, prefix: str = 'bert.',

@@ -104,6 +104,17 @@ class Source:
           f'know how to place: {_clip(left)}')
 
 
+def count_indexed(src: 'Source', prefix: str, kind: str) -> int:
+  """Number of numbered entries ``prefix<i>.…`` (layers, blocks) in
+  ``src``; their indices must be 0..n-1 (a gap names the checkpoint)."""
+  start = len(prefix)
+  idx = {int(n[start:].split('.')[0]) for n in src.names_under(prefix)}
+  if idx != set(range(len(idx))):
+    raise WeightsError(f'{src.what}: {kind} indices {sorted(idx)} are not '
+                       '0..n-1')
+  return len(idx)
+
+
 def _clip(names: list[str], n: int = 20) -> str:
   more = f' … and {len(names) - n} more' if len(names) > n else ''
   return ', '.join(names[:n]) + more

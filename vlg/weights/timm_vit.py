@@ -46,12 +46,7 @@ def _dense(src: common.Source, name: str, out: str) -> common.Flat:
 
 def depth_of(src: common.Source, prefix: str = '') -> int:
   """Number of blocks in the checkpoint (``blocks.<i>.`` indices)."""
-  idx = {int(n[len(prefix) + 7:].split('.')[0])
-         for n in src.names_under(prefix + 'blocks.')}
-  if idx != set(range(len(idx))):
-    raise common.WeightsError(f'{src.what}: block indices {sorted(idx)} '
-                              'are not 0..n-1')
-  return len(idx)
+  return common.count_indexed(src, prefix + 'blocks.', 'block')
 
 
 def convert(src: common.Source, grid: int, *, prefix: str = '',
