@@ -193,37 +193,43 @@ def make_metrics_fn(config: ml_collections.ConfigDict, graphdef
 
 
 def make_mlm_predict_fn(graphdef) -> Callable[..., jax.Array]:
-  """Jitted ``(params, image, text_ids, text_mask) → [B, L]`` argmax of the
-  MLM head over the fused captions (the word probe's predictions)."""
+  """Jitted ``(params, image [B, ...], text_ids [C, B, L], text_mask [B, L])
+  → [C, B, L]`` argmax of the MLM head over C maskings of the same
+  captions (the word probe's classes); each image is encoded once."""
 
   @jax.jit
   def predict(params, image, text_ids, text_mask):
     model = nnx.merge(graphdef, params)
-    img = model.embed_image(image)
-    txt = model.embed_text(text_ids, text_mask)
-    fused = model.fuse(txt['text_embeds'], text_mask, img['image_embeds'])
-    return jnp.argmax(model.mlm_logits(fused['fused_embeds']), axis=-1)
+    image_embeds = model.embed_image(image)['image_embeds']
+
+    def one_masking(ids):
+      txt = model.embed_text(ids, text_mask)
+      fused = model.fuse(txt['text_embeds'], text_mask, image_embeds)
+      return jnp.argmax(model.mlm_logits(fused['fused_embeds']), axis=-1)
+
+    return jax.lax.map(one_masking, text_ids)
 
   return predict
 
 
 def word_probe_metrics(predict, params, data, class_ids, mask_id, mesh,
                        rules) -> dict[str, float]:
-  """``word_probe.word_metrics`` over the held-out caption batches."""
+  """``word_probe.word_metrics`` over the held-out caption batches: one
+  call of ``predict`` per batch scores every class's masking."""
+  names = list(class_ids)
   totals: dict[str, list[int]] = {}
   for batch in data:
-    for name, ids in class_ids.items():
-      masked, targets = word_probe.mask_class(batch['text_ids'],
-                                              batch['text_mask'], ids,
-                                              mask_id)
-      inputs = pipeline.to_global(
-          {'image': batch['image'], 'text_ids': masked,
-           'text_mask': batch['text_mask']}, mesh, rules)
-      predicted = jax.device_get(predict(params, inputs['image'],
-                                         inputs['text_ids'],
-                                         inputs['text_mask']))
-      word_probe.accumulate(totals, name, predicted, batch['text_ids'],
-                            targets)
+    masked = [word_probe.mask_class(batch['text_ids'], batch['text_mask'],
+                                    class_ids[name], mask_id)
+              for name in names]
+    inputs = pipeline.to_global(
+        {'image': batch['image'], 'text_mask': batch['text_mask']}, mesh,
+        rules)
+    predicted = jax.device_get(predict(
+        params, inputs['image'], np.stack([ids for ids, _ in masked]),
+        inputs['text_mask']))
+    for name, (_, targets), pred in zip(names, masked, predicted):
+      word_probe.accumulate(totals, name, pred, batch['text_ids'], targets)
   return word_probe.word_metrics(totals)
 
 

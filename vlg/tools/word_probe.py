@@ -31,7 +31,8 @@ from vlg.synthetic import world
 
 # The world's words by what they name. Relation words are those of the
 # relation phrases and verbs that name nothing else ('is', 'the', 'of',
-# 'than', 'as' are left out).
+# 'than', 'as' are left out, and 'same colour', whose 'colour' would also
+# be a colour-class guess).
 _RELATION_WORDS = sorted(
     {w for text in (list(language.PHRASES.values()) +
                     list(language.VERBS.values()) +
