@@ -61,3 +61,21 @@ def test_sentencepiece_tokenizer_keeps_its_fixed_ids():
   assert tokenizer_lib.Tokenizer.special_ids == tokenizer_lib.SPECIAL_IDS
   with pytest.raises(FileNotFoundError):
     tokenizer_lib.load(os.path.join(DATA, 'missing_vocab.txt'))
+
+
+@pytest.mark.parametrize('lowercase', [True, False])
+def test_save_then_load_gives_the_same_tokenizer(tmp_path, lowercase):
+  """A saved folder (a converted run's or a stage-1 run's ``tokenizer/``)
+  loads back, through the dispatching ``load``, as the same tokenizer:
+  same vocabulary and casing, hence the same fingerprint and ids."""
+  tok = wordpiece.WordPieceTokenizer.load(FOLDER, lowercase=lowercase)
+  folder = str(tmp_path / 'tokenizer')
+  assert tok.save(folder) == os.path.join(folder, 'vocab.txt')
+  assert sorted(os.listdir(folder)) == ['tokenizer_config.json', 'vocab.txt']
+  again = tokenizer_lib.load(folder)
+  assert again.kind == 'wordpiece'
+  assert again.fingerprint == tok.fingerprint
+  text = 'A Ring left of a Hexagon'
+  np.testing.assert_array_equal(again.encode(text, 12)[0],
+                                tok.encode(text, 12)[0])
+

@@ -96,7 +96,8 @@ def test_help_lists_the_flags():
                        check=False)
   assert res.returncode in (0, 1), res.stderr  # absl's --help exits 1.
   assert 'Converts a released model' in res.stdout
-  for flag in ('--format', '--src', '--out', '--tokenizer', '--config'):
+  for flag in ('--format', '--src', '--out', '--tokenizer', '--resolution',
+               '--config'):
     assert flag in res.stdout
 
 

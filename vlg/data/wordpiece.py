@@ -15,12 +15,14 @@ gives it the interface of vlg's SentencePiece :class:`Tokenizer`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable
 
 import numpy as np
 
 VOCAB_FILE = 'vocab.txt'
+CONFIG_FILE = 'tokenizer_config.json'  # Hugging Face's; read for the casing.
 _SPECIALS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 
 
@@ -60,20 +62,26 @@ class WordPieceTokenizer:
       raise FileNotFoundError(f'No WordPiece vocabulary at {path}')
     if lowercase is None:
       lowercase = True
-      cfg = os.path.join(folder, 'tokenizer_config.json')
+      cfg = os.path.join(folder, CONFIG_FILE)
       if os.path.exists(cfg):
-        import json  # pylint: disable=g-import-not-at-top
         with open(cfg) as f:
           lowercase = bool(json.load(f).get('do_lower_case', True))
     with open(path, encoding='utf-8') as f:
       return cls(f.read(), lowercase=lowercase)
 
   def save(self, path: str) -> str:
+    """Writes the folder ``path``: ``vocab.txt`` and, as a Hugging Face
+    BERT folder has it, ``tokenizer_config.json`` with ``do_lower_case``,
+    so :meth:`load` gives back the same tokenizer (same fingerprint) for a
+    cased vocabulary too. Returns the ``vocab.txt`` path."""
     os.makedirs(path, exist_ok=True)
     out = os.path.join(path, VOCAB_FILE)
-    with open(out + '.tmp', 'w', encoding='utf-8') as f:
-      f.write(self._vocab_text)
-    os.replace(out + '.tmp', out)
+    cfg = os.path.join(path, CONFIG_FILE)
+    for name, text in ((out, self._vocab_text), (cfg, json.dumps(
+        {'do_lower_case': self._lowercase}))):
+      with open(name + '.tmp', 'w', encoding='utf-8') as f:
+        f.write(text)
+      os.replace(name + '.tmp', name)
     return out
 
   def __getstate__(self):

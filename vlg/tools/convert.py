@@ -2,7 +2,8 @@ r"""Converts a released model into a vlg checkpoint directory.
 
   python -m vlg.tools.convert --format=albef --src=ALBEF_4M.pth \
       --tokenizer=/models/bert-base-uncased --out=workdirs/albef_4m_released \
-      [--config=configs/albef.py:base] [--config.model.text_heads=12]
+      [--resolution=384] [--config=configs/albef.py:base] \
+      [--config.model.text_heads=12]
 
 Reads ALBEF's pretraining checkpoint with the restricted reader (no code
 from the file runs; vlg/weights/torch_reader.py), converts online and
@@ -22,6 +23,16 @@ is BERT's ``vocab.txt`` or a Hugging Face BERT folder holding one: ALBEF's
 ``bert-base-uncased`` vocabulary (30,522 pieces), without which token ids
 would be meaningless. A summary of what was loaded and skipped is printed;
 a key that does not fit is an error naming it.
+
+``--resolution`` converts for another input size than the checkpoint's (a
+multiple of its patch size): the ViT's position embeddings (online and
+momentum) are resized to the new patch grid as ALBEF's own
+``interpolate_pos_embed`` does when it fine-tunes at 384 px ([CLS] kept,
+the grid resized by torch's bicubic; ``vlg/weights/common.py``), once, so
+the run holds a table of its own grid rather than resizing one on every
+forward. The synthetic world renders at >= 48 px, so a small checkpoint
+(the 32 px test fixture) is converted at ``--resolution=48`` to train a
+resampler or probe on that world (docs/weights.md §2).
 
 The directory is for evaluation and probing: it has no data-iterator
 state, so ``vlg.main`` cannot resume training from it.
@@ -65,6 +76,10 @@ def define_flags() -> None:
   _FLAGS['tokenizer'] = flags.DEFINE_string(
       'tokenizer', None, "The model's tokenizer: BERT's vocab.txt or a "
       'Hugging Face BERT folder with one.')
+  _FLAGS['resolution'] = flags.DEFINE_integer(
+      'resolution', 0, 'Input image side in pixels; 0 = the checkpoint\'s. '
+      'Another size (a multiple of the patch size) resizes the position '
+      'embeddings as ALBEF does.')
   _FLAGS['config'] = config_flags.DEFINE_config_file(
       'config', None, f'Run config to convert into (default '
       f'{DEFAULT_CONFIG}); model sizes are taken from the checkpoint.',
@@ -89,9 +104,46 @@ def _config_for(config: ml_collections.ConfigDict,
   return config
 
 
+def target_resolution(sizes: dict[str, int], resolution: int | None) -> int:
+  """The image side to convert for: ``resolution``, or the checkpoint's
+  (``sizes['image_size']``) when it is None or 0.
+
+  Raises:
+    ValueError: ``resolution`` is not a positive multiple of the patch size.
+  """
+  if not resolution:
+    return int(sizes['image_size'])
+  patch = int(sizes['patch_size'])
+  if resolution < patch or resolution % patch:
+    raise ValueError(
+        f'--resolution={resolution} is not a positive multiple of the '
+        f'checkpoint\'s patch size {patch}; e.g. '
+        f'{max(patch, -(-resolution // patch) * patch)}')
+  return int(resolution)
+
+
+def _world_note(config: ml_collections.ConfigDict) -> str:
+  """A hint when ``config`` reads the synthetic world below the resolution
+  it renders at (a converted run can still be evaluated on real data)."""
+  from vlg.synthetic import world  # pylint: disable=g-import-not-at-top
+  res = int(config.input.resolution)
+  if ('world' not in config.input.data.get('synthetic', {}) or
+      res >= world.MIN_RESOLUTION):
+    return ''
+  return (f'Note: the run reads {res} px images, below the '
+          f'{world.MIN_RESOLUTION} px the synthetic world renders at; to '
+          'train a resampler or probe on that world, convert with '
+          f'--resolution={world.MIN_RESOLUTION} (or more).')
+
+
 def convert_albef(src: str, out: str, tokenizer_path: str,
-                  config: ml_collections.ConfigDict) -> dict:
-  """Writes OUT from ALBEF's checkpoint ``src``; returns the metadata."""
+                  config: ml_collections.ConfigDict,
+                  resolution: int | None = None) -> dict:
+  """Writes OUT from ALBEF's checkpoint ``src``; returns the metadata.
+
+  ``resolution``: the run's image side (None or 0: the checkpoint's); the
+  position embeddings are resized to its patch grid (module docstring).
+  """
   ckpt_dir = os.path.join(os.path.abspath(out), 'checkpoints')
   if os.path.exists(ckpt_dir) and os.listdir(ckpt_dir):
     raise FileExistsError(f'{ckpt_dir} already holds checkpoints')
@@ -101,6 +153,8 @@ def convert_albef(src: str, out: str, tokenizer_path: str,
                      'vocabulary; ALBEF tokenises with bert-base-uncased')
   arrays = files.read(src)
   sizes = albef.model_sizes(arrays)
+  source_resolution = sizes['image_size']
+  sizes['image_size'] = target_resolution(sizes, resolution)
   if tokenizer.vocab_size != sizes['vocab_size']:
     raise ValueError(f'--tokenizer has {tokenizer.vocab_size} pieces, the '
                      f'checkpoint {sizes["vocab_size"]} word embeddings')
@@ -111,6 +165,15 @@ def convert_albef(src: str, out: str, tokenizer_path: str,
                        grid=sizes['image_size'] // sizes['patch_size'],
                        text_layers=sizes['text_layers'], what=src)
   print(f'{src}: {conv.summary}')
+  if sizes['image_size'] != source_resolution:
+    grids = [r // sizes['patch_size'] for r in (source_resolution,
+                                                sizes['image_size'])]
+    print(f'Position embeddings resized from {grids[0]}x{grids[0]} to '
+          f'{grids[1]}x{grids[1]} patches ({source_resolution} -> '
+          f'{sizes["image_size"]} px), as ALBEF\'s interpolate_pos_embed')
+  note = _world_note(config)
+  if note:
+    print(note)
   ema = conv.ema if conv.ema is not None else conv.params
   queues = conv.queues
   if queues is None:
@@ -127,6 +190,7 @@ def convert_albef(src: str, out: str, tokenizer_path: str,
       'tokenizer_fingerprint': tokenizer.fingerprint,
       'tokenizer_vocab_size': tokenizer.vocab_size,
       'image_resolution': int(config.input.resolution),
+      'source_resolution': int(source_resolution),
       'image_mean': list(config.model.image_mean),
       'image_std': list(config.model.image_std),
       'jax_version': jax.__version__, 'process_count': 1,
@@ -164,7 +228,8 @@ def main(argv: Sequence[str]) -> None:
     from vlg import recipes  # pylint: disable=g-import-not-at-top
     config = recipes.albef_config('base')
   meta = convert_albef(_FLAGS['src'].value, _FLAGS['out'].value,
-                       _FLAGS['tokenizer'].value, config)
+                       _FLAGS['tokenizer'].value, config,
+                       resolution=_FLAGS['resolution'].value)
   logging.info('Wrote %s: %s', _FLAGS['out'].value, meta)
   print(f'Wrote {_FLAGS["out"].value} (evaluate with python -m '
         f'vlg.tools.eval --workdir={_FLAGS["out"].value})')

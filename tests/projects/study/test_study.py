@@ -60,6 +60,24 @@ def test_config_keeps_data_and_eval_sets_across_seeds_and_models():
     study.study_config('albef', 0, steps=10, eval_every=5, preset='huge')
 
 
+def test_runs_share_a_named_wordpiece_tokenizer_as_named(tmp_path):
+  """Runs naming BERT's vocabulary (``input.tokenizer.path``, as a
+  BERT-initialised text tower needs) keep it; nothing is trained into the
+  study's folder, whose ``tokenizer.model`` would not exist."""
+  vocab = os.path.join(REPO, 'tests', 'testdata', 'weights', 'bert_synth',
+                       'vocab.txt')
+  configs = [study.study_config(m, 0, steps=4, eval_every=2)
+             for m in MODELS]
+  for c in configs:
+    c.input.tokenizer.path = vocab
+  assert study._share_tokenizer(configs, str(tmp_path)) == vocab  # pylint: disable=protected-access
+  assert [c.input.tokenizer.path for c in configs] == [vocab, vocab]
+  assert not os.path.exists(tmp_path / 'tokenizer')
+  configs[0].input.tokenizer.path = str(tmp_path / 'missing' / 'vocab.txt')
+  with pytest.raises(FileNotFoundError, match='missing'):
+    study._share_tokenizer(configs, str(tmp_path))  # pylint: disable=protected-access
+
+
 def test_hour_preset_changes_the_tiny_recipe_and_nothing_else():
   tiny = study.study_config('rexvlm', 1, steps=100, eval_every=20,
                             preset='tiny')

@@ -276,11 +276,16 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
   if config.get('resampler_workdir'):
     trained = stage1.load_resampler(config.resampler_workdir,
                                     mode=config.resampler_mode)
+    mesh = sharding.make_mesh((-1, 1, 1))
+    encoder = train.resampler_encoder(trained.module, trained.cache_id)
+    # Restored onto one device; the probe's steps run under this mesh,
+    # which spans every device, so the weights are replicated over it.
+    encoder = dataclasses.replace(encoder, params=jax.device_put(
+        encoder.params, sharding.replicated(mesh)))
     return Source(
         name=os.path.basename(os.path.normpath(config.resampler_workdir)),
-        encoder=train.resampler_encoder(trained.module, trained.cache_id),
-        tokenizer=trained.tokenizer, resolution=trained.resolution,
-        step=trained.step, mesh=sharding.make_mesh((-1, 1, 1)),
+        encoder=encoder, tokenizer=trained.tokenizer,
+        resolution=trained.resolution, step=trained.step, mesh=mesh,
         close=lambda: None)
   run = restore.load_run(config.model_workdir,
                          step=None if config.step < 0 else config.step)
@@ -344,6 +349,25 @@ def finished_cells(config: ml_collections.ConfigDict, workdir: str
   return cells
 
 
+def check_synthetic_resolution(resolution: int, source: str,
+                               overridden: bool) -> None:
+  """Fails, naming ``source`` and the fix, when the synthetic probe sets
+  would be drawn below the resolution the synthetic world renders at (a
+  converted checkpoint keeps its own, 32 px for the ALBEF test fixture)."""
+  from vlg.synthetic import world  # pylint: disable=g-import-not-at-top
+  if resolution >= world.MIN_RESOLUTION:
+    return
+  where = ('config.data.resolution' if overridden else
+           f'the resolution of {source}')
+  raise ValueError(
+      f'probing {source} on the synthetic sets at {resolution} px '
+      f'({where}), below the {world.MIN_RESOLUTION} px the synthetic world '
+      f'renders at; set --config.data.resolution={world.MIN_RESOLUTION}, '
+      'or for a converted checkpoint convert it again with python -m '
+      f'vlg.tools.convert ... --resolution={world.MIN_RESOLUTION}, which '
+      'resizes the position embeddings as ALBEF does')
+
+
 def run_grid(config: ml_collections.ConfigDict, workdir: str,
              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
   """Runs every cell of ``config`` and writes the results (module doc),
@@ -364,6 +388,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
   done = {_cell_key(c): c for c in earlier}
   cells = []
   try:
+    if config.data.synthetic:
+      check_synthetic_resolution(resolution, source.name,
+                                 bool(config.data.resolution))
     # Every task's examples first: a set that cannot be built (e.g. too few
     # expressions per RCM cell) fails before hours of training, not after.
     all_splits = {t: task_splits(config, t, resolution)

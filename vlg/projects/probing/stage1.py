@@ -36,7 +36,10 @@ argument under ``stop_gradient``), AdamW with warm-up and cosine decay,
 orbax checkpoints of the trained modules, the tower and the data iterator
 (a re-run resumes exactly), ``metrics.jsonl`` and a progress line with
 steps/s and ETA. The vocabulary is the tokenizer's plus one [DEC] row for
-ITG.
+ITG. The tower's tokenizer is kept in ``WORKDIR/tokenizer`` as it is: vlg's
+SentencePiece ``tokenizer.model``, or BERT's ``vocab.txt`` for a run
+converted by ``vlg.tools.convert`` or started from BERT (docs/weights.md
+§2, *Probing a converted run*).
 """
 
 from __future__ import annotations
@@ -66,10 +69,13 @@ from vlg import restore
 from vlg import sharding
 from vlg import writers
 from vlg.data import pipeline
+from vlg.data import tokenizer as tokenizer_lib
 from vlg.models import create_model
 from vlg.models import vit
 from vlg.projects.probing import stage1_models
 from vlg.projects.probing import taps
+
+TOKENIZER_DIR = 'tokenizer'  # In a stage-1 workdir: the tower's tokenizer.
 
 
 def base_config(kind: str, variant: str) -> ml_collections.ConfigDict:
@@ -141,6 +147,7 @@ def load_tower(config: ml_collections.ConfigDict, workdir: str) -> Tower:
     model = nnx.merge(run.graphdef, run.params)
     run.close()
     input_cfg = ml_collections.ConfigDict(run.config.input.to_dict())
+    check_renderable(input_cfg, f'vision_workdir={config.vision_workdir}')
     return Tower(TowerLayer(model.vision, layer), run.tokenizer, input_cfg,
                  f'{os.path.abspath(run.workdir)}@{run.step}')
   input_cfg = config.input
@@ -148,6 +155,34 @@ def load_tower(config: ml_collections.ConfigDict, workdir: str) -> Tower:
   tokenizer = pipeline.get_tokenizer(input_cfg, workdir)
   return Tower(TowerLayer(vision, layer), tokenizer, input_cfg,
                f'random init (seed {config.seed})')
+
+
+def check_renderable(input_cfg: ml_collections.ConfigDict, what: str
+                     ) -> None:
+  """Fails, naming ``what`` and the fix, when ``input_cfg`` reads the
+  synthetic world below the resolution the world renders at.
+
+  A converted checkpoint keeps its own resolution (32 px for the ALBEF
+  test fixture), which the world cannot draw recognisably; converting with
+  ``vlg.tools.convert --resolution=48`` resizes the tower's position
+  embeddings as ALBEF does, so the tower reads the world's images on its
+  own grid.
+  """
+  from vlg.synthetic import world  # pylint: disable=g-import-not-at-top
+  default = world.WorldConfig().resolution
+  low = {name: int(dict(cfg.get('world', {})).get('resolution', default))
+         for name, cfg in input_cfg.data.items()
+         if cfg.get('source') == 'synthetic'}
+  low = {k: v for k, v in low.items() if v < world.MIN_RESOLUTION}
+  if low:
+    name, res = sorted(low.items())[0]
+    raise ValueError(
+        f'{what}: its input reads the synthetic world at {res} px '
+        f'(input.data.{name}.world.resolution), below the '
+        f'{world.MIN_RESOLUTION} px the world renders at; for a converted '
+        'checkpoint, convert it again with python -m vlg.tools.convert ... '
+        f'--resolution={world.MIN_RESOLUTION}, which resizes the position '
+        'embeddings as ALBEF does')
 
 
 def random_vision(config: ml_collections.ConfigDict) -> nnx.Module:
@@ -255,12 +290,15 @@ def train_resampler(config: ml_collections.ConfigDict,
       logging.info('Resumed the %s from step %d', kind, latest)
     meta = {'config': json.loads(config.to_json_best_effort()),
             'resampler_kind': kind, 'tower': tower.source,
+            'tokenizer_kind': tower.tokenizer.kind,
+            'tokenizer_fingerprint': tower.tokenizer.fingerprint,
             'input': tower.input_cfg.to_dict(),
             **{k: c.to_dict() for k, c in cfgs.items()}}
     with open(os.path.join(workdir, 'stage1.json'), 'w') as f:
       json.dump(meta, f, indent=1, default=str)
-    tower.tokenizer.save(os.path.join(workdir, 'tokenizer',
-                                      'tokenizer.model'))
+    # The tower's own kind: tokenizer.model (SentencePiece) or vocab.txt
+    # (BERT's WordPiece, converted and BERT-initialised runs).
+    tower.tokenizer.save(os.path.join(workdir, TOKENIZER_DIR))
 
     writer = writers.create_writer(workdir, jax.process_index())
     step, total = int(jax.device_get(state['step'])), int(config.total_steps)
@@ -344,9 +382,7 @@ def load_resampler(workdir: str, step: int | None = None,
                    f'{missing}')
   cfgs = {n: ml_collections.ConfigDict(meta[n])
           for n in stage1_models.MODEL_NAMES[kind]}
-  from vlg.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  tokenizer = tokenizer_lib.load(
-      os.path.join(workdir, 'tokenizer', 'tokenizer.model'))
+  tokenizer = load_tokenizer(workdir, meta)
   if config.vision_workdir:
     vision_cfg = restore.load_config(config.vision_workdir).model
     make_vision = lambda: create_model(vision_cfg, nnx.Rngs(0)).vision
@@ -380,6 +416,24 @@ def load_resampler(workdir: str, step: int | None = None,
   resolution = int(meta['input']['resolution'])
   return TrainedResampler(module, tokenizer, resolution, step,
                           f'{os.path.abspath(workdir)}@{step}')
+
+
+def load_tokenizer(workdir: str, meta: dict[str, Any]) -> Any:
+  """The tower's tokenizer saved in ``workdir/tokenizer``, of whichever
+  kind the folder holds (``vlg.data.tokenizer.load``), checked against the
+  fingerprint in ``stage1.json`` (``meta``) when it has one."""
+  folder = os.path.join(workdir, TOKENIZER_DIR)
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f'{folder} not found: the stage-1 run\'s '
+                            'tokenizer is missing')
+  tokenizer = tokenizer_lib.load(folder)
+  saved = meta.get('tokenizer_fingerprint')
+  if saved and saved != tokenizer.fingerprint:
+    raise ValueError(
+        f'{folder} holds tokenizer {tokenizer.fingerprint} '
+        f'({tokenizer.kind}), but {workdir} was trained with {saved} '
+        f'({meta.get("tokenizer_kind", "?")})')
+  return tokenizer
 
 
 _CONFIG = None

@@ -169,10 +169,21 @@ def _shared_inputs(configs: Sequence[ml_collections.ConfigDict]) -> None:
 
 def _share_tokenizer(configs: Sequence[ml_collections.ConfigDict],
                      out: str) -> str:
-  """Trains (or loads) one tokenizer in ``out/tokenizer`` for every run."""
+  """The one tokenizer every run reads; returns its path.
+
+  Runs that name one (``input.tokenizer.path``, e.g. BERT's ``vocab.txt``
+  for a BERT-initialised text tower; ``_shared_inputs`` has checked they
+  all name the same) keep it. Otherwise one SentencePiece model is trained
+  (or reused) in ``out/tokenizer`` and every run is pointed at it.
+  """
   from vlg.data import pipeline  # pylint: disable=g-import-not-at-top
+  from vlg.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  # Loads a named tokenizer (failing here if it is absent), else trains.
   pipeline.get_tokenizer(configs[0].input, out)
-  path = os.path.join(out, 'tokenizer', 'tokenizer.model')
+  named = configs[0].input.tokenizer.get('path')
+  if named:
+    return named
+  path = os.path.join(out, 'tokenizer', tokenizer_lib.MODEL_FILE)
   for c in configs:
     c.input.tokenizer.path = path
   return path
