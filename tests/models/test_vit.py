@@ -228,3 +228,56 @@ def test_stem_options_are_checked():
       vit.VisionTransformer(cfg, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='divisible by'):
     _conv_stem(channels=(3, 5, 5, 5), patch=4)
+
+
+def test_conv_image_stem_matches_a_float64_reference():
+  # The stem's layers over the whole image (zero padding at the image's
+  # border only), then each patch's cell of the last feature map embedded.
+  stem = _conv_stem()
+  image = np.random.RandomState(2).randn(2, 8, 12, 3)
+  got = np.asarray(stem.embed_image(jnp.asarray(image, jnp.float32), 4),
+                   np.float64)
+  assert got.shape == (2, 6, 6)  # A 2 x 3 grid of 4-px patches.
+  kernels = [np.asarray(k[...], np.float64) for k in stem.kernels]
+  biases = [np.asarray(b[...], np.float64) for b in stem.biases]
+  out_k = np.asarray(stem.out.kernel[...], np.float64)
+  out_b = np.asarray(stem.out.bias[...], np.float64)
+  for i in range(2):
+    x = image[i]
+    for kernel, bias, stride in zip(kernels, biases, (1, 2)):
+      x = _same_conv_reference(x, kernel, bias, stride)
+    assert x.shape == (4, 6, 5)
+    for gy in range(2):
+      for gx in range(3):
+        cell = x[2 * gy:2 * gy + 2, 2 * gx:2 * gx + 2]
+        want = np.einsum('hwc,hwcd->d', cell, out_k) + out_b
+        np.testing.assert_allclose(got[i, 3 * gy + gx], want, rtol=1e-4,
+                                   atol=1e-5)
+
+
+def test_conv_image_stem_sees_across_patch_borders():
+  # Unlike 'conv', a change inside one patch reaches the tokens of the
+  # patches beside it (through the convolutions' receptive fields) and no
+  # token further away.
+  cfg = sizes.model_config('tiny', vision_depth=1, vision_stem='conv_image')
+  with nnx.use_eager_sharding(False):
+    model = vit.VisionTransformer(cfg, rngs=nnx.Rngs(0))
+  p, grid = cfg.patch_size, cfg.image_size // cfg.patch_size
+  image = np.random.RandomState(0).randint(
+      0, 256, (1, cfg.image_size, cfg.image_size, 3))
+
+  def embed(img):
+    return np.asarray(model.patch_embed.embed_image(
+        model.normalize(jnp.asarray(img)), p))[0]
+
+  changed = image.copy()
+  changed[0, 2 * p:3 * p, 2 * p:3 * p] = 255 - changed[0, 2 * p:3 * p,
+                                                        2 * p:3 * p]
+  diff = np.abs(embed(changed) - embed(image)).max(axis=-1).reshape(grid,
+                                                                    grid)
+  near = np.zeros((grid, grid), bool)
+  near[1:4, 1:4] = True  # The patch (2, 2) and its 8 neighbours.
+  assert (diff[near] > 1e-3).all()
+  np.testing.assert_array_equal(diff[~near], 0.0)
+  out = model(jnp.asarray(image, jnp.uint8))
+  assert out.shape == (1, 1 + grid * grid, cfg.vision_width)

@@ -111,6 +111,13 @@ def test_conv_stem_count_matches_the_traced_stem():
   assert counts['patch_embed'] == patches * want
   assert _traced_dots(lambda x: model(x), image) == (
       counts['patch_embed'] + counts['blocks'])
+  # Over the whole image the convolutions have the same output sizes.
+  c.model.vision_stem = 'conv_image'
+  with nnx.use_eager_sharding(False):
+    model = vit.VisionTransformer(c.model, rngs=nnx.Rngs(0))
+  assert flops.vit(c.model, c.model.image_size) == counts
+  assert _traced_dots(lambda x: model(x), image) == (
+      counts['patch_embed'] + counts['blocks'])
 
 
 def tiny_flops_config():

@@ -65,9 +65,11 @@ _COMMON = dict(
     # Initial ViT position embeddings: 'trunc_normal' (DeiT, ALBEF) or
     # 'sincos2d' (MAE/big_vision; box position readable from the start).
     vision_posemb_init='trunc_normal',
-    # Patch embedding: 'patch' (a linear map of each patch's pixels, ViT's)
-    # or 'conv' (per-patch convolutions, vlg/models/vit.py:ConvPatchStem,
-    # with these channels: 3x3 at stride 1, then 3x3 at stride 2 each).
+    # Patch embedding: 'patch' (a linear map of each patch's pixels, ViT's),
+    # 'conv' (per-patch convolutions, vlg/models/vit.py:ConvPatchStem,
+    # with these channels: 3x3 at stride 1, then 3x3 at stride 2 each) or
+    # 'conv_image' (the same convolutions over the whole image, so tokens
+    # see across patch borders: ConvPatchStem.embed_image).
     vision_stem='patch',
     vision_stem_channels=(16, 32, 64),
     # Pretrained towers for a fresh run (vlg/weights/init.py,

@@ -22,8 +22,9 @@ Backward costs two matmuls per forward matmul whose both operands depend on
 the parameters (×3 in all); the patch embedding's first layer (pixels need
 no gradient) and the online ITC similarities (the momentum side is
 stop-gradiented) cost one (×2). A convolutional stem
-(``model.vision_stem='conv'``) counts its 3×3 convolutions as matmuls of
-the same size. Images enter at ``input.resolution`` and texts at
+(``model.vision_stem='conv'`` or ``'conv_image'``, whose convolutions over
+the whole image have the same output sizes as over every patch) counts its
+3×3 convolutions as matmuls of the same size. Images enter at ``input.resolution`` and texts at
 ``input.max_text_len``, as the pipeline produces them.
 
 ``PEAK_BF16_FLOPS`` holds dense (no sparsity) bfloat16 peaks per chip;
@@ -145,7 +146,7 @@ def vit(m: ml_collections.ConfigDict, resolution: int) -> dict[str, int]:
   tokens = 1 + patches
   block = attention(tokens, tokens, dv, dv) + mlp(tokens, dv,
                                                   int(m.vision_mlp))
-  if m.get('vision_stem', 'patch') == 'conv':
+  if m.get('vision_stem', 'patch') in ('conv', 'conv_image'):
     stem, first = conv_stem(m)
     embed, embed_first = patches * stem, patches * first
   else:
