@@ -18,6 +18,9 @@ compiled), the achieved model FLOP/s, and the model FLOPs utilisation
 looked up from ``jax.devices()[0].device_kind``. Devices without a known
 peak (CPUs) get no MFU; the achieved FLOP/s is compared with the measured
 matmul ceiling instead. ``--config.mesh=1,1,1`` benchmarks one device.
+``vlg.tools.bench_reference`` times this step in rounds alternating with
+ALBEF's own PyTorch step at the same shapes
+(benchmarks/reference/README.md).
 """
 
 from __future__ import annotations
