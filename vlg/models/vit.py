@@ -111,6 +111,15 @@ def sincos2d_posemb(grid: int, dim: int, temperature: float = 10_000.0
 STEMS = ('patch', 'conv', 'conv_image')
 
 
+def to_patches(x: jax.Array, side: int) -> jax.Array:
+  """[B, H, W, C] → [B, (H/side)(W/side), side, side, C], row-major
+  patches (the order of the ViT's tokens)."""
+  b, h, w, c = x.shape
+  gh, gw = h // side, w // side
+  x = x.reshape(b, gh, side, gw, side, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, gh * gw, side, side, c)
+
+
 class ConvPatchStem(nnx.Module):
   """Per-patch convolutions: patches [..., p, p, 3] → [..., D].
 
@@ -181,14 +190,10 @@ class ConvPatchStem(nnx.Module):
     reaches both tokens whole at their edges: the "early convolutions" of
     Xiao et al. (2021), Fig. 1, which make ViTs learn faster from less data.
     """
-    b = image.shape[0]
     x = self.features(image)
-    _, fh, fw, c = x.shape
-    side = patch_size // (image.shape[1] // fh)
-    gh, gw = fh // side, fw // side
-    x = x.reshape(b, gh, side, gw, side, c).transpose(0, 1, 3, 2, 4, 5)
-    x = self.out(x.reshape(b, gh * gw, side, side, c))
-    return x
+    # A patch's cell of the feature map: the patch side over the stride.
+    side = patch_size // (image.shape[1] // x.shape[1])
+    return self.out(to_patches(x, side))
 
 
 class VisionTransformer(nnx.Module):
@@ -288,9 +293,7 @@ class VisionTransformer(nnx.Module):
     if self.stem == 'conv_image':
       x = self.patch_embed.embed_image(self.normalize(image), p)
     else:
-      x = self.normalize(image).reshape(b, gh, p, gw, p, c)
-      x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p, p, c)
-      x = self.patch_embed(x)
+      x = self.patch_embed(to_patches(self.normalize(image), p))
     cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype),
                            (b, 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=1)
