@@ -36,7 +36,9 @@ def test_prints_rss_before_training_and_at_each_step(tmp_path, capsys,
              float(second.group(2))]
   assert printed == [round(out[s] / 2**20, 1) for s in (0, 3, 6)], printed
   assert all(10 < mib < 100_000 for mib in printed), printed
-  assert printed[1] > printed[0]  # The model and compiled step live now.
+  # No ordering between 'before' and step 3: in a pytest worker the RSS
+  # before training includes what earlier tests left, which the collector
+  # may return to the OS during training.
   growth = (out[6] - out[3]) / 2**20
   assert float(second.group(3)) == round(growth, 1)
   assert float(second.group(5)) == round(growth * 1024 / 3, 1)
