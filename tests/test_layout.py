@@ -33,6 +33,9 @@ LAYERS = (
     ('vlg.benchmarks', 'vlg.prepare'),
     # Models, losses, and pretrained-weight import (numpy readers).
     ('vlg.models', 'vlg.objectives', 'vlg.weights'),
+    # The vision tower's labelled pretraining before a run (a model and
+    # weights in vlg's layout).
+    ('vlg.vision_pretrain',),
     # Evaluation during training; analysis of finished runs.
     ('vlg.evaluators', 'vlg.analysis'),
     # The training core.

@@ -45,6 +45,7 @@ from __future__ import annotations
 import ml_collections
 
 from vlg import config_lib
+from vlg import vision_pretrain
 from vlg.evaluators import synthetic as synthetic_evals
 from vlg.data import records
 from vlg.synthetic import world
@@ -122,6 +123,9 @@ def _albef_config(arg: str | None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = sizes.model_config(size, name='albef', itm_head='linear')
   res = int(c.model.image_size)
+  # Labelled pretraining of the vision tower on the world before a fresh
+  # run (vlg/vision_pretrain.py); 0 steps = off.
+  c.vision_pretrain = vision_pretrain.default_config()
 
   if size == 'base':
     c.batch_size = 512

@@ -34,6 +34,7 @@ from vlg import optim
 from vlg import predict
 from vlg import sharding
 from vlg import train_state
+from vlg import vision_pretrain
 from vlg import writers
 from vlg.data import batch_spec
 from vlg.data import parts as data_parts
@@ -295,6 +296,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The last logged training metrics.
   """
+  # A fresh run may first train its vision tower on the world's labels
+  # (config.vision_pretrain), outside the run's mesh; it then starts from it.
+  config = vision_pretrain.prepare(config, workdir,
+                                   process_index=jax.process_index())
   if devices is None:
     devices = sharding.mesh_devices(int(config.get('num_devices', 0)))
   mesh = sharding.make_mesh(config.mesh, devices=devices)

@@ -81,6 +81,32 @@ def test_wrong_stem_or_tokenizer_is_refused():
                                  SentencePieceLike())
 
 
+def test_a_vision_tower_saved_by_vlg_loads_with_any_stem(tmp_path):
+  # vlg's own layout ({'vision/<model path>': array}, as
+  # vlg.tools.pretrain_vision writes it) needs no stem of the papers' ViTs.
+  c = pretrained_config()
+  c.model.init.text = ''
+  c.model.vision_stem = 'conv_image'
+  target = abstract_params(c.model)
+  rng = np.random.default_rng(0)
+  saved = {p: rng.normal(size=x.shape).astype(np.float32)
+           for p, x in common.flatten(target).items()
+           if p.startswith('vision/')}
+  path = tmp_path / 'tower.npz'
+  np.savez(path, **saved)
+  c.model.init.vision = str(path)
+  params, summaries = weights_init.load(c.model, target)
+  flat = common.flatten(params)
+  for p, x in saved.items():
+    np.testing.assert_array_equal(flat[p], x)
+  assert summaries['vision'].loaded == sorted(saved)
+  assert isinstance(params['itm_head']['kernel'], jax.ShapeDtypeStruct)
+  # A tower of another shape is refused, naming the parameter.
+  c.model.vision_width = 48
+  with pytest.raises(common.WeightsError, match='mismatched shapes.*vision/'):
+    weights_init.load(c.model, abstract_params(c.model))
+
+
 def test_run_from_pretrained_towers_starts_with_low_mlm_loss(tmp_path):
   """One training step of the recipe with model.init: the first step's MLM
   loss (logged before any update takes effect) is far below ln(vocab),

@@ -38,6 +38,10 @@ from vlg.weights import common
 from vlg.weights import files
 from vlg.weights import timm_vit
 
+# Keys of a vision tower saved by vlg itself (vlg.tools.pretrain_vision):
+# the model's own parameter paths, any vision_stem.
+VLG_PREFIX = 'vision/'
+
 # Tried in this order inside a Hugging Face model folder.
 HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin',
                    'flax_model.msgpack')
@@ -70,7 +74,9 @@ def text_weights_file(path: str) -> str:
 
 
 def vision_format(arrays: dict[str, np.ndarray]) -> str:
-  """'augreg' or 'timm', from the checkpoint's key names."""
+  """'vlg', 'augreg' or 'timm', from the checkpoint's key names."""
+  if arrays and all(k.startswith(VLG_PREFIX) for k in arrays):
+    return 'vlg'
   if any(k.endswith('Transformer/posembed_input/pos_embedding')
          for k in arrays):
     return 'augreg'
@@ -104,17 +110,24 @@ def load(model_cfg: ml_collections.ConfigDict, params: dict[str, Any]
   vision, text = _paths(model_cfg)
   summaries = {}
   if vision:
-    stem = str(model_cfg.get('vision_stem', 'patch'))
-    if stem != 'patch':
-      raise common.WeightsError(
-          f'model.init.vision needs the linear patch embedding of the '
-          f"pretrained ViT, but model.vision_stem={stem!r}")
     arrays = files.read(vision)
-    grid = int(model_cfg.image_size) // int(model_cfg.patch_size)
-    loader = (augreg.load_tower if vision_format(arrays) == 'augreg'
-              else timm_vit.load_tower)
-    params, summaries['vision'] = loader(arrays, params, grid,
-                                         what=f'model.init.vision={vision}')
+    what = f'model.init.vision={vision}'
+    kind = vision_format(arrays)
+    stem = str(model_cfg.get('vision_stem', 'patch'))
+    if kind == 'vlg':
+      # The model's own paths: every vision parameter must be there, with
+      # its shape (a different stem or size is refused by name).
+      params, summaries['vision'] = common.merge(
+          params, arrays, under=VLG_PREFIX, what=what)
+    else:
+      if stem != 'patch':
+        raise common.WeightsError(
+            f'model.init.vision needs the linear patch embedding of the '
+            f"pretrained ViT, but model.vision_stem={stem!r}")
+      grid = int(model_cfg.image_size) // int(model_cfg.patch_size)
+      loader = (augreg.load_tower if kind == 'augreg'
+                else timm_vit.load_tower)
+      params, summaries['vision'] = loader(arrays, params, grid, what=what)
   if text:
     path = text_weights_file(text)
     params, summaries['text'] = bert.load_tower(

@@ -1,0 +1,124 @@
+"""vlg/vision_pretrain.py: the vision tower's labelled pretraining on the
+world, and a fresh run that starts from the tower it trained."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from vlg import restore
+from vlg import train
+from vlg import train_state
+from vlg import vision_pretrain
+from vlg.synthetic import world
+from vlg.weights import common
+from vlg.weights import files
+
+from test_train import tiny_test_config
+
+
+def test_labels_mark_categories_colours_and_pairs_present():
+  record = {'objects': [{'category': 'star', 'color': 'red'},
+                        {'category': 'ring', 'color': 'blue'},
+                        {'category': 'star', 'color': 'red'}]}
+  got = vision_pretrain.labels(record)
+  cats, cols = len(world.CATEGORIES), len(world.COLOURS)
+  assert got.shape == (vision_pretrain.NUM_LABELS,)
+  assert vision_pretrain.NUM_LABELS == cats + cols + cats * cols
+  on = {int(i) for i in np.flatnonzero(got)}
+  pair = lambda c, k: cats + cols + vision_pretrain.PAIRS.index((c, k))
+  assert on == {world.CATEGORIES.index('star'), world.CATEGORIES.index('ring'),
+                cats + world.COLOURS.index('red'),
+                cats + world.COLOURS.index('blue'),
+                pair('red', 'star'), pair('blue', 'ring')}
+
+
+def test_label_loss_averages_within_groups_and_sums_them():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, vision_pretrain.NUM_LABELS))
+  targets = (rng.random((3, vision_pretrain.NUM_LABELS)) < 0.3).astype(float)
+  # float64 re-derivation: -[t log s(x) + (1 - t) log(1 - s(x))].
+  s = 1 / (1 + np.exp(-logits))
+  per = -(targets * np.log(s) + (1 - targets) * np.log(1 - s))
+  want, start = 0.0, 0
+  for _, n in vision_pretrain.GROUPS:
+    want += per[:, start:start + n].mean()
+    start += n
+  got = float(vision_pretrain.label_loss(logits.astype(np.float32),
+                                         targets.astype(np.float32)))
+  assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_off_by_default_and_clear_refusals(tmp_path):
+  c = tiny_test_config()
+  assert not vision_pretrain.enabled(c)
+  assert vision_pretrain.prepare(c, str(tmp_path)) is c
+  c.vision_pretrain.update(steps=4, warmup_steps=1)
+  c.model.init.vision = 'deit.pth'
+  with pytest.raises(ValueError, match='both give the vision tower'):
+    vision_pretrain.prepare(c, str(tmp_path / 'a'))
+  c.model.init.vision = ''
+  c.vision_pretrain.warmup_steps = 4
+  with pytest.raises(ValueError, match='warmup_steps=4'):
+    vision_pretrain.prepare(c, str(tmp_path / 'b'))
+  c.vision_pretrain.warmup_steps = 1
+  c.input.data.synthetic.source = 'albef_json'
+  with pytest.raises(ValueError, match='not one synthetic world'):
+    vision_pretrain.prepare(c, str(tmp_path / 'c'))
+  assert not os.listdir(tmp_path)  # Nothing half-made on a refusal.
+
+
+def test_an_existing_tower_is_reused(tmp_path, monkeypatch):
+  c = tiny_test_config()
+  c.vision_pretrain.update(steps=4, warmup_steps=1)
+  path = vision_pretrain.tower_path(str(tmp_path))
+  os.makedirs(os.path.dirname(path))
+  np.savez(path, **{'vision/norm/scale': np.ones(3, np.float32)})
+
+  def no_training(*args):
+    raise AssertionError('trained again')
+
+  monkeypatch.setattr(vision_pretrain, 'train_tower', no_training)
+  out = vision_pretrain.prepare(c, str(tmp_path))
+  assert out.model.init.vision == path
+  assert c.model.init.vision == ''  # The caller's config is not changed.
+
+
+def test_a_fresh_run_starts_from_the_tower_it_trained(tmp_path,
+                                                      fast_compile):
+  c = tiny_test_config(total_steps=1, ckpt_steps=1, keep_every_steps=1)
+  c.vision_pretrain.update(steps=6, warmup_steps=1, batch_size=4)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(c, workdir)
+
+  path = vision_pretrain.tower_path(workdir)
+  tower = files.read(path)
+  with open(os.path.join(os.path.dirname(path),
+                         vision_pretrain.SUMMARY_FILE)) as f:
+    summary = json.load(f)
+  assert summary['steps'] == 6 and summary['batch_size'] == 4
+  assert summary['gflop_per_step'] > 0
+  assert summary['tflop'] == pytest.approx(6 * summary['gflop_per_step']
+                                           / 1e3)
+  for group, _ in vision_pretrain.GROUPS:
+    assert 0 <= summary[f'val_{group}_accuracy'] <= 1
+    assert 0.5 <= summary[f'val_{group}_majority'] <= 1
+
+  run = restore.load_run(workdir)
+  try:
+    assert run.config.model.init.vision == path
+    params = common.flatten(run.params)
+  finally:
+    run.close()
+  vision = {p: v for p, v in params.items() if p.startswith('vision/')}
+  assert sorted(tower) == sorted(vision)
+  # The run's one Adam step moves a weight by at most its rate (1e-3); the
+  # tower differs from the run's fresh initialisation by far more.
+  fresh = common.flatten(train_state.init_params(c.model, c.seed, None))
+  name = 'vision/blocks/0/mlp/fc1/kernel'
+  np.testing.assert_allclose(np.asarray(vision[name]), tower[name],
+                             atol=1.1e-3)
+  assert np.abs(np.asarray(fresh[name]) - tower[name]).mean() > 0.01
+  # A resumed run needs no tower: its checkpoint holds the weights.
+  assert vision_pretrain.prepare(c, workdir) is c

@@ -1,0 +1,286 @@
+"""The built-in world's ImageNet: the vision tower learns its object labels
+before pretraining.
+
+The papers never start a vision tower from random weights: ALBEF and X-VLM
+from DeiT-B/16 (ImageNet-1k), the relation paper from an AugReg ViT-B/16
+(ImageNet-21k) (docs/weights.md). A tiny ViT trained from scratch on the
+world's captions alone does not learn to tell the world's shapes apart
+within a tiny run's budget: a caption supervises about one shape word, and
+ITC, ITM and MLM can mostly be served by colours, so every true pair whose
+caption needs a shape is rejected (docs/results.md, "What the tiny ViT
+does not see"). This stage is the labelled pretraining the papers rely on,
+on the world's own images: before the first step of a fresh run, the
+vision tower with a linear head over the mean of its final patch tokens
+learns which objects an image holds: their categories, their colours and
+the two together (multi-label, one sigmoid cross-entropy per label, the
+labels an object-and-attribute corpus such as Visual Genome gives), on images of the run's synthetic train split, and the run starts
+from the tower (``model.init.vision``; the head is dropped, the EMA copy
+starts equal to it).
+
+``config.vision_pretrain``::
+
+  steps          0 = off (the default); batches of the stage
+  batch_size     images a step
+  lr, warmup_steps, min_lr, weight_decay
+                 AdamW: linear warm-up from min_lr, cosine to min_lr
+
+The stage's compute counts in a run's budget: it logs XLA's FLOPs per
+step and writes them, with its held-out accuracy, beside the tower
+(``<workdir>/vision_pretrain/tower.json``). It runs once per workdir: a
+resumed run reuses the written tower (or, past its first checkpoint, needs
+none). In a multi-process job process 0 trains the tower and the others
+wait for the file on the shared workdir, as for the tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from vlg import checkpointing
+from vlg.data import batch_truth
+from vlg.data import ops
+from vlg.models import vit
+from vlg.synthetic import source
+from vlg.synthetic import world
+from vlg.weights import common
+from vlg.weights import init as weights_init
+
+TOWER_DIR = 'vision_pretrain'
+TOWER_FILE = 'tower.npz'
+SUMMARY_FILE = 'tower.json'
+# Held-out images scored at the end (the world's val split, never a
+# benchmark set's).
+NUM_VAL = 512
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.vision_pretrain`` of every recipe: off."""
+  return ml_collections.ConfigDict(dict(
+      steps=0, batch_size=16, lr=1e-3, warmup_steps=50, min_lr=1e-5,
+      weight_decay=0.02))
+
+
+def tower_path(workdir: str) -> str:
+  return os.path.join(workdir, TOWER_DIR, TOWER_FILE)
+
+
+def enabled(config: ml_collections.ConfigDict) -> bool:
+  vp = config.get('vision_pretrain')
+  return bool(vp) and int(vp.get('steps', 0)) > 0
+
+
+# The label groups, each a multi-label presence vector: an object's
+# category, its colour, and the two together (what binds them).
+PAIRS = tuple((c, k) for k in world.CATEGORIES for c in world.COLOURS)
+GROUPS = (('category', len(world.CATEGORIES)), ('colour', len(world.COLOURS)),
+          ('colour_category', len(PAIRS)))
+NUM_LABELS = sum(n for _, n in GROUPS)
+
+
+def labels(record: dict[str, Any]) -> np.ndarray:
+  """[NUM_LABELS] float32, the groups of :data:`GROUPS` concatenated: 1
+  where the image holds an object of the category / colour / both."""
+  objects = record['objects']
+  categories = {o['category'] for o in objects}
+  colours = {o['color'] for o in objects}
+  pairs = {(o['color'], o['category']) for o in objects}
+  return np.array([c in categories for c in world.CATEGORIES] +
+                  [c in colours for c in world.COLOURS] +
+                  [p in pairs for p in PAIRS], np.float32)
+
+
+def label_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Sigmoid cross-entropy, averaged within each label group and summed
+  over the groups (so the 56 sparse pair labels do not drown out the 8
+  categories)."""
+  per_label = optax.sigmoid_binary_cross_entropy(logits, targets)
+  total, start = 0.0, 0
+  for _, n in GROUPS:
+    total = total + per_label[:, start:start + n].mean()
+    start += n
+  return total
+
+
+class Classifier(nnx.Module):
+  """The run's vision tower and a linear head over its mean patch token."""
+
+  def __init__(self, model_cfg: ml_collections.ConfigDict, *,
+               rngs: nnx.Rngs):
+    self.vision = vit.VisionTransformer(model_cfg, rngs=rngs)
+    self.head = nnx.Linear(int(model_cfg.vision_width), NUM_LABELS,
+                           rngs=rngs)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    return self.head(self.vision(images)[:, 1:].mean(axis=1))
+
+
+def _world(config: ml_collections.ConfigDict) -> world.WorldConfig:
+  cfg = batch_truth.caption_world(config.input)
+  if cfg is None:
+    raise ValueError(
+        'vision_pretrain.steps > 0 trains the vision tower on the synthetic '
+        "world's object labels, but config.input.data is not one synthetic "
+        'world; on real data start from a pretrained tower with '
+        '--config.model.init.vision=PATH (docs/weights.md), or set '
+        '--config.vision_pretrain.steps=0')
+  return cfg
+
+
+def _images(split: str, indices, cfg: world.WorldConfig, size: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+  records = [source.make_record(split, int(i), cfg) for i in indices]
+  images = np.stack([ops.resize(r['image'], size) for r in records])
+  return images, np.stack([labels(r) for r in records])
+
+
+def _step_flops(step_fn, *args) -> float | None:
+  """XLA's FLOP count of one compiled step (None where the backend has
+  none)."""
+  try:
+    cost = step_fn.lower(*args).compile().cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = (cost or {}).get('flops')
+  return float(flops) if flops else None
+
+
+def train_tower(config: ml_collections.ConfigDict, out_path: str
+                ) -> dict[str, Any]:
+  """Trains the tower of ``config.model`` on the world's object labels and
+  saves it as ``{'vision/<path>': array}`` (``model.init.vision`` reads
+  it); returns the summary also written to ``tower.json`` beside it."""
+  vp = config.vision_pretrain
+  steps, batch = int(vp.steps), int(vp.batch_size)
+  if not 0 <= int(vp.warmup_steps) < steps:
+    raise ValueError(f'vision_pretrain.warmup_steps={vp.warmup_steps} must '
+                     f'be below vision_pretrain.steps={steps}')
+  cfg = _world(config)
+  split = next(iter(config.input.data.values())).get('split', 'train')
+  num_examples = int(next(iter(config.input.data.values())).get(
+      'num_examples', 100_000))
+  size = int(config.model.image_size)
+  with nnx.use_eager_sharding(False):
+    model = Classifier(config.model, rngs=nnx.Rngs(int(config.seed)))
+  schedule = optax.warmup_cosine_decay_schedule(
+      float(vp.min_lr), float(vp.lr), int(vp.warmup_steps), steps,
+      float(vp.min_lr))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adamw(schedule, weight_decay=float(vp.weight_decay))
+  opt_state = tx.init(params)
+
+  def loss_fn(p, x, y):
+    return label_loss(nnx.merge(graphdef, p, rest)(x), y)
+
+  @jax.jit
+  def step(p, o, x, y):
+    loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+    updates, o = tx.update(grads, o, p)
+    return optax.apply_updates(p, updates), o, loss
+
+  @jax.jit
+  def predict(p, x):
+    return nnx.merge(graphdef, p, rest)(x)
+
+  order = np.random.default_rng(int(config.seed)).permutation(num_examples)
+  x, y = _images(split, order[:batch], cfg, size)
+  flops = _step_flops(step, params, opt_state, x, y)
+  logging.info('vision_pretrain: %d steps of %d images (%s)', steps, batch,
+               f'{flops / 1e9:.2f} GFLOP a step, {steps * flops / 1e12:.2f} '
+               'TFLOP in all' if flops else 'no FLOP count on this backend')
+  start = time.time()
+  for s in range(1, steps + 1):
+    if s > 1:
+      idx = np.arange((s - 1) * batch, s * batch) % num_examples
+      x, y = _images(split, order[idx], cfg, size)
+    params, opt_state, loss = step(params, opt_state, x, y)
+    if s % max(1, steps // 10) == 0 or s == steps:
+      loss = float(loss)
+      if not np.isfinite(loss):
+        raise FloatingPointError(
+            f'vision_pretrain: loss {loss} at step {s}; lower '
+            '--config.vision_pretrain.lr')
+      elapsed = time.time() - start
+      eta = elapsed / s * (steps - s)
+      logging.info('vision_pretrain step %d/%d | loss %.4f | ETA %s', s,
+                   steps, loss, time.strftime('%H:%M:%S', time.gmtime(eta)))
+
+  vx, vy = _images('val', range(NUM_VAL), cfg, size)
+  logits = np.concatenate([np.asarray(predict(params, vx[i:i + 64]))
+                           for i in range(0, NUM_VAL, 64)])
+  correct = (logits > 0) == (vy > 0.5)
+  summary = {
+      'steps': steps, 'batch_size': batch,
+      'gflop_per_step': flops / 1e9 if flops else None,
+      'tflop': steps * flops / 1e12 if flops else None,
+      'seconds': round(time.time() - start, 1),
+  }
+  start = 0
+  for group, n in GROUPS:
+    part = vy[:, start:start + n]
+    summary[f'val_{group}_accuracy'] = float(
+        correct[:, start:start + n].mean())
+    summary[f'val_{group}_majority'] = float(
+        np.maximum(part.mean(0), 1 - part.mean(0)).mean())
+    start += n
+  logging.info('vision_pretrain: held-out per-label accuracy (majority) %s',
+               ', '.join(f"{g} {summary[f'val_{g}_accuracy']:.3f} "
+                         f"({summary[f'val_{g}_majority']:.3f})"
+                         for g, _ in GROUPS))
+  flat = common.flatten(nnx.to_pure_dict(params))
+  arrays = {k: np.asarray(v) for k, v in flat.items()
+            if k.startswith(weights_init.VLG_PREFIX)}
+  os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  tmp = out_path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  with open(os.path.join(os.path.dirname(out_path), SUMMARY_FILE), 'w') as f:
+    json.dump(summary, f, indent=2)
+  os.replace(tmp, out_path)  # Atomic: a crash leaves no half-written tower.
+  return summary
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  return (os.path.isdir(directory) and
+          checkpointing.open_read_only(directory).latest_step() is not None)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, *,
+            process_index: int = 0, timeout_s: float = 3600.0
+            ) -> ml_collections.ConfigDict:
+  """``config`` with ``model.init.vision`` at the run's pretrained tower,
+  training it first where needed; ``config`` itself where the stage is
+  off or the run resumes from a checkpoint (which holds the tower)."""
+  if not enabled(config) or _has_checkpoint(workdir):
+    return config
+  if config.model.get('init') and config.model.init.get('vision'):
+    raise ValueError(
+        f'vision_pretrain.steps={config.vision_pretrain.steps} and '
+        f'model.init.vision={config.model.init.vision} both give the '
+        'vision tower; set one of them')
+  path = tower_path(workdir)
+  if os.path.exists(path):
+    logging.info('vision_pretrain: reusing %s', path)
+  elif process_index == 0:
+    train_tower(config, path)
+  else:
+    start = time.time()
+    while not os.path.exists(path):
+      if time.time() - start > timeout_s:
+        raise TimeoutError(f'{path} did not appear within {timeout_s:.0f} '
+                           's; process 0 trains it (check its log)')
+      time.sleep(2.0)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.init.vision = path
+  return config
