@@ -45,13 +45,18 @@ class CheckpointSaveError(RuntimeError):
   and the last complete checkpoint, which a rerun resumes from."""
 
 
+def checkpoint_dir(workdir: str) -> str:
+  """``WORKDIR/checkpoints`` (absolute): where a run's checkpoints live."""
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
 class Checkpointer:
   """A thin wrapper over ``ocp.CheckpointManager`` with vlg's items."""
 
   def __init__(self, workdir: str, *, ckpt_steps: int,
                keep_every_steps: int | None = None, keep_latest: int = 2,
                asynchronous: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.directory = checkpoint_dir(workdir)
     keep = [policies.LatestN(keep_latest)]
     if keep_every_steps:
       keep.append(policies.EveryNSteps(keep_every_steps))

@@ -68,8 +68,7 @@ class Run:
     self.manager.close()
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+checkpoint_dir = checkpointing.checkpoint_dir
 
 
 def open_checkpoints(workdir: str):

@@ -144,7 +144,7 @@ def convert_albef(src: str, out: str, tokenizer_path: str,
   ``resolution``: the run's image side (None or 0: the checkpoint's); the
   position embeddings are resized to its patch grid (module docstring).
   """
-  ckpt_dir = os.path.join(os.path.abspath(out), 'checkpoints')
+  ckpt_dir = checkpointing.checkpoint_dir(out)
   if os.path.exists(ckpt_dir) and os.listdir(ckpt_dir):
     raise FileExistsError(f'{ckpt_dir} already holds checkpoints')
   tokenizer = tokenizer_lib.load(tokenizer_path)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 
+from vlg import checkpointing
 from vlg import recipes
 from vlg.projects.study import results as results_lib
 
@@ -128,7 +129,7 @@ def is_done(workdir: str, steps: int) -> bool:
 
 
 def _last_checkpoint(workdir: str) -> int | None:
-  path = os.path.join(workdir, 'checkpoints')
+  path = checkpointing.checkpoint_dir(workdir)
   steps = [int(d) for d in os.listdir(path) if d.isdigit()] if (
       os.path.isdir(path)) else []
   return max(steps, default=None)
