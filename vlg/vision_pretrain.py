@@ -13,9 +13,10 @@ on the world's own images: before the first step of a fresh run, the
 vision tower with a linear head over the mean of its final patch tokens
 learns which objects an image holds: their categories, their colours and
 the two together (multi-label, one sigmoid cross-entropy per label, the
-labels an object-and-attribute corpus such as Visual Genome gives), on images of the run's synthetic train split, and the run starts
-from the tower (``model.init.vision``; the head is dropped, the EMA copy
-starts equal to it).
+labels an object-and-attribute corpus such as Visual Genome gives), on
+images of the run's synthetic train split, and the run starts from the
+tower (``model.init.vision``; the head is dropped, the EMA copy starts
+equal to it).
 
 ``config.vision_pretrain``::
 
@@ -87,6 +88,15 @@ GROUPS = (('category', len(world.CATEGORIES)), ('colour', len(world.COLOURS)),
 NUM_LABELS = sum(n for _, n in GROUPS)
 
 
+def group_slices() -> list[tuple[str, slice]]:
+  """(group name, its columns of a [.., NUM_LABELS] label array)."""
+  out, start = [], 0
+  for name, n in GROUPS:
+    out.append((name, slice(start, start + n)))
+    start += n
+  return out
+
+
 def labels(record: dict[str, Any]) -> np.ndarray:
   """[NUM_LABELS] float32, the groups of :data:`GROUPS` concatenated: 1
   where the image holds an object of the category / colour / both."""
@@ -104,11 +114,7 @@ def label_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
   over the groups (so the 56 sparse pair labels do not drown out the 8
   categories)."""
   per_label = optax.sigmoid_binary_cross_entropy(logits, targets)
-  total, start = 0.0, 0
-  for _, n in GROUPS:
-    total = total + per_label[:, start:start + n].mean()
-    start += n
-  return total
+  return sum(per_label[:, cols].mean() for _, cols in group_slices())
 
 
 class Classifier(nnx.Module):
@@ -166,9 +172,11 @@ def train_tower(config: ml_collections.ConfigDict, out_path: str
     raise ValueError(f'vision_pretrain.warmup_steps={vp.warmup_steps} must '
                      f'be below vision_pretrain.steps={steps}')
   cfg = _world(config)
-  split = next(iter(config.input.data.values())).get('split', 'train')
-  num_examples = int(next(iter(config.input.data.values())).get(
-      'num_examples', 100_000))
+  # caption_world found every source the same world; the first one's split
+  # and size are the stage's.
+  data = next(iter(config.input.data.values()))
+  split = data.get('split', 'train')
+  num_examples = int(data.get('num_examples', 100_000))
   size = int(config.model.image_size)
   with nnx.use_eager_sharding(False):
     model = Classifier(config.model, rngs=nnx.Rngs(int(config.seed)))
@@ -225,14 +233,11 @@ def train_tower(config: ml_collections.ConfigDict, out_path: str
       'tflop': steps * flops / 1e12 if flops else None,
       'seconds': round(time.time() - start, 1),
   }
-  start = 0
-  for group, n in GROUPS:
-    part = vy[:, start:start + n]
-    summary[f'val_{group}_accuracy'] = float(
-        correct[:, start:start + n].mean())
+  for group, cols in group_slices():
+    summary[f'val_{group}_accuracy'] = float(correct[:, cols].mean())
+    rate = vy[:, cols].mean(0)
     summary[f'val_{group}_majority'] = float(
-        np.maximum(part.mean(0), 1 - part.mean(0)).mean())
-    start += n
+        np.maximum(rate, 1 - rate).mean())
   logging.info('vision_pretrain: held-out per-label accuracy (majority) %s',
                ', '.join(f"{g} {summary[f'val_{g}_accuracy']:.3f} "
                          f"({summary[f'val_{g}_majority']:.3f})"
@@ -250,7 +255,7 @@ def train_tower(config: ml_collections.ConfigDict, out_path: str
 
 
 def _has_checkpoint(workdir: str) -> bool:
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  directory = checkpointing.checkpoint_dir(workdir)
   return (os.path.isdir(directory) and
           checkpointing.open_read_only(directory).latest_step() is not None)
 

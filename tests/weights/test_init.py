@@ -83,7 +83,7 @@ def test_wrong_stem_or_tokenizer_is_refused():
 
 def test_a_vision_tower_saved_by_vlg_loads_with_any_stem(tmp_path):
   # vlg's own layout ({'vision/<model path>': array}, as
-  # vlg.tools.pretrain_vision writes it) needs no stem of the papers' ViTs.
+  # vlg/vision_pretrain.py writes it) needs no stem of the papers' ViTs.
   c = pretrained_config()
   c.model.init.text = ''
   c.model.vision_stem = 'conv_image'

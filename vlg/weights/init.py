@@ -38,7 +38,7 @@ from vlg.weights import common
 from vlg.weights import files
 from vlg.weights import timm_vit
 
-# Keys of a vision tower saved by vlg itself (vlg.tools.pretrain_vision):
+# Keys of a vision tower saved by vlg itself (vlg/vision_pretrain.py):
 # the model's own parameter paths, any vision_stem.
 VLG_PREFIX = 'vision/'
 
