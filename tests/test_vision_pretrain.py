@@ -47,6 +47,73 @@ def test_label_loss_averages_within_groups_and_sums_them():
   got = float(vision_pretrain.label_loss(logits.astype(np.float32),
                                          targets.astype(np.float32)))
   assert got == pytest.approx(want, rel=1e-5)
+  # With weights: 3 on categories, the pairs left out.
+  weights = {'category': 3.0, 'colour': 1.0, 'colour_category': 0.0}
+  want = 3 * per[:, :8].mean() + per[:, 8:15].mean()
+  got = float(vision_pretrain.label_loss(
+      logits.astype(np.float32), targets.astype(np.float32), weights))
+  assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_patch_labels_mark_the_box_that_holds_each_patch_centre():
+  # A 4 x 4 grid: patch centres at 0.125, 0.375, 0.625, 0.875.
+  record = {'objects': [
+      # Holds the centres of columns 0-1, rows 0-1.
+      {'category': 'star', 'color': 'red', 'box': [0.0, 0.0, 0.5, 0.5]},
+      # Holds row 3, column 3 only; it also overlaps nothing.
+      {'category': 'ring', 'color': 'blue', 'box': [0.8, 0.8, 0.2, 0.2]},
+      # Inside the star's box, holding only (row 1, column 1): the smaller
+      # box wins there.
+      {'category': 'circle', 'color': 'green',
+       'box': [0.3, 0.3, 0.1, 0.1]}]}
+  got = vision_pretrain.patch_labels(record, 4).reshape(4, 4, 3)
+  cat = lambda k: 1 + world.CATEGORIES.index(k)
+  col = lambda c: 1 + world.COLOURS.index(c)
+  pair = lambda c, k: 1 + vision_pretrain.PAIRS.index((c, k))
+  want = np.zeros((4, 4, 3), np.int32)
+  for r, c in [(0, 0), (0, 1), (1, 0)]:
+    want[r, c] = cat('star'), col('red'), pair('red', 'star')
+  want[1, 1] = cat('circle'), col('green'), pair('green', 'circle')
+  want[3, 3] = cat('ring'), col('blue'), pair('blue', 'ring')
+  np.testing.assert_array_equal(got, want)
+
+
+def test_patch_loss_is_softmax_cross_entropy_per_group():
+  rng = np.random.default_rng(1)
+  sizes = [n + 1 for _, n in vision_pretrain.GROUPS]  # 9, 8, 57
+  logits = rng.normal(size=(2, 5, vision_pretrain.NUM_PATCH_CLASSES))
+  targets = np.stack([rng.integers(0, n, size=(2, 5)) for n in sizes], -1)
+  # float64 re-derivation: -log softmax(x)[t] within each group's columns.
+  want, start = [], 0
+  for g, n in enumerate(sizes):
+    x = logits[..., start:start + n]
+    logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
+    want.append(-np.take_along_axis(logp, targets[..., g:g + 1], -1).mean())
+    start += n
+  weights = {'category': 2.0, 'colour': 1.0, 'colour_category': 0.5}
+  got = float(vision_pretrain.patch_loss(
+      logits.astype(np.float32), targets.astype(np.int32), weights))
+  assert got == pytest.approx(2 * want[0] + want[1] + 0.5 * want[2],
+                              rel=1e-5)
+
+
+def test_label_weights_are_checked():
+  c = tiny_test_config()
+  assert vision_pretrain.group_weights(c) == {
+      'category': 1.0, 'colour': 1.0, 'colour_category': 1.0}
+  c.vision_pretrain.label_weights.colour_category = 0.0
+  assert vision_pretrain.group_weights(c)['colour_category'] == 0.0
+  with c.unlocked():
+    c.vision_pretrain.label_weights.shape = 2.0
+  with pytest.raises(ValueError, match=r"unknown group\(s\) \['shape'\]"):
+    vision_pretrain.group_weights(c)
+  del c.vision_pretrain.label_weights['shape']
+  c.vision_pretrain.label_weights.update(category=0.0, colour=0.0)
+  with pytest.raises(ValueError, match='one at least above 0'):
+    vision_pretrain.group_weights(c)
+  c.vision_pretrain.label_weights.category = -1.0
+  with pytest.raises(ValueError, match='finite number >= 0'):
+    vision_pretrain.group_weights(c)
 
 
 def test_off_by_default_and_clear_refusals(tmp_path):
@@ -121,3 +188,33 @@ def test_a_fresh_run_starts_from_the_tower_it_trained(tmp_path,
   assert np.abs(np.asarray(fresh[name]) - tower[name]).mean() > 0.01
   # A resumed run needs no tower: its checkpoint holds the weights.
   assert vision_pretrain.prepare(c, workdir) is c
+
+
+def test_patch_target_trains_a_tower_of_the_same_layout(tmp_path,
+                                                        fast_compile):
+  c = tiny_test_config()
+  c.vision_pretrain.update(steps=3, warmup_steps=1, batch_size=4,
+                           target='patchs')
+  with pytest.raises(ValueError, match="target='patchs'"):
+    vision_pretrain.train_tower(c, str(tmp_path / 'typo' / 'tower.npz'))
+  assert not os.listdir(tmp_path)
+  c.vision_pretrain.target = 'patch'
+  path = str(tmp_path / 'patch' / 'tower.npz')
+  summary = vision_pretrain.train_tower(c, path)
+  assert summary['target'] == 'patch'
+  # The baseline: the most frequent class among the patches objects cover
+  # in the world's val images, recomputed here from the labels.
+  grid = c.model.image_size // c.model.patch_size
+  world_cfg = vision_pretrain._world(c)
+  from vlg.synthetic import source
+  val = np.stack([vision_pretrain.patch_labels(
+      source.make_record('val', i, world_cfg), grid)
+      for i in range(vision_pretrain.NUM_VAL)])
+  for g, (group, _) in enumerate(vision_pretrain.GROUPS):
+    classes = val[..., g][val[..., g] > 0]
+    assert summary[f'val_{group}_majority'] == pytest.approx(
+        np.bincount(classes).max() / classes.size)
+    assert 0 <= summary[f'val_{group}_accuracy'] <= 1
+  tower = files.read(path)
+  fresh = common.flatten(train_state.init_params(c.model, c.seed, None))
+  assert sorted(tower) == sorted(p for p in fresh if p.startswith('vision/'))

@@ -24,6 +24,17 @@ equal to it).
   batch_size     images a step
   lr, warmup_steps, min_lr, weight_decay
                  AdamW: linear warm-up from min_lr, cosine to min_lr
+  target         'image': multi-label presence of each category, colour
+                 and colour-category pair in the image (sigmoid
+                 cross-entropy through a linear head over the mean patch
+                 token); 'patch': per patch token, which category, colour
+                 and pair covers the patch's centre, or none (softmax
+                 cross-entropy through a linear head on every patch token:
+                 a label per patch instead of per image, as a detector's
+                 or segmenter's pretraining sees)
+  label_weights  {category, colour, colour_category}: each label group's
+                 weight in the loss (0 leaves a group out of training; its
+                 held-out accuracy is still reported)
 
 The stage's compute counts in a run's budget: it logs XLA's FLOPs per
 step and writes them, with its held-out accuracy, beside the tower
@@ -63,12 +74,25 @@ SUMMARY_FILE = 'tower.json'
 # benchmark set's).
 NUM_VAL = 512
 
+# The label groups, each a multi-label presence vector: an object's
+# category, its colour, and the two together (what binds them).
+PAIRS = tuple((c, k) for k in world.CATEGORIES for c in world.COLOURS)
+GROUPS = (('category', len(world.CATEGORIES)), ('colour', len(world.COLOURS)),
+          ('colour_category', len(PAIRS)))
+NUM_LABELS = sum(n for _, n in GROUPS)
+TARGETS = ('image', 'patch')
+# target='patch': per patch, a class per group, 0 = no object (so each
+# group has one class more than it has labels).
+NUM_PATCH_CLASSES = sum(n + 1 for _, n in GROUPS)
+
 
 def default_config() -> ml_collections.ConfigDict:
   """``config.vision_pretrain`` of every recipe: off."""
   return ml_collections.ConfigDict(dict(
       steps=0, batch_size=16, lr=1e-3, warmup_steps=50, min_lr=1e-5,
-      weight_decay=0.02))
+      weight_decay=0.02, target='image',
+      label_weights=ml_collections.ConfigDict(
+          {name: 1.0 for name, _ in GROUPS})))
 
 
 def tower_path(workdir: str) -> str:
@@ -80,20 +104,15 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
   return bool(vp) and int(vp.get('steps', 0)) > 0
 
 
-# The label groups, each a multi-label presence vector: an object's
-# category, its colour, and the two together (what binds them).
-PAIRS = tuple((c, k) for k in world.CATEGORIES for c in world.COLOURS)
-GROUPS = (('category', len(world.CATEGORIES)), ('colour', len(world.COLOURS)),
-          ('colour_category', len(PAIRS)))
-NUM_LABELS = sum(n for _, n in GROUPS)
 
 
-def group_slices() -> list[tuple[str, slice]]:
-  """(group name, its columns of a [.., NUM_LABELS] label array)."""
+def group_slices(extra: int = 0) -> list[tuple[str, slice]]:
+  """(group name, its columns of a [.., NUM_LABELS] label array); with
+  ``extra=1``, of a [.., NUM_PATCH_CLASSES] per-patch logit array."""
   out, start = [], 0
   for name, n in GROUPS:
-    out.append((name, slice(start, start + n)))
-    start += n
+    out.append((name, slice(start, start + n + extra)))
+    start += n + extra
   return out
 
 
@@ -109,25 +128,83 @@ def labels(record: dict[str, Any]) -> np.ndarray:
                   [p in pairs for p in PAIRS], np.float32)
 
 
-def label_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+def patch_labels(record: dict[str, Any], grid: int) -> np.ndarray:
+  """[grid * grid, len(GROUPS)] int32, patches in row-major order: per
+  group, 1 + the index of the category / colour / pair of the object whose
+  box holds the patch's centre (the smallest such box, where boxes
+  overlap), 0 where no box does."""
+  out = np.zeros((grid, grid, len(GROUPS)), np.int32)
+  area = np.full((grid, grid), np.inf)
+  centres = (np.arange(grid) + 0.5) / grid
+  for o in record['objects']:
+    x, y, w, h = (float(v) for v in o['box'])
+    inside = (((centres >= y) & (centres < y + h))[:, None] &
+              ((centres >= x) & (centres < x + w))[None, :])
+    inside &= w * h < area
+    area[inside] = w * h
+    out[inside] = (1 + world.CATEGORIES.index(o['category']),
+                   1 + world.COLOURS.index(o['color']),
+                   1 + PAIRS.index((o['color'], o['category'])))
+  return out.reshape(grid * grid, len(GROUPS))
+
+
+def patch_loss(logits: jax.Array, targets: jax.Array,
+               weights: dict[str, float] | None = None) -> jax.Array:
+  """Softmax cross-entropy per patch and group ([B, N, NUM_PATCH_CLASSES]
+  logits, [B, N, len(GROUPS)] classes), averaged over the patches and
+  summed over the groups with their ``weights`` (default 1 each)."""
+  weights = weights or {}
+  return sum(
+      weights.get(name, 1.0) *
+      optax.softmax_cross_entropy_with_integer_labels(
+          logits[..., cols], targets[..., g]).mean()
+      for g, (name, cols) in enumerate(group_slices(extra=1)))
+
+
+def group_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """``vision_pretrain.label_weights`` checked: one finite weight >= 0 per
+  label group, not all zero."""
+  given = dict(config.vision_pretrain.get('label_weights') or {})
+  names = [name for name, _ in GROUPS]
+  unknown = sorted(set(given) - set(names))
+  if unknown:
+    raise ValueError(f'vision_pretrain.label_weights: unknown group(s) '
+                     f'{unknown}; the groups are {names}')
+  weights = {name: float(given.get(name, 1.0)) for name in names}
+  bad = {k: v for k, v in weights.items() if not (np.isfinite(v) and v >= 0)}
+  if bad or not any(weights.values()):
+    raise ValueError(f'vision_pretrain.label_weights={weights}: each must be '
+                     'a finite number >= 0, and one at least above 0')
+  return weights
+
+
+def label_loss(logits: jax.Array, targets: jax.Array,
+               weights: dict[str, float] | None = None) -> jax.Array:
   """Sigmoid cross-entropy, averaged within each label group and summed
-  over the groups (so the 56 sparse pair labels do not drown out the 8
-  categories)."""
+  over the groups with their ``weights`` (default 1 each), so the 56
+  sparse pair labels do not drown out the 8 categories."""
   per_label = optax.sigmoid_binary_cross_entropy(logits, targets)
-  return sum(per_label[:, cols].mean() for _, cols in group_slices())
+  weights = weights or {}
+  return sum(weights.get(name, 1.0) * per_label[:, cols].mean()
+             for name, cols in group_slices())
 
 
 class Classifier(nnx.Module):
-  """The run's vision tower and a linear head over its mean patch token."""
+  """The run's vision tower and a linear head: over its mean patch token
+  (``per_patch=False``: [B, NUM_LABELS] logits) or on every patch token
+  (``per_patch=True``: [B, N, NUM_PATCH_CLASSES])."""
 
   def __init__(self, model_cfg: ml_collections.ConfigDict, *,
-               rngs: nnx.Rngs):
+               per_patch: bool = False, rngs: nnx.Rngs):
+    self.per_patch = per_patch
     self.vision = vit.VisionTransformer(model_cfg, rngs=rngs)
-    self.head = nnx.Linear(int(model_cfg.vision_width), NUM_LABELS,
+    self.head = nnx.Linear(int(model_cfg.vision_width),
+                           NUM_PATCH_CLASSES if per_patch else NUM_LABELS,
                            rngs=rngs)
 
   def __call__(self, images: jax.Array) -> jax.Array:
-    return self.head(self.vision(images)[:, 1:].mean(axis=1))
+    patches = self.vision(images)[:, 1:]
+    return self.head(patches if self.per_patch else patches.mean(axis=1))
 
 
 def _world(config: ml_collections.ConfigDict) -> world.WorldConfig:
@@ -142,11 +219,39 @@ def _world(config: ml_collections.ConfigDict) -> world.WorldConfig:
   return cfg
 
 
-def _images(split: str, indices, cfg: world.WorldConfig, size: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _images(split: str, indices, cfg: world.WorldConfig, size: int,
+            grid: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Images resized to ``size`` and their labels: per image, or per patch
+  of a ``grid`` x ``grid`` layout where ``grid`` is given."""
   records = [source.make_record(split, int(i), cfg) for i in indices]
   images = np.stack([ops.resize(r['image'], size) for r in records])
+  if grid:
+    return images, np.stack([patch_labels(r, grid) for r in records])
   return images, np.stack([labels(r) for r in records])
+
+
+def _held_out_summary(logits: np.ndarray, targets: np.ndarray,
+                      per_patch: bool) -> dict[str, float]:
+  """Per group: held-out accuracy and the majority baseline's. Per image:
+  the mean per-label accuracy of the sigmoid outputs. Per patch: the
+  accuracy of the argmax class over the patches an object covers (the
+  baseline: always the most frequent object class)."""
+  out = {}
+  if not per_patch:
+    correct = (logits > 0) == (targets > 0.5)
+    for group, cols in group_slices():
+      out[f'val_{group}_accuracy'] = float(correct[:, cols].mean())
+      rate = targets[:, cols].mean(0)
+      out[f'val_{group}_majority'] = float(np.maximum(rate, 1 - rate).mean())
+    return out
+  for g, (group, cols) in enumerate(group_slices(extra=1)):
+    truth = targets[..., g]
+    covered = truth > 0
+    pred = logits[..., cols].argmax(-1)
+    out[f'val_{group}_accuracy'] = float((pred == truth)[covered].mean())
+    counts = np.bincount(truth[covered], minlength=cols.stop - cols.start)
+    out[f'val_{group}_majority'] = float(counts.max() / counts.sum())
+  return out
 
 
 def _step_flops(step_fn, *args) -> float | None:
@@ -171,6 +276,11 @@ def train_tower(config: ml_collections.ConfigDict, out_path: str
   if not 0 <= int(vp.warmup_steps) < steps:
     raise ValueError(f'vision_pretrain.warmup_steps={vp.warmup_steps} must '
                      f'be below vision_pretrain.steps={steps}')
+  weights = group_weights(config)
+  target = str(vp.get('target', 'image'))
+  if target not in TARGETS:
+    raise ValueError(f'vision_pretrain.target={target!r}; one of {TARGETS}')
+  per_patch = target == 'patch'
   cfg = _world(config)
   # caption_world found every source the same world; the first one's split
   # and size are the stage's.
@@ -178,8 +288,10 @@ def train_tower(config: ml_collections.ConfigDict, out_path: str
   split = data.get('split', 'train')
   num_examples = int(data.get('num_examples', 100_000))
   size = int(config.model.image_size)
+  grid = size // int(config.model.patch_size) if per_patch else None
   with nnx.use_eager_sharding(False):
-    model = Classifier(config.model, rngs=nnx.Rngs(int(config.seed)))
+    model = Classifier(config.model, per_patch=per_patch,
+                       rngs=nnx.Rngs(int(config.seed)))
   schedule = optax.warmup_cosine_decay_schedule(
       float(vp.min_lr), float(vp.lr), int(vp.warmup_steps), steps,
       float(vp.min_lr))
@@ -188,7 +300,8 @@ def train_tower(config: ml_collections.ConfigDict, out_path: str
   opt_state = tx.init(params)
 
   def loss_fn(p, x, y):
-    return label_loss(nnx.merge(graphdef, p, rest)(x), y)
+    loss = patch_loss if per_patch else label_loss
+    return loss(nnx.merge(graphdef, p, rest)(x), y, weights)
 
   @jax.jit
   def step(p, o, x, y):
@@ -201,16 +314,17 @@ def train_tower(config: ml_collections.ConfigDict, out_path: str
     return nnx.merge(graphdef, p, rest)(x)
 
   order = np.random.default_rng(int(config.seed)).permutation(num_examples)
-  x, y = _images(split, order[:batch], cfg, size)
+  x, y = _images(split, order[:batch], cfg, size, grid)
   flops = _step_flops(step, params, opt_state, x, y)
-  logging.info('vision_pretrain: %d steps of %d images (%s)', steps, batch,
+  logging.info('vision_pretrain: %d steps of %d images, %s labels, '
+               'weights %s (%s)', steps, batch, target, weights,
                f'{flops / 1e9:.2f} GFLOP a step, {steps * flops / 1e12:.2f} '
                'TFLOP in all' if flops else 'no FLOP count on this backend')
   start = time.time()
   for s in range(1, steps + 1):
     if s > 1:
       idx = np.arange((s - 1) * batch, s * batch) % num_examples
-      x, y = _images(split, order[idx], cfg, size)
+      x, y = _images(split, order[idx], cfg, size, grid)
     params, opt_state, loss = step(params, opt_state, x, y)
     if s % max(1, steps // 10) == 0 or s == steps:
       loss = float(loss)
@@ -223,21 +337,17 @@ def train_tower(config: ml_collections.ConfigDict, out_path: str
       logging.info('vision_pretrain step %d/%d | loss %.4f | ETA %s', s,
                    steps, loss, time.strftime('%H:%M:%S', time.gmtime(eta)))
 
-  vx, vy = _images('val', range(NUM_VAL), cfg, size)
+  vx, vy = _images('val', range(NUM_VAL), cfg, size, grid)
   logits = np.concatenate([np.asarray(predict(params, vx[i:i + 64]))
                            for i in range(0, NUM_VAL, 64)])
-  correct = (logits > 0) == (vy > 0.5)
   summary = {
-      'steps': steps, 'batch_size': batch,
+      'steps': steps, 'batch_size': batch, 'target': target,
+      'label_weights': weights,
       'gflop_per_step': flops / 1e9 if flops else None,
       'tflop': steps * flops / 1e12 if flops else None,
       'seconds': round(time.time() - start, 1),
   }
-  for group, cols in group_slices():
-    summary[f'val_{group}_accuracy'] = float(correct[:, cols].mean())
-    rate = vy[:, cols].mean(0)
-    summary[f'val_{group}_majority'] = float(
-        np.maximum(rate, 1 - rate).mean())
+  summary.update(_held_out_summary(logits, vy, per_patch))
   logging.info('vision_pretrain: held-out per-label accuracy (majority) %s',
                ', '.join(f"{g} {summary[f'val_{g}_accuracy']:.3f} "
                          f"({summary[f'val_{g}_majority']:.3f})"
