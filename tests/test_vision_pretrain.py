@@ -19,19 +19,24 @@ from test_train import tiny_test_config
 
 
 def test_labels_mark_categories_colours_and_pairs_present():
-  record = {'objects': [{'category': 'star', 'color': 'red'},
-                        {'category': 'ring', 'color': 'blue'},
-                        {'category': 'star', 'color': 'red'}]}
+  record = {'objects': [{'category': 'star', 'color': 'red', 'size': 'small'},
+                        {'category': 'ring', 'color': 'blue',
+                         'size': 'large'},
+                        {'category': 'star', 'color': 'red',
+                         'size': 'small'}]}
   got = vision_pretrain.labels(record)
   cats, cols = len(world.CATEGORIES), len(world.COLOURS)
   assert got.shape == (vision_pretrain.NUM_LABELS,)
-  assert vision_pretrain.NUM_LABELS == cats + cols + cats * cols
+  assert vision_pretrain.NUM_LABELS == cats + cols + cats * cols + cats * 2
   on = {int(i) for i in np.flatnonzero(got)}
   pair = lambda c, k: cats + cols + vision_pretrain.PAIRS.index((c, k))
+  sized = lambda s, k: (cats + cols + cats * cols +
+                        vision_pretrain.SIZED.index((s, k)))
   assert on == {world.CATEGORIES.index('star'), world.CATEGORIES.index('ring'),
                 cats + world.COLOURS.index('red'),
                 cats + world.COLOURS.index('blue'),
-                pair('red', 'star'), pair('blue', 'ring')}
+                pair('red', 'star'), pair('blue', 'ring'),
+                sized('small', 'star'), sized('large', 'ring')}
 
 
 def test_label_loss_averages_within_groups_and_sums_them():
@@ -41,15 +46,19 @@ def test_label_loss_averages_within_groups_and_sums_them():
   # float64 re-derivation: -[t log s(x) + (1 - t) log(1 - s(x))].
   s = 1 / (1 + np.exp(-logits))
   per = -(targets * np.log(s) + (1 - targets) * np.log(1 - s))
-  # The groups' columns, written out: 8 categories, 7 colours, 56 pairs.
-  want = per[:, :8].mean() + per[:, 8:15].mean() + per[:, 15:].mean()
-  assert [n for _, n in vision_pretrain.GROUPS] == [8, 7, 56]
+  # The groups' columns, written out: 8 categories, 7 colours, 56 pairs,
+  # 16 sized categories.
+  want = (per[:, :8].mean() + per[:, 8:15].mean() + per[:, 15:71].mean() +
+          per[:, 71:].mean())
+  assert [n for _, n in vision_pretrain.GROUPS] == [8, 7, 56, 16]
   got = float(vision_pretrain.label_loss(logits.astype(np.float32),
                                          targets.astype(np.float32)))
   assert got == pytest.approx(want, rel=1e-5)
   # With weights: 3 on categories, the pairs left out.
-  weights = {'category': 3.0, 'colour': 1.0, 'colour_category': 0.0}
-  want = 3 * per[:, :8].mean() + per[:, 8:15].mean()
+  weights = {'category': 3.0, 'colour': 1.0, 'colour_category': 0.0,
+             'size_category': 0.5}
+  want = (3 * per[:, :8].mean() + per[:, 8:15].mean() +
+          0.5 * per[:, 71:].mean())
   got = float(vision_pretrain.label_loss(
       logits.astype(np.float32), targets.astype(np.float32), weights))
   assert got == pytest.approx(want, rel=1e-5)
@@ -59,28 +68,34 @@ def test_patch_labels_mark_the_box_that_holds_each_patch_centre():
   # A 4 x 4 grid: patch centres at 0.125, 0.375, 0.625, 0.875.
   record = {'objects': [
       # Holds the centres of columns 0-1, rows 0-1.
-      {'category': 'star', 'color': 'red', 'box': [0.0, 0.0, 0.5, 0.5]},
+      {'category': 'star', 'color': 'red', 'size': 'large',
+       'box': [0.0, 0.0, 0.5, 0.5]},
       # Holds row 3, column 3 only; it also overlaps nothing.
-      {'category': 'ring', 'color': 'blue', 'box': [0.8, 0.8, 0.2, 0.2]},
+      {'category': 'ring', 'color': 'blue', 'size': 'small',
+       'box': [0.8, 0.8, 0.2, 0.2]},
       # Inside the star's box, holding only (row 1, column 1): the smaller
       # box wins there.
-      {'category': 'circle', 'color': 'green',
+      {'category': 'circle', 'color': 'green', 'size': 'small',
        'box': [0.3, 0.3, 0.1, 0.1]}]}
-  got = vision_pretrain.patch_labels(record, 4).reshape(4, 4, 3)
+  got = vision_pretrain.patch_labels(record, 4).reshape(4, 4, 4)
   cat = lambda k: 1 + world.CATEGORIES.index(k)
   col = lambda c: 1 + world.COLOURS.index(c)
   pair = lambda c, k: 1 + vision_pretrain.PAIRS.index((c, k))
-  want = np.zeros((4, 4, 3), np.int32)
+  sized = lambda s, k: 1 + vision_pretrain.SIZED.index((s, k))
+  want = np.zeros((4, 4, 4), np.int32)
   for r, c in [(0, 0), (0, 1), (1, 0)]:
-    want[r, c] = cat('star'), col('red'), pair('red', 'star')
-  want[1, 1] = cat('circle'), col('green'), pair('green', 'circle')
-  want[3, 3] = cat('ring'), col('blue'), pair('blue', 'ring')
+    want[r, c] = (cat('star'), col('red'), pair('red', 'star'),
+                  sized('large', 'star'))
+  want[1, 1] = (cat('circle'), col('green'), pair('green', 'circle'),
+                sized('small', 'circle'))
+  want[3, 3] = (cat('ring'), col('blue'), pair('blue', 'ring'),
+                sized('small', 'ring'))
   np.testing.assert_array_equal(got, want)
 
 
 def test_patch_loss_is_softmax_cross_entropy_per_group():
   rng = np.random.default_rng(1)
-  sizes = [n + 1 for _, n in vision_pretrain.GROUPS]  # 9, 8, 57
+  sizes = [n + 1 for _, n in vision_pretrain.GROUPS]  # 9, 8, 57, 17
   logits = rng.normal(size=(2, 5, vision_pretrain.NUM_PATCH_CLASSES))
   targets = np.stack([rng.integers(0, n, size=(2, 5)) for n in sizes], -1)
   # float64 re-derivation: -log softmax(x)[t] within each group's columns.
@@ -90,7 +105,8 @@ def test_patch_loss_is_softmax_cross_entropy_per_group():
     logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
     want.append(-np.take_along_axis(logp, targets[..., g:g + 1], -1).mean())
     start += n
-  weights = {'category': 2.0, 'colour': 1.0, 'colour_category': 0.5}
+  weights = {'category': 2.0, 'colour': 1.0, 'colour_category': 0.5,
+             'size_category': 0.0}
   got = float(vision_pretrain.patch_loss(
       logits.astype(np.float32), targets.astype(np.int32), weights))
   assert got == pytest.approx(2 * want[0] + want[1] + 0.5 * want[2],
@@ -100,7 +116,8 @@ def test_patch_loss_is_softmax_cross_entropy_per_group():
 def test_label_weights_are_checked():
   c = tiny_test_config()
   assert vision_pretrain.group_weights(c) == {
-      'category': 1.0, 'colour': 1.0, 'colour_category': 1.0}
+      'category': 1.0, 'colour': 1.0, 'colour_category': 1.0,
+      'size_category': 1.0}
   c.vision_pretrain.label_weights.colour_category = 0.0
   assert vision_pretrain.group_weights(c)['colour_category'] == 0.0
   with c.unlocked():
@@ -108,7 +125,8 @@ def test_label_weights_are_checked():
   with pytest.raises(ValueError, match=r"unknown group\(s\) \['shape'\]"):
     vision_pretrain.group_weights(c)
   del c.vision_pretrain.label_weights['shape']
-  c.vision_pretrain.label_weights.update(category=0.0, colour=0.0)
+  c.vision_pretrain.label_weights.update(category=0.0, colour=0.0,
+                                         size_category=0.0)
   with pytest.raises(ValueError, match='one at least above 0'):
     vision_pretrain.group_weights(c)
   c.vision_pretrain.label_weights.category = -1.0

@@ -32,7 +32,8 @@ equal to it).
                  cross-entropy through a linear head on every patch token:
                  a label per patch instead of per image, as a detector's
                  or segmenter's pretraining sees)
-  label_weights  {category, colour, colour_category}: each label group's
+  label_weights  {category, colour, colour_category, size_category}: each
+                 label group's
                  weight in the loss (0 leaves a group out of training; its
                  held-out accuracy is still reported)
 
@@ -75,10 +76,12 @@ SUMMARY_FILE = 'tower.json'
 NUM_VAL = 512
 
 # The label groups, each a multi-label presence vector: an object's
-# category, its colour, and the two together (what binds them).
+# category, its colour, the two together (what binds them), and its size
+# class with its category (the captions' 'large' and 'small').
 PAIRS = tuple((c, k) for k in world.CATEGORIES for c in world.COLOURS)
+SIZED = tuple((s, k) for k in world.CATEGORIES for s in world.SIZES)
 GROUPS = (('category', len(world.CATEGORIES)), ('colour', len(world.COLOURS)),
-          ('colour_category', len(PAIRS)))
+          ('colour_category', len(PAIRS)), ('size_category', len(SIZED)))
 NUM_LABELS = sum(n for _, n in GROUPS)
 TARGETS = ('image', 'patch')
 # target='patch': per patch, a class per group, 0 = no object (so each
@@ -118,21 +121,24 @@ def group_slices(extra: int = 0) -> list[tuple[str, slice]]:
 
 def labels(record: dict[str, Any]) -> np.ndarray:
   """[NUM_LABELS] float32, the groups of :data:`GROUPS` concatenated: 1
-  where the image holds an object of the category / colour / both."""
+  where the image holds an object of the category / colour / colour and
+  category / size class and category."""
   objects = record['objects']
   categories = {o['category'] for o in objects}
   colours = {o['color'] for o in objects}
   pairs = {(o['color'], o['category']) for o in objects}
+  sized = {(o['size'], o['category']) for o in objects}
   return np.array([c in categories for c in world.CATEGORIES] +
                   [c in colours for c in world.COLOURS] +
-                  [p in pairs for p in PAIRS], np.float32)
+                  [p in pairs for p in PAIRS] +
+                  [p in sized for p in SIZED], np.float32)
 
 
 def patch_labels(record: dict[str, Any], grid: int) -> np.ndarray:
   """[grid * grid, len(GROUPS)] int32, patches in row-major order: per
-  group, 1 + the index of the category / colour / pair of the object whose
-  box holds the patch's centre (the smallest such box, where boxes
-  overlap), 0 where no box does."""
+  group, 1 + the index of the category / colour / pair / sized category of
+  the object whose box holds the patch's centre (the smallest such box,
+  where boxes overlap), 0 where no box does."""
   out = np.zeros((grid, grid, len(GROUPS)), np.int32)
   area = np.full((grid, grid), np.inf)
   centres = (np.arange(grid) + 0.5) / grid
@@ -144,7 +150,8 @@ def patch_labels(record: dict[str, Any], grid: int) -> np.ndarray:
     area[inside] = w * h
     out[inside] = (1 + world.CATEGORIES.index(o['category']),
                    1 + world.COLOURS.index(o['color']),
-                   1 + PAIRS.index((o['color'], o['category'])))
+                   1 + PAIRS.index((o['color'], o['category'])),
+                   1 + SIZED.index((o['size'], o['category'])))
   return out.reshape(grid * grid, len(GROUPS))
 
 
