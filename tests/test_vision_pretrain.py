@@ -116,8 +116,8 @@ def test_patch_loss_is_softmax_cross_entropy_per_group():
 def test_label_weights_are_checked():
   c = tiny_test_config()
   assert vision_pretrain.group_weights(c) == {
-      'category': 1.0, 'colour': 1.0, 'colour_category': 1.0,
-      'size_category': 1.0}
+      'category': 1.0, 'colour': 0.1, 'colour_category': 0.1,
+      'size_category': 0.0}
   c.vision_pretrain.label_weights.colour_category = 0.0
   assert vision_pretrain.group_weights(c)['colour_category'] == 0.0
   with c.unlocked():
