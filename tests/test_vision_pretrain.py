@@ -120,6 +120,11 @@ def test_label_weights_are_checked():
       'size_category': 0.0}
   c.vision_pretrain.label_weights.colour_category = 0.0
   assert vision_pretrain.group_weights(c)['colour_category'] == 0.0
+  # A config saved before a group existed: the default weight for it.
+  with c.unlocked():
+    del c.vision_pretrain.label_weights['size_category']
+  assert vision_pretrain.group_weights(c)['size_category'] == 0.0
+  c.vision_pretrain.label_weights.size_category = 0.0
   with c.unlocked():
     c.vision_pretrain.label_weights.shape = 2.0
   with pytest.raises(ValueError, match=r"unknown group\(s\) \['shape'\]"):

@@ -113,8 +113,6 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
   return bool(vp) and int(vp.get('steps', 0)) > 0
 
 
-
-
 def group_slices(extra: int = 0) -> list[tuple[str, slice]]:
   """(group name, its columns of a [.., NUM_LABELS] label array); with
   ``extra=1``, of a [.., NUM_PATCH_CLASSES] per-patch logit array."""
@@ -176,14 +174,16 @@ def patch_loss(logits: jax.Array, targets: jax.Array,
 
 def group_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
   """``vision_pretrain.label_weights`` checked: one finite weight >= 0 per
-  label group, not all zero."""
+  label group, not all zero; a group the config does not name (one saved
+  before the group existed) takes :func:`default_config`'s weight."""
   given = dict(config.vision_pretrain.get('label_weights') or {})
   names = [name for name, _ in GROUPS]
   unknown = sorted(set(given) - set(names))
   if unknown:
     raise ValueError(f'vision_pretrain.label_weights: unknown group(s) '
                      f'{unknown}; the groups are {names}')
-  weights = {name: float(given.get(name, 1.0)) for name in names}
+  defaults = default_config().label_weights
+  weights = {name: float(given.get(name, defaults[name])) for name in names}
   bad = {k: v for k, v in weights.items() if not (np.isfinite(v) and v >= 0)}
   if bad or not any(weights.values()):
     raise ValueError(f'vision_pretrain.label_weights={weights}: each must be '
