@@ -1,4 +1,5 @@
-"""The ``base_4m`` variants: ALBEF's 4M folders under ``config.data_dir``."""
+"""The recipes: tiny's labelled vision stage; the ``base_4m`` variants'
+ALBEF 4M folders under ``config.data_dir``."""
 
 import json
 import os
@@ -48,6 +49,27 @@ def _data_free(config):
     part.pop('vocab', None)
   d['model'].pop('mrc_classes', None)
   return d
+
+
+def _recipe(family, arg):
+  return (recipes.albef_config(arg) if family == 'albef' else
+          recipes.family_config(family, arg))
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_tiny_starts_from_the_labelled_vision_stage(family):
+  c = _recipe(family, 'tiny')
+  assert c.vision_pretrain.steps == recipes.TINY_PRETRAIN_STEPS > 0
+  assert c.model.vision_stem == 'conv_image'
+  assert c.total_steps == recipes.TINY_STEPS[family]
+  # Four evaluations, the last at the end.
+  assert {e.log_steps for e in c.evals.values()} == {c.total_steps // 4}
+  # runlocal runs the stage's path in a few steps; small and base have none.
+  local = _recipe(family, 'tiny,runlocal')
+  assert (local.vision_pretrain.steps, local.vision_pretrain.warmup_steps) == (
+      10, 2)
+  for variant in ('small', 'base'):
+    assert _recipe(family, variant).vision_pretrain.steps == 0
 
 
 @pytest.mark.parametrize('family', FAMILIES)

@@ -26,6 +26,10 @@ def shrink_for_tests(c):
   c.input.data.synthetic.num_examples = 2000
   c.input.tokenizer.num_texts = 300
   c.input.max_text_len = 16
+  # The linear patch map and no vision stage: the tests of the stage and of
+  # the convolutional stem ask for them.
+  c.model.vision_stem = 'patch'
+  c.vision_pretrain.steps = 0
   # One device: a program partitioned over 8 fake CPU devices compiles and
   # runs several times slower; tests of sharding ask for the mesh they need.
   c.num_devices = 1

@@ -11,9 +11,9 @@ end, then writes ``DIR/results.md``, ``DIR/results.json`` and
 ``DIR/curves.png`` (``vlg.projects.study.results``).
 
 Presets. ``budget`` (the default) compares the families at equal training
-compute: each trains its tiny recipe for its own ``recipes.TINY_STEPS``
-(about 40 TFLOP a run by XLA's count, so 4 models x 3 seeds spend ~480
-TFLOP), with the pairwise benchmark sets at 200 examples and the
+compute: each trains its tiny recipe (the labelled vision stage, then its
+own ``recipes.TINY_STEPS``; about 40 TFLOP a run by XLA's count, so 4
+models x 3 seeds spend ~480 TFLOP), with the pairwise benchmark sets at 200 examples and the
 evaluation settings of ``hour`` below. ``tiny`` and ``small`` are the
 recipes' variants as they are, every family for the same steps (``tiny``:
 50 examples per benchmark file, 600 steps unless ``--steps``). ``hour`` is
@@ -28,6 +28,8 @@ shows the early curves only:
   objective the study is about);
 - a 2-layer ViT (tiny has 4; width, text and fusion stacks unchanged):
   cheaper train steps and evaluation rounds, and a faster compile;
+- no labelled vision stage (the recipe's 1,500 stage steps would cost
+  more than the 100 training steps);
 - 200 examples per file for the pairwise sets (VSR x 4, VALSE, SVO,
   Winoground), whose accuracies carry the claims (binomial std of one
   accuracy ~3.5 points instead of ~7 at 50); retrieval, paragraph

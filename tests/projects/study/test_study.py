@@ -95,6 +95,8 @@ def test_hour_preset_changes_the_tiny_recipe_and_nothing_else():
   for key, value in settings['model'].items():
     assert hour.model[key] == value, key
   assert hour.ckpt_steps == 20  # One checkpoint per evaluation.
+  # The hour's towers start from scratch; tiny keeps the recipe's stage.
+  assert hour.vision_pretrain.steps == 0 < tiny.vision_pretrain.steps
   nums = {name: e.synthetic_num for name, e in hour.evals.items()}
   assert nums['vsr_random_dev'] == nums['valse'] == 200
   assert nums['retrieval'] == nums['paragraphs'] == 50
@@ -125,6 +127,7 @@ def test_budget_preset_gives_each_family_its_steps_at_equal_compute():
   assert budget.batch_size == tiny.batch_size
   assert budget.input.to_dict() == tiny.input.to_dict()
   assert budget.total_steps == recipes.TINY_STEPS['xvlm']
+  assert budget.vision_pretrain.to_dict() == tiny.vision_pretrain.to_dict()
   assert budget.eval_batch_size == study.HOUR['eval_batch_size']
   nums = {name: e.synthetic_num for name, e in budget.evals.items()}
   assert nums['winoground'] == 200 and nums['retrieval'] == 50

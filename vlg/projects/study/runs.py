@@ -52,6 +52,9 @@ def _hour_preset(c: ml_collections.ConfigDict, eval_every: int,
   if shrink:
     c.batch_size = HOUR['batch_size']
     c.model.update(HOUR['model'])
+    # The recipe's 1,500-step vision stage would cost more than the hour's
+    # 100 steps: the hour preset's towers start from scratch.
+    c.vision_pretrain.steps = 0
     for name, part in (c.input.get('parts') or {}).items():
       part.update(HOUR['parts'][name])
   # Checkpoints serve resumption only (the curves come from the metrics
