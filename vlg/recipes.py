@@ -195,15 +195,19 @@ def _albef_config(arg: str | None) -> ml_collections.ConfigDict:
   c.keep_latest = 2
   # Tiny and small evaluate on every synthetic benchmark set (written once
   # to a cache, see vlg/evaluators/synthetic.py) four times a run, the last
-  # at the end; ``:tiny,evals=False`` turns them off. Base runs name their
-  # (real) benchmarks in config.evals.
+  # at the end; ``:tiny,evals=False`` turns them off. The sets scored per
+  # example (VALSE, VSR, SVO, Winoground) hold 200 examples a file, so one
+  # accuracy's binomial std is 3.5 points (7 at 50); retrieval, paragraphs
+  # and RefCOCOg 50 (retrieval's ITM re-scoring grows with images x
+  # k_test). Base runs name their (real) benchmarks in config.evals.
   c.evals = ml_collections.ConfigDict()
   # A failing evaluator: 'stop' (after the step's checkpoint) or 'skip'
   # (log it, train on); see vlg/train.py:EVAL_FAILURE.
   c.eval_failure = 'stop'
   if arg.evals and size != 'base':
     c.evals = synthetic_evals.default_evals(
-        log_steps=int(c.total_steps) // 4, num=8 if arg.runlocal else 50)
+        log_steps=int(c.total_steps) // 4, num=8 if arg.runlocal else 50,
+        pairwise_num=8 if arg.runlocal else 200)
   if arg.runlocal:
     c.batch_size = 8
     c.total_steps = 20

@@ -70,6 +70,13 @@ def test_default_evals_cover_every_set():
       'vsr_zeroshot_test', 'refcocog_val', 'refcocog_test'}
   assert all(e.log_steps == 7 and e.synthetic for e in evals.values())
   assert evals.paragraphs.format == 'paragraphs'
+  assert {e.synthetic_num for e in evals.values()} == {200}
+  # The per-example sets can hold more examples than the others.
+  mixed = synthetic.default_evals(num=50, pairwise_num=120)
+  assert {n for n, e in mixed.items() if e.synthetic_num == 120} == set(
+      synthetic.PAIRWISE)
+  assert {e.synthetic_num for n, e in mixed.items()
+          if n not in synthetic.PAIRWISE} == {50}
 
 
 def test_real_annotation_files_without_images(tmp_path):

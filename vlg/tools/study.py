@@ -13,10 +13,10 @@ end, then writes ``DIR/results.md``, ``DIR/results.json`` and
 Presets. ``budget`` (the default) compares the families at equal training
 compute: each trains its tiny recipe (the labelled vision stage, then its
 own ``recipes.TINY_STEPS``; about 40 TFLOP a run by XLA's count, so 4
-models x 3 seeds spend ~480 TFLOP), with the pairwise benchmark sets at 200 examples and the
-evaluation settings of ``hour`` below. ``tiny`` and ``small`` are the
-recipes' variants as they are, every family for the same steps (``tiny``:
-50 examples per benchmark file, 600 steps unless ``--steps``). ``hour`` is
+models x 3 seeds spend ~480 TFLOP), with the evaluation settings of
+``hour`` below. ``tiny`` and ``small`` are the recipes' variants as they
+are, every family for the same steps (``tiny``: 600 steps unless
+``--steps``). ``hour`` is
 ``tiny`` sized so that 4 models x 3 seeds fit an hour on a 2-core CPU; at
 its 100 steps ITM has not yet left its 1:2 prior (docs/results.md), so it
 shows the early curves only:
@@ -30,11 +30,11 @@ shows the early curves only:
   cheaper train steps and evaluation rounds, and a faster compile;
 - no labelled vision stage (the recipe's 1,500 stage steps would cost
   more than the 100 training steps);
-- 200 examples per file for the pairwise sets (VSR x 4, VALSE, SVO,
-  Winoground), whose accuracies carry the claims (binomial std of one
-  accuracy ~3.5 points instead of ~7 at 50); retrieval, paragraph
-  retrieval and RefCOCOg keep 50, since the ITM re-scoring of retrieval
-  costs images x k_test fusions and is already half of an evaluation;
+- as in the recipes, 200 examples per file for the pairwise sets (VSR x
+  4, VALSE, SVO, Winoground), whose accuracies carry the claims (binomial
+  std of one accuracy ~3.5 points instead of ~7 at 50); retrieval,
+  paragraph retrieval and RefCOCOg keep 50, since the ITM re-scoring of
+  retrieval costs images x k_test fusions;
 - evaluation batches of 32 rows, one checkpoint per evaluation (they serve
   resumption only), and 100 steps, which is what fits.
 

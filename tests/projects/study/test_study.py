@@ -15,6 +15,7 @@ import pytest
 
 from vlg import recipes
 from vlg import train
+from vlg.evaluators import synthetic as synthetic_evals
 from vlg.projects.study import results as study_lib
 from vlg.projects.study import runs as study
 
@@ -85,7 +86,9 @@ def test_hour_preset_changes_the_tiny_recipe_and_nothing_else():
                             preset='hour')
   # The tiny preset is the recipe's tiny variant as it is.
   assert tiny.batch_size == 16 and tiny.input.parts.vsg.k == 8
-  assert {e.synthetic_num for e in tiny.evals.values()} == {50}
+  assert {e.synthetic_num for e in tiny.evals.values()} == {50, 200}
+  assert {n for n, e in tiny.evals.items() if e.synthetic_num == 200} == set(
+      synthetic_evals.PAIRWISE)
   settings = study.HOUR
   assert hour.batch_size == settings['batch_size'] <= tiny.batch_size
   assert hour.eval_batch_size == settings['eval_batch_size']

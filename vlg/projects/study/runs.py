@@ -18,6 +18,7 @@ import ml_collections
 
 from vlg import checkpointing
 from vlg import recipes
+from vlg.evaluators import synthetic as synthetic_evals
 from vlg.projects.study import results as results_lib
 
 SETTINGS_FILE = 'study.json'
@@ -35,9 +36,7 @@ HOUR = dict(
                vsg=dict(batch_size=8)),
     # Examples per benchmark file: 200 for the pairwise sets, 50 for the
     # others (retrieval's cost grows with images x k_test).
-    eval_num={name: 200 for name in (
-        'valse', 'svo_probes', 'winoground', 'vsr_random_dev',
-        'vsr_random_test', 'vsr_zeroshot_dev', 'vsr_zeroshot_test')},
+    eval_num={name: 200 for name in synthetic_evals.PAIRWISE},
     eval_num_other=50,
 )
 ConfigHook = Callable[[ml_collections.ConfigDict], None]
