@@ -9,9 +9,9 @@ Layout: ``WORKDIR/checkpoints/<step>/{params,train_state,data_iter,config}``.
 - ``config``: the run's config plus metadata (step, workdir, tokenizer
   fingerprint, image normalisation), printed on load.
 
-Policies: save every ``ckpt_steps`` (and on demand, e.g. at the end or on a
-preemption notice); keep the latest ``keep_latest`` plus every
-``keep_every_steps`` step — the kept ones are what learning curves are
+Policies: save every ``ckpt_steps`` and every ``keep_every_steps`` (and on
+demand, e.g. at the end or on a preemption notice); keep the latest
+``keep_latest`` plus every ``keep_every_steps`` step — the kept ones are what learning curves are
 computed from. Saves are atomic (orbax writes to a temporary directory and
 renames it), so a crash mid-save leaves the previous checkpoint intact; the
 next run's manager removes the unfinished temporary directory
@@ -58,13 +58,15 @@ class Checkpointer:
                asynchronous: bool = True):
     self.directory = checkpoint_dir(workdir)
     keep = [policies.LatestN(keep_latest)]
+    saves = [policies.FixedIntervalPolicy(ckpt_steps),
+             policies.PreemptionCheckpointingPolicy()]
     if keep_every_steps:
       keep.append(policies.EveryNSteps(keep_every_steps))
+      # A step to keep is saved even where ckpt_steps does not divide it
+      # (the tiny run keeps every evaluation's step, 365 apart).
+      saves.append(policies.FixedIntervalPolicy(keep_every_steps))
     options = ocp.CheckpointManagerOptions(
-        save_decision_policy=policies.AnySavePolicy([
-            policies.FixedIntervalPolicy(ckpt_steps),
-            policies.PreemptionCheckpointingPolicy(),
-        ]),
+        save_decision_policy=policies.AnySavePolicy(saves),
         preservation_policy=policies.AnyPreservationPolicy(keep),
         enable_async_checkpointing=asynchronous,
         cleanup_tmp_directories=True,
