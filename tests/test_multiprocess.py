@@ -57,6 +57,7 @@ OVERRIDES = {
     'model.vision_depth': 1, 'model.vision_heads': 2, 'model.vision_mlp': 64,
     'model.text_width': 32, 'model.text_layers': 1, 'model.fusion_layers': 1,
     'model.text_heads': 2, 'model.text_mlp': 64, 'model.embed_dim': 16,
+    'model.vision_stem': 'patch', 'vision_pretrain.steps': 0,
     'input.resolution': 48, 'input.data.synthetic.world.resolution': 48,
     'input.data.synthetic.num_examples': 256, 'input.max_text_len': 16,
     'input.tokenizer.num_texts': 300, 'batch_size': 8, 'queue_size': 16,

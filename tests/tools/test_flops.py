@@ -37,15 +37,22 @@ import configs.albef as albef_config
 def dot_flops(jaxpr) -> int:
   """2·|output|·|contracted dims| summed over every dot_general (and
   2·|output|·kernel height·width·input channels over every ungrouped
-  convolution), recursing into sub-jaxprs (jit, custom_jvp, ...)."""
+  convolution), recursing into sub-jaxprs (jit, custom_jvp, ...).
+
+  The input gradient of a strided convolution is a convolution over the
+  output gradient dilated with zeros (``lhs_dilation``); only one input in
+  prod(lhs_dilation) is not an inserted zero, so its useful multiplies
+  are the dilated count divided by that (the forward convolution's).
+  """
   total = 0
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == 'conv_general_dilated':
       assert eqn.params['feature_group_count'] == 1
       rhs_spec = eqn.params['dimension_numbers'].rhs_spec  # (O, I, H, W).
       kernel = eqn.invars[1].aval.shape
-      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
+      dilated = 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
           kernel[d] for d in rhs_spec[1:])
+      total += dilated // math.prod(eqn.params['lhs_dilation'] or (1,))
     if eqn.primitive.name == 'dot_general':
       (contract, _), _ = eqn.params['dimension_numbers']
       lhs = eqn.invars[0].aval.shape

@@ -1,6 +1,7 @@
 r"""vlg's train step side by side with ALBEF's own PyTorch step.
 
   python -m vlg.tools.bench_reference --config=configs/albef.py:tiny \
+      --config.model.vision_stem=patch \
       --against_reference=/path/to/ALBEF \
       --reference_python=/path/to/venv/bin/python --rounds=3
 
