@@ -50,6 +50,11 @@ same images and is scored on the same examples; one tokenizer, trained once
 into ``DIR/tokenizer``, serves every run.
 
 Runs go to ``DIR/runs/<model>/seed<k>`` one after another in this process.
+Where the runs train the labelled vision stage (``budget``, ``tiny``), it
+depends on the seed and not on the family, so each seed's tower is trained
+once into ``DIR/towers/seed<k>/`` and all four families start from it:
+the families differ only in what they train after it, and the study's
+compute counts the stage once per seed (its ``tower.json``).
 Running the same command again resumes the study: a run whose training
 reached the final step (marker file ``study_done.json``) is skipped, a
 killed run continues from its last checkpoint (``vlg.train``), and only

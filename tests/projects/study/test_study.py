@@ -79,6 +79,43 @@ def test_runs_share_a_named_wordpiece_tokenizer_as_named(tmp_path):
     study._share_tokenizer(configs, str(tmp_path))  # pylint: disable=protected-access
 
 
+def test_each_seed_trains_one_tower_that_every_family_starts_from(tmp_path):
+  configs = {}
+  for model in ('albef', 'rexvlm'):
+    for seed in (0, 1):
+      c = study.study_config(model, seed, steps=4, eval_every=2)
+      shrink(c)
+      c.vision_pretrain.update(steps=2, warmup_steps=1, batch_size=4)
+      configs[model, seed] = c
+  # A hook that changed one run's stage: that seed's runs keep their own.
+  configs['rexvlm', 1].vision_pretrain.lr = 3e-3
+  logs = []
+  shared = study._share_towers(configs, str(tmp_path), logs.append)  # pylint: disable=protected-access
+  tower = str(tmp_path / 'towers' / 'seed0' / 'tower.npz')
+  assert shared == {0: tower} and os.path.exists(tower)
+  assert os.path.exists(tmp_path / 'towers' / 'seed0' / 'tower.json')
+  for model in ('albef', 'rexvlm'):
+    assert configs[model, 0].model.init.vision == tower
+    assert configs[model, 0].vision_pretrain.steps == 0
+    assert configs[model, 1].model.init.vision == ''
+    assert configs[model, 1].vision_pretrain.steps == 2
+  assert not os.path.exists(tmp_path / 'towers' / 'seed1')
+  # A resumed study reuses the tower.
+  before = os.path.getmtime(tower)
+  again = {k: study.study_config(k[0], 0, steps=4, eval_every=2)
+           for k in [('xvlm', 0)]}
+  for c in again.values():
+    shrink(c)
+    c.vision_pretrain.update(steps=2, warmup_steps=1, batch_size=4)
+  assert study._share_towers(again, str(tmp_path), logs.append) == {0: tower}  # pylint: disable=protected-access
+  assert os.path.getmtime(tower) == before
+  assert 'starts from the tower' in logs[-1]
+  # Other stage settings than the tower's: refused, naming the file.
+  again['xvlm', 0].vision_pretrain.update(steps=3)
+  with pytest.raises(ValueError, match='stage.json'):
+    study._share_towers(again, str(tmp_path), logs.append)  # pylint: disable=protected-access
+
+
 def test_hour_preset_changes_the_tiny_recipe_and_nothing_else():
   tiny = study.study_config('rexvlm', 1, steps=100, eval_every=20,
                             preset='tiny')

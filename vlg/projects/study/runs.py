@@ -192,6 +192,67 @@ def _share_tokenizer(configs: Sequence[ml_collections.ConfigDict],
   return path
 
 
+def _stage_key(c: ml_collections.ConfigDict) -> str:
+  """What a run's labelled vision stage depends on: its settings, the
+  tower's fields, the world and the seed (not the family)."""
+  tower = {k: v for k, v in c.model.to_dict().items()
+           if k.startswith(('vision', 'image', 'patch'))
+           or k in ('init_std', 'dtype')}
+  return json.dumps(dict(stage=c.vision_pretrain.to_dict(), tower=tower,
+                         data=c.input.data.to_dict(),
+                         resolution=c.input.resolution, seed=c.seed),
+                    sort_keys=True, default=str)
+
+
+def _share_towers(configs: Mapping[tuple[str, int], ml_collections.ConfigDict],
+                  out: str, log: Callable[[str], None] = print
+                  ) -> dict[int, str]:
+  """Trains each seed's labelled vision tower once for every family.
+
+  The stage (vlg/vision_pretrain.py) reads nothing of the family, so the
+  runs of one seed would train the same tower four times; here it is
+  trained (or reused) once into ``out/towers/seed<k>/tower.npz`` and every
+  run of that seed starts from it (``model.init.vision``, the stage off).
+  The families then differ only in what they train after it, and the
+  study's compute counts the stage once per seed (``tower.json`` beside
+  the tower). Runs of a seed whose stages would differ (a config hook
+  changed one) keep their own stage.
+
+  Returns:
+    {seed: tower path} of the seeds whose runs share a tower.
+  """
+  from vlg import vision_pretrain  # pylint: disable=g-import-not-at-top
+  shared = {}
+  for seed in sorted({s for _, s in configs}):
+    staged = [c for (_, s), c in configs.items()
+              if s == seed and vision_pretrain.enabled(c)]
+    if not staged or len({_stage_key(c) for c in staged}) > 1:
+      continue
+    path = os.path.join(out, 'towers', f'seed{seed}', 'tower.npz')
+    key_path = os.path.join(os.path.dirname(path), 'stage.json')
+    key = _stage_key(staged[0])
+    if os.path.exists(path):
+      with open(key_path) as f:
+        if f.read() != key:
+          raise ValueError(
+              f'{path} was trained with other stage settings than these '
+              f'runs have ({key_path}); use another --out or the same '
+              'settings')
+      log(f'seed {seed}: every run starts from the tower in {path}')
+    else:
+      log(f'seed {seed}: training the labelled vision tower once for every '
+          f'run ({staged[0].vision_pretrain.steps} steps) into {path}')
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(key_path, 'w') as f:
+        f.write(key)
+      vision_pretrain.train_tower(staged[0], path)
+    for c in staged:
+      c.model.init.vision = path
+      c.vision_pretrain.steps = 0
+    shared[seed] = path
+  return shared
+
+
 def _duration(seconds: float) -> str:
   return time.strftime('%H:%M:%S', time.gmtime(max(seconds, 0)))
 
@@ -262,6 +323,7 @@ def run_study(out: str, *, models: Sequence[str], seeds: int,
       f'{len(skipped)} finished, {len(todo)} to train')
   if todo:
     _share_tokenizer(list(configs.values()), out)
+    _share_towers({p: configs[p] for p in todo}, out, log)
   start, trained, interrupted = time.time(), [], False
   for i, (model, seed) in enumerate(todo):
     workdir = results_lib.run_dir(out, model, seed)
