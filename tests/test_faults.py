@@ -112,7 +112,8 @@ def test_a_save_that_fails_half_way_names_it_and_the_run_resumes(
   # file is written, then the write raises ENOSPC. orbax reports it when
   # the run next waits for its writes, at step 6's save, after 6
   # uninterrupted steps.
-  config = tiny_test_config(ckpt_steps=2)
+  # (No kept interval: a kept step is saved too, and step 3 would be.)
+  config = tiny_test_config(ckpt_steps=2, keep_every_steps=None)
   fault_child.install('enospc_in_save', 4, patch=monkeypatch.setattr)
   workdir = str(tmp_path / 'run')
   directory = os.path.join(workdir, 'checkpoints')
