@@ -11,8 +11,8 @@ Layout: ``WORKDIR/checkpoints/<step>/{params,train_state,data_iter,config}``.
 
 Policies: save every ``ckpt_steps`` and every ``keep_every_steps`` (and on
 demand, e.g. at the end or on a preemption notice); keep the latest
-``keep_latest`` plus every ``keep_every_steps`` step — the kept ones are what learning curves are
-computed from. Saves are atomic (orbax writes to a temporary directory and
+``keep_latest`` plus every ``keep_every_steps`` step — the kept ones are
+what learning curves are computed from. Saves are atomic (orbax writes to a temporary directory and
 renames it), so a crash mid-save leaves the previous checkpoint intact; the
 next run's manager removes the unfinished temporary directory
 (``cleanup_tmp_directories``). A save that fails (a full disk, a lost

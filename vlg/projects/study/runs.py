@@ -18,7 +18,6 @@ import ml_collections
 
 from vlg import checkpointing
 from vlg import recipes
-from vlg.evaluators import synthetic as synthetic_evals
 from vlg.projects.study import results as results_lib
 
 SETTINGS_FILE = 'study.json'
@@ -34,10 +33,6 @@ HOUR = dict(
     model=dict(vision_depth=2),
     parts=dict(entity=dict(batch_size=4), mrc=dict(batch_size=4),
                vsg=dict(batch_size=8)),
-    # Examples per benchmark file: 200 for the pairwise sets, 50 for the
-    # others (retrieval's cost grows with images x k_test).
-    eval_num={name: 200 for name in synthetic_evals.PAIRWISE},
-    eval_num_other=50,
 )
 ConfigHook = Callable[[ml_collections.ConfigDict], None]
 
@@ -46,7 +41,8 @@ def _hour_preset(c: ml_collections.ConfigDict, eval_every: int,
                  shrink: bool = True) -> None:
   """Turns the tiny config ``c`` into the ``hour`` preset's
   (vlg/tools/study.py); ``shrink=False`` keeps the recipe's model and
-  batches (``budget``)."""
+  batches (``budget``). Both keep the recipe's evaluation sets (200
+  examples a file for the pairwise sets, 50 for the others)."""
   c.eval_batch_size = HOUR['eval_batch_size']
   if shrink:
     c.batch_size = HOUR['batch_size']
@@ -60,8 +56,6 @@ def _hour_preset(c: ml_collections.ConfigDict, eval_every: int,
   # log): one per evaluation.
   c.ckpt_steps = eval_every
   c.keep_every_steps = None
-  for name, entry in c.evals.items():
-    entry.synthetic_num = HOUR['eval_num'].get(name, HOUR['eval_num_other'])
 
 
 def study_config(model: str, seed: int, *, steps: int, eval_every: int,
@@ -226,11 +220,12 @@ def _share_towers(configs: Mapping[tuple[str, int], ml_collections.ConfigDict],
   for seed in sorted({s for _, s in configs}):
     staged = [c for (_, s), c in configs.items()
               if s == seed and vision_pretrain.enabled(c)]
-    if not staged or len({_stage_key(c) for c in staged}) > 1:
+    keys = {_stage_key(c) for c in staged}
+    if len(keys) != 1:  # No stage, or stages that differ.
       continue
+    key = keys.pop()
     path = os.path.join(out, 'towers', f'seed{seed}', 'tower.npz')
     key_path = os.path.join(os.path.dirname(path), 'stage.json')
-    key = _stage_key(staged[0])
     if os.path.exists(path):
       with open(key_path) as f:
         if f.read() != key:
