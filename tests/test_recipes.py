@@ -1,6 +1,7 @@
 """The recipes: tiny's labelled vision stage; the ``base_4m`` variants'
 ALBEF 4M folders under ``config.data_dir``."""
 
+import dataclasses
 import json
 import os
 
@@ -16,7 +17,9 @@ from vlg import train
 from vlg.data.parts import common as parts_common
 from vlg.data import pipeline
 from vlg.data import relations
+from vlg.data import sources
 from vlg.data import tokenizer as tok_lib
+from vlg.synthetic import world
 from vlg.tools import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +73,25 @@ def test_tiny_starts_from_the_labelled_vision_stage(family):
       10, 2)
   for variant in ('small', 'base'):
     assert _recipe(family, variant).vision_pretrain.steps == 0
+
+
+def test_every_world_field_can_be_set_from_the_command_line():
+  # docs/synthetic-world.md §6 promises --config.input.data.synthetic.world.X
+  # for every WorldConfig field; the source must then build that world.
+  argv = ['main', f'--config={REPO}/configs/albef.py:tiny',
+          '--config.input.data.synthetic.world.caption_relation_rate=0.4',
+          '--config.input.data.synthetic.world.max_objects=4']
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  values(argv)
+  entry = values.config.input.data.synthetic
+  expected = dataclasses.asdict(world.WorldConfig(
+      resolution=64, caption_relation_rate=0.4, max_objects=4))
+  assert set(entry.world.keys()) == set(expected)
+  # The source the pipeline reads.
+  built = sources.build_source('synthetic', entry, values.config.input).source
+  assert dataclasses.asdict(built.cfg) == expected
 
 
 @pytest.mark.parametrize('family', FAMILIES)

@@ -42,6 +42,8 @@ ViT-B/16 ImageNet-21k ``.npz`` (with ``model.image_mean`` and
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from vlg import config_lib
@@ -71,13 +73,19 @@ GRAPH_SET_4M = 'gqa'
 GQA_RELATIONS = 310
 
 
+def _world(resolution: int) -> dict[str, object]:
+  """Every ``WorldConfig`` field at its default, so that each can be set
+  from the command line (``--config.input.data.synthetic.world.X=...``)."""
+  return dataclasses.asdict(world.WorldConfig(resolution=resolution))
+
+
 def _input(resolution: int, max_text_len: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       kind='caption',
       data=dict(
           synthetic=dict(source='synthetic', weight=1.0, split='train',
                          num_examples=100_000,
-                         world=dict(resolution=resolution)),
+                         world=_world(resolution)),
       ),
       resolution=resolution,
       max_text_len=max_text_len,

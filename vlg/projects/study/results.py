@@ -1,6 +1,6 @@
 """The built-in study's results: seed means, best steps and the claims.
 
-Pure aggregation over the runs of ``python -m vlg.tools.study`` (issue 10):
+Pure aggregation over the runs of ``python -m vlg.tools.study``:
 each run is one model family trained with one seed, and its curves are
 ``{metric: {step: value}}`` as ``vlg.writers.metric_curves`` reads them from
 ``DIR/runs/<model>/seed<k>/metrics.jsonl``.
@@ -15,7 +15,10 @@ each run is one model family trained with one seed, and its curves are
   claims of the papers checked against twice the seed-to-seed std and,
   where the runs stored per-example outcomes (:func:`load_outcomes`), by a
   paired test over the benchmark's examples (each example's outcome
-  averaged over seeds; ``vlg.analysis.confidence.paired_test``);
+  averaged over seeds; ``vlg.analysis.confidence.paired_test``); whether
+  the relation models peak later than their baselines, and what a
+  retrieval-based checkpoint selector costs each fine-grained skill
+  (``vlg.projects.study.selection``);
 - :func:`results_markdown`: the tables and a plain-language summary written
   from those numbers;
 - :func:`write_results`: ``results.json``, ``results.md`` and ``curves.png``.
@@ -38,6 +41,7 @@ import numpy as np
 from vlg import writers
 from vlg.analysis import confidence
 from vlg.analysis import curves as curves_lib
+from vlg.projects.study import selection as selection_lib
 
 RUNS_DIR = 'runs'
 # Written into a run's directory once its training reached the final step.
@@ -78,13 +82,24 @@ VSR_SKILLS = ('vsr_random_dev/accuracy', 'vsr_random_test/accuracy',
 # them (docs/benchmarks.md §9): VALSE relations and actant swap, word order.
 RELATION_SKILLS = ('valse/relations/acc_r', 'valse/actant-swap/acc_r',
                    'winoground/group')
+PARAGRAPH_SKILLS = ('paragraphs/ir_r1', 'paragraphs/tr_r1')
+# The skills a COCO-style selector is judged on: all but retrieval.
+FINE_GRAINED = tuple(k for k, _ in COLUMNS
+                     if not k.startswith(('retrieval/', 'paragraphs/')))
 # (model, baseline, skills or None for every column, what the papers claim).
 CLAIMS: tuple[tuple[str, str, tuple[str, ...] | None, str], ...] = (
+    ('rexvlm', 'xvlm', VSR_SKILLS, 'ReX-VLM beats X-VLM on VSR'),
+    ('rexvlm', 'xvlm', PARAGRAPH_SKILLS,
+     'ReX-VLM beats X-VLM on paragraph retrieval'),
+    ('realbef', 'albef', PARAGRAPH_SKILLS,
+     'ReALBEF beats ALBEF on paragraph retrieval'),
     ('rexvlm', 'albef', VSR_SKILLS + RELATION_SKILLS,
      'ReX-VLM beats ALBEF on the VSR-style and relation skills'),
     ('realbef', 'albef', VSR_SKILLS, 'ReALBEF beats ALBEF on VSR'),
     ('xvlm', 'albef', None, 'X-VLM beats ALBEF'),
 )
+# (relation model, its baseline): the relation models reach their best later.
+LATER = (('realbef', 'albef'), ('rexvlm', 'xvlm'))
 
 Runs = Mapping[str, Mapping[int, curves_lib.Curves]]
 
@@ -284,11 +299,17 @@ def aggregate(runs: Runs, outcomes=None) -> dict[str, Any]:
                        f'{sorted(ends)}')
     if ends:
       final_steps[model] = ends.pop()
+  timing = selection_lib.peak_timing(runs, FINE_GRAINED)
+  later = [dict(model=m, baseline=b, **compare(timing[m], timing[b]))
+           for m, b in LATER if m in timing and b in timing]
   return dict(
       models=models, final_steps=final_steps,
       seeds={m: sorted(runs[m]) for m in models},
       columns=[dict(key=k, label=label) for k, label in COLUMNS],
-      stats=stats, claims=_claims(stats, outcomes), peaks=_peaks(stats))
+      stats=stats, claims=_claims(stats, outcomes), peaks=_peaks(stats),
+      timing=timing, later=later,
+      selection=selection_lib.select({m: runs[m] for m in models},
+                                     FINE_GRAINED))
 
 
 # Reports
@@ -391,6 +412,25 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
             f'({", ".join(dropped)})' if dropped else '')
     lines.append(f'- {name}: {verdict} (best step of the seed-mean curve: '
                  f'number of skills — {steps}){drop}.')
+  timing = results.get('timing', {})
+  for row in results.get('later', []):
+    m, b = row['model'], row['baseline']
+    lines.append(
+        f'- **{MODEL_NAMES.get(m, m)} reaches its best later than '
+        f'{MODEL_NAMES.get(b, b)}**: {row["verdict"]} (median best step at '
+        f'{100 * timing[m]["mean"]:.0f}% of the run against '
+        f'{100 * timing[b]["mean"]:.0f}%; margin {_pct(row["margin"])} '
+        f'points of the run, twice the seed std {_pct(row["two_std"])}).')
+  for m, s in results.get('selection', {}).items():
+    worst = max(s['loss'].items(), key=lambda kv: kv[1]['mean'],
+                default=None)
+    lost = (f'; the most lost there: {LABELS.get(worst[0], worst[0])}, '
+            f'{_pct(worst[1]["mean"])} points' if worst else '')
+    lines.append(
+        f'- {MODEL_NAMES.get(m, m)}: the retrieval-selected checkpoint is '
+        f'step {", ".join(str(x) for x in s["steps"].values())} (per seed); '
+        f'one step is best for every fine-grained skill in '
+        f'{s["num_one_step_best"]} of {s["num_seeds"]} seeds{lost}.')
   return lines
 
 
@@ -415,6 +455,12 @@ def results_markdown(results: Mapping[str, Any]) -> str:
       '## Best step per skill', '',
       'Best step of the seed-mean curve (each seed\'s own best step).', '',
       _best_step_table(results), '',
+      '## The retrieval-selected checkpoint', '',
+      'Per run, the step with the best mean of retrieval TR@1 and IR@1; '
+      "each fine-grained skill's loss there against its own best step of "
+      'the run, in points (mean ± seed std).', '',
+      *selection_lib.markdown(results.get('selection', {}), LABELS,
+                              MODEL_NAMES), '',
       'Curves of every run: `curves.png`.', ''])
 
 
