@@ -58,6 +58,10 @@ def test_matches_the_truth_of_the_mirrored_scenes(tok):
     scenes.append(_mirror(scene) if f else scene)
     seen.append(ops.swap_left_right(caption) if f else caption)
   np.testing.assert_array_equal(got, truth.truth_matrix(scenes, seen))
+  # Why each pair is or is not true, against the same reference.
+  kinds = batch_truth.batch_negative_kinds(batch, world_cfg, 'train', tok,
+                                           cfg)
+  np.testing.assert_array_equal(kinds, truth.kind_matrix(scenes, seen))
   assert np.all(np.diag(got))  # Every caption is true of its own image.
 
 

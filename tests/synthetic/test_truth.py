@@ -68,6 +68,42 @@ def test_is_true_on_hand_made_scenes(scenes, text, expected):
   assert tuple(truth.is_true(s, text) for s in scenes) == expected
 
 
+@pytest.mark.parametrize('text, scene, kind', [
+    ('a red circle', 0, 'true'),
+    ('a star', 0, 'word'),  # No star at all.
+    ('two stars', 2, 'word'),
+    ('a blue circle', 0, 'binding'),  # Blue on the square, not the circle.
+    ('a small circle', 0, 'binding'),
+    ('an image of a large red circle and a large square', 0, 'binding'),
+    ('a square left of a red circle', 0, 'relation'),
+    ('the circle is right of the square', 0, 'relation'),
+    ('one star', 1, 'count'),
+    ('the star', 1, 'count'),  # Two stars: not unique.
+    ('one object: a large red circle', 0, 'count'),
+    ('there is no star', 1, 'count'),
+    ('there is a red circle and there is no square', 0, 'count'),
+])
+def test_negative_kind_names_what_a_reader_must_get_right(scenes, text, scene,
+                                                           kind):
+  assert truth.negative_kind(scenes[scene], text) == kind
+
+
+def test_kind_matrix_agrees_with_the_truth_matrix():
+  cfg = world.WorldConfig(caption_relation_rate=0.5)
+  scenes_, texts = [], []
+  for i in range(24):
+    scene = layout.generate_scene('train', i, cfg)
+    scenes_.append(scene)
+    texts.append(language.captions(
+        scene, world.scene_rng('train', i, cfg, 1), cfg)[0])
+  kinds = truth.kind_matrix(scenes_, texts)
+  assert kinds.shape == (24, 24)
+  true = truth.NEGATIVE_KINDS.index('true')
+  np.testing.assert_array_equal(kinds == true,
+                                truth.truth_matrix(scenes_, texts))
+  assert (np.diag(kinds) == true).all()
+
+
 def test_parse_reads_the_grammar():
   claims = truth.parse('an image with three objects: a red circle, two stars '
                        'and a large blue hexagon')

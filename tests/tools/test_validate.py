@@ -199,6 +199,40 @@ def test_hard_negative_true_share_by_hand():
   assert num == 6 and got == pytest.approx(1.8 + 1.5)
 
 
+def test_hard_negative_kinds_by_hand():
+  # The pairs of _TRUTH, with why each false one is false: (0, 2) a
+  # relation, (1, 0) a word, (2, 1) a binding. With the weights of the
+  # test above: image -> text 3/4 relation, 1/2 word, 1/5 binding; text ->
+  # image 3/4 word (text 0 -> image 1), 1/2 binding, 1/2 relation.
+  kinds = np.array([[0, 0, 5], [2, 0, 0], [0, 3, 0]], np.int8)
+  assert truth.NEGATIVE_KINDS[2:4] + truth.NEGATIVE_KINDS[5:] == (
+      'word', 'binding', 'relation')
+  # Uniform negatives: rows (image 1, text 0) word, (2, 1) binding, (0, 2)
+  # relation, then (0, 2) relation, (1, 0) word, (2, 1) binding; one
+  # binding and one relation row answered "matched".
+  probe = itm_probe.CaptionProbe(
+      np.array([1, 2, 3]), np.array([1, 2, 0], np.int32),
+      np.array([2, 0, 1], np.int32), np.ones(3, bool), _TRUTH, kinds)
+  out = {'itm_random_logits': _logits([0, 0, 0, -1, 1, -1, 1, -1, -1]),
+         'itm_sim_i2t': _SIM_I2T, 'itm_sim_t2i': _SIM_T2I}
+  got = itm_probe.itm_probe_metrics([out], [probe])
+  assert got['hard_neg_kind/true'] == pytest.approx(2.8 / 6)
+  assert got['hard_neg_kind/true'] == pytest.approx(got['fn_hard_share'])
+  assert got['hard_neg_kind/word'] == pytest.approx(1.25 / 6)
+  assert got['hard_neg_kind/binding'] == pytest.approx(0.7 / 6)
+  assert got['hard_neg_kind/relation'] == pytest.approx(1.25 / 6)
+  assert got['hard_neg_kind/count'] == got['hard_neg_kind/borderline'] == 0
+  for kind, right in (('word', 1.0), ('binding', 0.5), ('relation', 0.5)):
+    assert got[f'itm_random_num/{kind}'] == 2
+    assert got[f'itm_random_specificity/{kind}'] == right, kind
+  assert got['itm_random_num/true'] == 0
+  assert math.isnan(got['itm_random_specificity/true'])
+  no_kinds = itm_probe.itm_probe_metrics(
+      [out], [dataclasses.replace(probe, kinds=None)])
+  assert 'fn_hard_share' in no_kinds and not any(
+      k.startswith(('hard_neg_kind/', 'itm_random_num/')) for k in no_kinds)
+
+
 def test_false_negative_rates_by_hand():
   probe = itm_probe.CaptionProbe(
       image_ids=np.array([1, 2, 3]), neg_image=np.array([2, 0, 1], np.int32),

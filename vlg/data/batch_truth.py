@@ -64,6 +64,36 @@ def batch_truth(batch: dict[str, np.ndarray], cfg: world.WorldConfig,
       caption is not the batch's text.
     truth.ParseError: a caption is not in the world's grammar.
   """
+  return _pairwise(truth_lib.truth_matrix,
+                   *_rebuild(batch, cfg, split, tokenizer, input_cfg))
+
+
+def batch_negative_kinds(batch: dict[str, np.ndarray], cfg: world.WorldConfig,
+                         split: str, tokenizer,
+                         input_cfg: ml_collections.ConfigDict) -> np.ndarray:
+  """int8 [B, B]: ``truth.kind_matrix`` of the batch as the model saw it
+  (the index in ``truth.NEGATIVE_KINDS`` of why caption j is, or is not,
+  true of image i), rebuilt and checked as :func:`batch_truth` does.
+
+  Raises:
+    As :func:`batch_truth`.
+  """
+  return _pairwise(truth_lib.kind_matrix,
+                   *_rebuild(batch, cfg, split, tokenizer, input_cfg))
+
+
+def _pairwise(matrix, scenes, texts, flipped: np.ndarray) -> np.ndarray:
+  """``matrix(scenes, texts)``, with left and right swapped in caption j
+  where exactly one of example i and example j was mirrored."""
+  same = matrix(scenes, texts)
+  if not flipped.any():
+    return same
+  swapped = matrix(scenes, [ops.swap_left_right(t) for t in texts])
+  return np.where(flipped[:, None] != flipped[None, :], swapped, same)
+
+
+def _rebuild(batch, cfg, split, tokenizer, input_cfg):
+  """(scenes, raw captions, flipped [B] bool) of a caption batch."""
   n = len(batch['image_id'])
   if 'flipped' in batch:
     flipped = np.asarray(batch['flipped']).astype(bool).reshape(n)
@@ -97,9 +127,4 @@ def batch_truth(batch: dict[str, np.ndarray], cfg: world.WorldConfig,
           'world configuration and split')
     scenes.append(scene)
     texts.append(text)
-  same = truth_lib.truth_matrix(scenes, texts)
-  if not flipped.any():
-    return same
-  swapped = truth_lib.truth_matrix(
-      scenes, [ops.swap_left_right(t) for t in texts])
-  return np.where(flipped[:, None] != flipped[None, :], swapped, same)
+  return scenes, texts, flipped

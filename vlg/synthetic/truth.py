@@ -265,6 +265,65 @@ def truth_matrix(scenes: Sequence[world.Scene],
                   bool).reshape(len(scenes), len(texts))
 
 
+# Why a caption is or is not true of a scene, from the easiest reason to
+# read off the image to the hardest (:func:`negative_kind`).
+NEGATIVE_KINDS = ('true', 'borderline', 'word', 'binding', 'count',
+                  'relation')
+
+
+def _asserted(claims: Sequence[Claim]) -> list[NounPhrase]:
+  """The noun phrases a caption says are in the scene (not 'no NP')."""
+  return [n for c in claims if not (c.kind == 'count' and c.n == 0)
+          for n in (c.np, c.np2) if n is not None]
+
+
+def negative_kind(scene: world.Scene, text: str | Sequence[Claim]) -> str:
+  """What a reader must get right to reject ``text`` for ``scene``.
+
+  One of :data:`NEGATIVE_KINDS`: 'true' and 'borderline' (``is_true``
+  True or None); otherwise the first that applies of
+
+  - 'word': a size, colour or category the text says is there is on no
+    object of the scene (a bag of words rejects it);
+  - 'binding': every such word is on some object, but a noun phrase
+    matches no single object ('a red circle' beside a red square and a
+    blue circle);
+  - 'relation': every asserted noun phrase matches an object and only a
+    relation between them fails (with 'the', both phrases unique);
+  - 'count': the rest: numbers, totals, 'no', uniqueness.
+
+  Raises:
+    ParseError: ``text`` is not in the world's grammar.
+  """
+  claims = parse(text) if isinstance(text, str) else text
+  answers = [_holds(c, scene) for c in claims]
+  if not any(a is False for a in answers):
+    return 'borderline' if any(a is None for a in answers) else 'true'
+  phrases = _asserted(claims)
+  seen = {w for o in scene.objects for w in (o.category, o.colour, o.size)}
+  if any(w is not None and w not in seen
+         for n in phrases for w in (n.category, n.colour, n.size)):
+    return 'word'
+  if not all(any(n.matches(o) for o in scene.objects) for n in phrases):
+    return 'binding'
+  failed = [c for c, a in zip(claims, answers) if a is False]
+  if all(c.kind == 'relation' and (not c.definite or all(
+      _holds(Claim('unique', n), scene) for n in (c.np, c.np2)))
+         for c in failed):
+    return 'relation'
+  return 'count'
+
+
+def kind_matrix(scenes: Sequence[world.Scene],
+                texts: Sequence[str]) -> np.ndarray:
+  """int8 [len(scenes), len(texts)]: the index in :data:`NEGATIVE_KINDS`
+  of :func:`negative_kind` of text j for scene i."""
+  claims = [parse(t) for t in texts]
+  index = {k: i for i, k in enumerate(NEGATIVE_KINDS)}
+  return np.array([[index[negative_kind(s, c)] for c in claims]
+                   for s in scenes], np.int8).reshape(len(scenes), len(texts))
+
+
 def caption_stats(cfg: world.WorldConfig, num_scenes: int = 1000,
                   batch_size: int = 32, split: str = 'train',
                   seed: int = 0) -> dict[str, float]:

@@ -67,12 +67,15 @@ class CaptionProbe:
     neg_image, neg_text, has_negative: :func:`uniform_negatives`.
     truth: [B, B] bool, True where caption j is true of image i, or None
       where the captions could not be checked (see :func:`caption_probes`).
+    kinds: [B, B] int8, ``batch_truth.batch_negative_kinds`` (why caption j
+      is or is not true of image i), or None as ``truth``.
   """
   image_ids: np.ndarray
   neg_image: np.ndarray
   neg_text: np.ndarray
   has_negative: np.ndarray
   truth: np.ndarray | None
+  kinds: np.ndarray | None = None
 
 
 def caption_probes(data: Sequence[dict[str, np.ndarray]],
@@ -87,20 +90,22 @@ def caption_probes(data: Sequence[dict[str, np.ndarray]],
   if cfg is None:
     log('The caption sources are not one synthetic world configuration: '
         'the false-negative metrics are left out')
-  truths = [None] * len(data)
+  kinds = [None] * len(data)
   if cfg is not None:
     try:
-      truths = [batch_truth_lib.batch_truth(b, cfg, split, tokenizer,
-                                            input_cfg)
-                for b in data]
+      kinds = [batch_truth_lib.batch_negative_kinds(b, cfg, split, tokenizer,
+                                                    input_cfg)
+               for b in data]
     except truth_lib.ParseError as e:
       log(f'A held-out caption is not in the world\'s grammar ({e}): the '
           'false-negative metrics are left out')
-      truths = [None] * len(data)
+      kinds = [None] * len(data)
+  true = truth_lib.NEGATIVE_KINDS.index('true')
   probes = []
-  for batch, truth in zip(data, truths):
+  for batch, kind in zip(data, kinds):
     ids = np.asarray(batch['image_id'])
-    probes.append(CaptionProbe(ids, *uniform_negatives(ids, rng), truth))
+    probes.append(CaptionProbe(ids, *uniform_negatives(ids, rng),
+                               None if kind is None else kind == true, kind))
   return probes
 
 
@@ -135,16 +140,25 @@ def hard_negative_true_share(sim_i2t: np.ndarray, sim_t2i: np.ndarray,
     ``(expected true negatives, negatives)`` summed over both directions
     and the entries that have a negative (training weights the others out).
   """
+  return _expected_hard(sim_i2t, sim_t2i, image_ids,
+                        [np.asarray(truth, bool)])[0]
+
+
+def _expected_hard(sim_i2t, sim_t2i, image_ids, masks):
+  """``[(expected hard negatives in mask, negatives)]`` per [B, B] mask
+  (see :func:`hard_negative_true_share`)."""
   w_i2t, w_t2i = itm_lib.hard_negative_weights(
       jnp.asarray(sim_i2t, jnp.float32), jnp.asarray(sim_t2i, jnp.float32),
       jnp.asarray(image_ids))
   p_i2t = np.exp(np.asarray(w_i2t, np.float64))
   p_t2i = np.exp(np.asarray(w_t2i, np.float64))
-  truth = np.asarray(truth, bool)
   ids = np.asarray(image_ids).reshape(-1)
   has = (ids[:, None] != ids[None, :]).any(axis=1)
-  expected = (p_i2t * truth).sum(axis=1) + (p_t2i * truth.T).sum(axis=1)
-  return float(expected[has].sum()), int(2 * has.sum())
+  out = []
+  for mask in masks:
+    expected = (p_i2t * mask).sum(axis=1) + (p_t2i * mask.T).sum(axis=1)
+    out.append((float(expected[has].sum()), int(2 * has.sum())))
+  return out
 
 
 def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
@@ -157,8 +171,9 @@ def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
   match-minus-mismatch logit, which orders the pairs as p(match) does
   without its float32 saturation to exact ties.
   """
-  scores, labels, correct = [], [], []
+  scores, labels, correct, row_kinds = [], [], [], []
   hard_true = hard_num = 0.0
+  hard_kinds = collections.Counter()
   for out, probe in zip(per_batch, probes):
     logits = np.asarray(out['itm_random_logits'], np.float64)
     b = probe.image_ids.size
@@ -168,12 +183,22 @@ def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
     scores.append((logits[:, 1] - logits[:, 0])[keep])
     labels.append(label[keep])
     correct.append((np.argmax(logits, axis=-1) == label)[keep])
+    if probe.kinds is not None:  # Each row's pair, in itm_pairs' order.
+      ar = np.arange(b)
+      row_kinds.append(np.concatenate([
+          probe.kinds[ar, ar], probe.kinds[probe.neg_image, ar],
+          probe.kinds[ar, probe.neg_text]])[keep])
     if probe.truth is not None:
       true, num = hard_negative_true_share(
           out['itm_sim_i2t'], out['itm_sim_t2i'], probe.image_ids,
           probe.truth)
       hard_true += true
       hard_num += num
+    if probe.kinds is not None:
+      for kind, (expected, _) in zip(truth_lib.NEGATIVE_KINDS, _expected_hard(
+          out['itm_sim_i2t'], out['itm_sim_t2i'], probe.image_ids,
+          [probe.kinds == k for k in range(len(truth_lib.NEGATIVE_KINDS))])):
+        hard_kinds[kind] += expected
   correct = np.concatenate(correct)
   scores = np.concatenate(scores)
   labels = np.concatenate(labels).astype(bool)
@@ -195,6 +220,19 @@ def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
   }
   if probes and all(p.truth is not None for p in probes):
     res['fn_hard_share'] = hard_true / hard_num if hard_num else float('nan')
+  if probes and len(row_kinds) == len(probes):
+    # The uniform negatives answered "not matched", by what rejecting each
+    # takes: does the head read bindings and relations, or words only?
+    kinds = np.concatenate(row_kinds)[~labels]
+    for i, kind in enumerate(truth_lib.NEGATIVE_KINDS):
+      res[f'itm_random_num/{kind}'] = float((kinds == i).sum())
+      res[f'itm_random_specificity/{kind}'] = _mean(correct[~labels][
+          kinds == i])
+  if probes and all(p.kinds is not None for p in probes) and hard_num:
+    # What the hard negatives ask of the ITM head: the expected share of
+    # each reason a drawn negative is false (truth.negative_kind).
+    for kind in truth_lib.NEGATIVE_KINDS:
+      res[f'hard_neg_kind/{kind}'] = hard_kinds[kind] / hard_num
   return res
 
 

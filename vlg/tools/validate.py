@@ -50,7 +50,13 @@ computes on the same batches, for every kept checkpoint (or ``--steps``;
   in-batch ITC logits over the entries of another image,
   ``itm.hard_negative_weights``): ``Σ_j w[b, j] · true[b, j]`` averaged
   over images b (and likewise over texts). Borderline relations count as
-  not true. These need the caption sources to share one world
+  not true. ``hard_neg_kind/<kind>`` splits those hard negatives, with the
+  same weights, by what rejecting one takes (``truth.negative_kind``):
+  ``word`` (a word names nothing in the image), ``binding`` (every word is
+  there, on the wrong objects), ``relation`` (the objects are there, the
+  relation is not), ``count``, and ``true`` / ``borderline``; the share a
+  bag-of-words matcher could not reject is what teaches an ITM head
+  binding and relations. These need the caption sources to share one world
   configuration, and captions in its grammar; otherwise they are left out,
   with a log line;
 * ``mlm_word_acc/<class>``: the MLM head's accuracy on the held-out
