@@ -225,6 +225,9 @@ def test_hard_negative_kinds_by_hand():
   for kind, right in (('word', 1.0), ('binding', 0.5), ('relation', 0.5)):
     assert got[f'itm_random_num/{kind}'] == 2
     assert got[f'itm_random_specificity/{kind}'] == right, kind
+  # Positive margins 0, 0, 0 against the binding negatives' 1 and -1.
+  assert got['itm_random_auroc/binding'] == pytest.approx(0.5)
+  assert got['itm_random_auroc/word'] == pytest.approx(1.0)
   assert got['itm_random_num/true'] == 0
   assert math.isnan(got['itm_random_specificity/true'])
   no_kinds = itm_probe.itm_probe_metrics(

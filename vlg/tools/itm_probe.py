@@ -223,11 +223,15 @@ def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
   if probes and len(row_kinds) == len(probes):
     # The uniform negatives answered "not matched", by what rejecting each
     # takes: does the head read bindings and relations, or words only?
+    # The AUROC of the positives against the negatives of one kind is free
+    # of the head's threshold.
     kinds = np.concatenate(row_kinds)[~labels]
     for i, kind in enumerate(truth_lib.NEGATIVE_KINDS):
       res[f'itm_random_num/{kind}'] = float((kinds == i).sum())
       res[f'itm_random_specificity/{kind}'] = _mean(correct[~labels][
           kinds == i])
+      res[f'itm_random_auroc/{kind}'] = eval_common.auroc(
+          scores[labels], scores[~labels][kinds == i])
   if probes and all(p.kinds is not None for p in probes) and hard_num:
     # What the hard negatives ask of the ITM head: the expected share of
     # each reason a drawn negative is false (truth.negative_kind).

@@ -56,7 +56,11 @@ computes on the same batches, for every kept checkpoint (or ``--steps``;
   there, on the wrong objects), ``relation`` (the objects are there, the
   relation is not), ``count``, and ``true`` / ``borderline``; the share a
   bag-of-words matcher could not reject is what teaches an ITM head
-  binding and relations. These need the caption sources to share one world
+  binding and relations. The uniform negatives are split the same way:
+  ``itm_random_num/<kind>``, ``itm_random_specificity/<kind>`` and
+  ``itm_random_auroc/<kind>`` (the positives against that kind's
+  negatives: does the head rank a wrong binding below a true caption?).
+  These need the caption sources to share one world
   configuration, and captions in its grammar; otherwise they are left out,
   with a log line;
 * ``mlm_word_acc/<class>``: the MLM head's accuracy on the held-out
