@@ -18,8 +18,11 @@ def test_run_tiny_sizes(fast_compile):
   # compilation cache serves both.
   r = bench_eval.run(family_config('xvlm', 'tiny,runlocal'), pairs=24,
                      images=6, captions_per_image=2, k_test=3, batch_size=8,
-                     max_text_len=24)
+                     max_text_len=24, loop_pairs=3)
   assert r['devices'] == 8 and r['pairs'] == 24
+  assert r['loop_pairs'] == 3
+  assert r['batched_over_loop'] == pytest.approx(
+      r['pairs_per_s'] / r['loop_pairs_per_s'])
   assert r['pairs_per_s'] == pytest.approx(24 / r['pairs_s'])
   assert r['valse_examples_per_s'] == pytest.approx(r['pairs_per_s'] / 2)
   assert r['retrieval/num_evaluated'] == 6
@@ -37,3 +40,4 @@ def test_help():
                         timeout=120, env={**os.environ, 'PYTHONPATH': ROOT})
   assert proc.returncode in (0, 1), proc.stderr  # absl's --help exits 1.
   assert '--k_test' in proc.stdout and '--captions_per_image' in proc.stdout
+  assert '--loop_pairs' in proc.stdout

@@ -2,7 +2,7 @@ r"""Evaluation throughput: pairwise scoring and two-stage retrieval.
 
   python -m vlg.tools.bench_eval [--config=configs/albef.py:tiny] \
       [--pairs=4096] [--images=1000] [--captions_per_image=5] \
-      [--k_test=128] [--batch_size=64]
+      [--k_test=128] [--batch_size=64] [--loop_pairs=64]
 
 Builds the config's model with random parameters (no checkpoint) on every
 device there is, and times, after compiling:
@@ -10,6 +10,9 @@ device there is, and times, after compiling:
 * VALSE-style pairwise scoring: ``--pairs`` (image, text) rows through the
   ITM scorer (``common.PairScorer``); prints rows/s and examples/s (one
   VALSE example is a caption and a foil: two rows);
+* the same scoring one pair at a time (``--loop_pairs`` calls of one row,
+  as the fine-grained evaluation notebooks loop over examples), and the
+  batched rate's ratio to it;
 * retrieval over ``--images`` images × ``--captions_per_image`` captions
   each, ITC over all pairs and the top ``--k_test`` per query re-scored with
   ITM (``retrieval.evaluate``, as ALBEF); prints seconds end to end, per
@@ -39,12 +42,14 @@ _K_TEST = None
 _BATCH = None
 _MAX_TEXT_LEN = None
 _SEED = None
+_LOOP_PAIRS = None
 
 
 def define_flags() -> None:
   """Defines the flags; called only when run as a program, so that
   tests can import several tools into one process."""
   global _CONFIG, _PAIRS, _IMAGES, _CAPTIONS, _K_TEST, _BATCH, _MAX_TEXT_LEN, _SEED
+  global _LOOP_PAIRS
   _CONFIG = config_flags.DEFINE_config_file(
       'config', 'configs/albef.py:tiny',
       'Config whose model is benchmarked (random parameters).',
@@ -59,6 +64,8 @@ def define_flags() -> None:
                                 'Eval batch size (global, over the devices).')
   _MAX_TEXT_LEN = flags.DEFINE_integer('max_text_len', 30, 'Token limit.')
   _SEED = flags.DEFINE_integer('seed', 0, 'Random images, captions, params.')
+  _LOOP_PAIRS = flags.DEFINE_integer(
+      'loop_pairs', 64, 'Pairs scored one at a time (0: skip the loop).')
 
 _WORDS = ('a', 'the', 'red', 'blue', 'green', 'small', 'large', 'circle',
           'square', 'star', 'cross', 'left', 'of', 'above', 'below', 'near',
@@ -71,8 +78,8 @@ def random_captions(n: int, rng: np.random.Generator) -> list[str]:
 
 
 def run(config, *, pairs: int, images: int, captions_per_image: int,
-        k_test: int, batch_size: int, max_text_len: int, seed: int = 0
-        ) -> dict[str, float]:
+        k_test: int, batch_size: int, max_text_len: int, seed: int = 0,
+        loop_pairs: int = 0) -> dict[str, float]:
   """Runs both measurements; returns the figures that :func:`main` prints."""
   import jax  # pylint: disable=g-import-not-at-top
   from vlg import sharding  # pylint: disable=g-import-not-at-top
@@ -84,11 +91,12 @@ def run(config, *, pairs: int, images: int, captions_per_image: int,
     return _measure(config, mesh, rules, pairs=pairs, images=images,
                     captions_per_image=captions_per_image, k_test=k_test,
                     batch_size=batch_size, max_text_len=max_text_len,
-                    seed=seed)
+                    seed=seed, loop_pairs=loop_pairs)
 
 
 def _measure(config, mesh, rules, *, pairs, images, captions_per_image,
-             k_test, batch_size, max_text_len, seed) -> dict[str, float]:
+             k_test, batch_size, max_text_len, seed, loop_pairs
+             ) -> dict[str, float]:
   """The body of :func:`run`, under its mesh and rules."""
   from vlg import predict  # pylint: disable=g-import-not-at-top
   from vlg import sharding  # pylint: disable=g-import-not-at-top
@@ -122,6 +130,18 @@ def _measure(config, mesh, rules, *, pairs, images, captions_per_image,
   out.update(pairs=float(pairs), pairs_s=elapsed,
              pairs_per_s=pairs / elapsed, valse_examples_per_s=pairs / elapsed
              / 2)
+  if loop_pairs:
+    # One pair a call (padded to one row a device), compiled first.
+    one = common.PairScorer(fns['image_text_scores'], tok,
+                            **{**settings, 'batch_size': mesh.size})
+    one.score(params, pair_images[:1], texts[:1])
+    t = time.perf_counter()
+    for i in range(loop_pairs):
+      one.score(params, pair_images[i:i + 1], texts[i:i + 1])
+    loop_s = time.perf_counter() - t
+    out.update(loop_pairs=float(loop_pairs), loop_pairs_per_s=loop_pairs /
+               loop_s, batched_over_loop=out['pairs_per_s'] * loop_s /
+               loop_pairs)
 
   r_scorer = retrieval.RetrievalScorer(fns, tok, **settings)
   txt2img = np.repeat(np.arange(images), captions_per_image)
@@ -149,12 +169,16 @@ def main(argv):
   r = run(config, pairs=_PAIRS.value, images=_IMAGES.value,
           captions_per_image=_CAPTIONS.value, k_test=_K_TEST.value,
           batch_size=_BATCH.value, max_text_len=_MAX_TEXT_LEN.value,
-          seed=_SEED.value)
+          seed=_SEED.value, loop_pairs=_LOOP_PAIRS.value)
   print(f'model {config.model.name}, random params, {int(r["devices"])} '
         f'device(s), eval batch {int(r["batch_size"])}')
   print(f'pairwise (ITM): {int(r["pairs"])} rows in {r["pairs_s"]:.2f}s = '
         f'{r["pairs_per_s"]:.1f} rows/s = {r["valse_examples_per_s"]:.1f} '
         f'VALSE examples/s (compile {r["pairs_compile_s"]:.1f}s)')
+  if 'loop_pairs' in r:
+    print(f'one pair at a time: {int(r["loop_pairs"])} rows at '
+          f'{r["loop_pairs_per_s"]:.1f} rows/s; batched is '
+          f'{r["batched_over_loop"]:.1f}x that')
   n, m = int(r['retrieval/num_evaluated']), int(r['retrieval/num_texts'])
   print(f'retrieval {n} images x {m} texts, k_test {_K_TEST.value}: '
         f'{r["retrieval_s"]:.2f}s end to end (features '
