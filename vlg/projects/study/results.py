@@ -425,7 +425,7 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
     worst = max(s['loss'].items(), key=lambda kv: kv[1]['mean'],
                 default=None)
     lost = (f'; the most lost there: {LABELS.get(worst[0], worst[0])}, '
-            f'{_pct(worst[1]["mean"])} points' if worst else '')
+            f'{100 * worst[1]["mean"]:.1f} points' if worst else '')
     lines.append(
         f'- {MODEL_NAMES.get(m, m)}: the retrieval-selected checkpoint is '
         f'step {", ".join(str(x) for x in s["steps"].values())} (per seed); '
