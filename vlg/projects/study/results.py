@@ -420,7 +420,8 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
         f'{MODEL_NAMES.get(b, b)}**: {row["verdict"]} (median best step at '
         f'{100 * timing[m]["mean"]:.0f}% of the run against '
         f'{100 * timing[b]["mean"]:.0f}%; margin {_pct(row["margin"])} '
-        f'points of the run, twice the seed std {_pct(row["two_std"])}).')
+        f'points of the run, twice the seed std '
+        f'{100 * row["two_std"]:.1f}).')
   for m, s in results.get('selection', {}).items():
     worst = max(s['loss'].items(), key=lambda kv: kv[1]['mean'],
                 default=None)
