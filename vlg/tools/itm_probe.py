@@ -189,15 +189,15 @@ def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
           probe.kinds[ar, ar], probe.kinds[probe.neg_image, ar],
           probe.kinds[ar, probe.neg_text]])[keep])
     if probe.truth is not None:
-      true, num = hard_negative_true_share(
+      # One pass over the hard-negative weights: the truth, then each kind.
+      kind_masks = [] if probe.kinds is None else [
+          probe.kinds == k for k in range(len(truth_lib.NEGATIVE_KINDS))]
+      (true, num), *by_kind = _expected_hard(
           out['itm_sim_i2t'], out['itm_sim_t2i'], probe.image_ids,
-          probe.truth)
+          [np.asarray(probe.truth, bool)] + kind_masks)
       hard_true += true
       hard_num += num
-    if probe.kinds is not None:
-      for kind, (expected, _) in zip(truth_lib.NEGATIVE_KINDS, _expected_hard(
-          out['itm_sim_i2t'], out['itm_sim_t2i'], probe.image_ids,
-          [probe.kinds == k for k in range(len(truth_lib.NEGATIVE_KINDS))])):
+      for kind, (expected, _) in zip(truth_lib.NEGATIVE_KINDS, by_kind):
         hard_kinds[kind] += expected
   correct = np.concatenate(correct)
   scores = np.concatenate(scores)

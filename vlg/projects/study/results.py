@@ -153,17 +153,9 @@ def _ordered_models(runs: Runs) -> list[str]:
   return known + sorted(m for m in runs if m not in MODELS)
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """(mean, sample std with ddof 1); NaN std for fewer than two values."""
-  if not values:
-    return math.nan, math.nan
-  v = np.asarray(values, np.float64)
-  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
-
-
 def _stats(values: Sequence[float], **extra: Any) -> dict[str, Any]:
-  mean, std = mean_std(values)
-  return dict(mean=mean, std=std, n=len(values), values=list(values), **extra)
+  """``selection.seed_stats`` (mean, sample std, n, values) plus ``extra``."""
+  return dict(selection_lib.seed_stats(values), **extra)
 
 
 def column_stats(seed_curves: Mapping[int, curves_lib.Curves],
