@@ -81,9 +81,46 @@ def test_process_shards_are_disjoint_and_cover():
   assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == n
 
 
-@pytest.mark.parametrize('workers', [0, 2])
-def test_iterator_state_round_trip_reproduces_next_batches(tok, workers):
+def test_grouped_order_keeps_groups_whole_and_reshuffles_each_epoch():
+  groups = grain.MapDataset.range(10).seed(4).shuffle().repeat()
+  order = pipeline.GroupedOrder(groups, 2)
+  epochs = [[order[j] for j in range(e * 20, (e + 1) * 20)] for e in (0, 1)]
+  for got in epochs:
+    assert sorted(got) == list(range(20))
+    assert all(got[k] // 2 == got[k + 1] // 2 and got[k] % 2 == 0
+               for k in range(0, 20, 2))
+  assert epochs[0] != epochs[1]
+  assert len(pipeline.GroupedOrder(grain.MapDataset.range(5), 2)) == 10
+
+
+def test_contrast_twins_share_a_batch_and_a_mirror(tok):
+  cfg = _input_cfg()
+  cfg.data.synthetic.world.contrast_rate = 1.0
+  source, _ = pipeline.build_sources(cfg)['synthetic']
+  assert source.group_size == 2
+  it = iter(pipeline.make_dataset(cfg, tok, global_batch=8, seed=0))
+  flips = set()
+  for _ in range(4):
+    b = next(it)
+    ids = b['image_id'].reshape(-1, 2)
+    # Every pair (2k, 2k + 1) of the source arrives whole, in order.
+    np.testing.assert_array_equal(ids[:, 1] - ids[:, 0], 1)
+    np.testing.assert_array_equal(ids[:, 0] % 2, 0)
+    pair_flips = b['flipped'].reshape(-1, 2)
+    contrast_pairs = [k for k, i in enumerate(ids[:, 0])
+                      if 'mirror' in source[int(i) % len(source)]]
+    assert contrast_pairs
+    for k in contrast_pairs:
+      assert pair_flips[k, 0] == pair_flips[k, 1]
+      flips.add(int(pair_flips[k, 0]))
+  assert flips == {0, 1}
+
+
+@pytest.mark.parametrize('workers,contrast', [(0, 0.0), (2, 0.0), (0, 1.0)])
+def test_iterator_state_round_trip_reproduces_next_batches(tok, workers,
+                                                           contrast):
   cfg = _input_cfg(workers)
+  cfg.data.synthetic.world.contrast_rate = contrast
   it = iter(pipeline.make_dataset(cfg, tok, global_batch=4, seed=3))
   for _ in range(3):
     next(it)

@@ -25,7 +25,6 @@ import ml_collections
 import numpy as np
 
 from vlg.data import ops
-from vlg.synthetic import layout
 from vlg.synthetic import source as synthetic_source
 from vlg.synthetic import truth as truth_lib
 from vlg.synthetic import world
@@ -112,9 +111,8 @@ def _rebuild(batch, cfg, split, tokenizer, input_cfg):
     if not 0 <= index < 10**9:
       raise ValueError(f'image id {int(image_id)} is not of the {split!r} '
                        'split of the synthetic world')
-    scene = layout.generate_scene(split, index, cfg)
-    captions = synthetic_source.scene_record(
-        scene, cfg, world.scene_rng(split, index, cfg, stream=1))['captions']
+    scene, record = synthetic_source.scene_and_record(split, index, cfg)
+    captions = record['captions']
     text = captions[int(k)]
     seen = ops.swap_left_right(text) if flipped[b] else text
     want, _ = tokenizer.encode(

@@ -55,6 +55,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -111,7 +112,10 @@ class CaptionTransform(grain.transforms.RandomMap):
       image, boxes, _ = ops.random_square_crop(image, boxes, rng,
                                                self.crop_scale)
     texts = [caption]
-    flipped = 'flip' in self.augment and rng.random() < 0.5
+    # A contrast pair's images are mirrored together (``mirror``), so a
+    # mirror never makes one twin's caption true of the other.
+    flipped = 'flip' in self.augment and (
+        record['mirror'] if 'mirror' in record else rng.random() < 0.5)
     if flipped:
       image, boxes, texts = ops.hflip(image, boxes, texts)
     image = ops.resize(image, self.resolution)
@@ -201,6 +205,49 @@ def stream_batch_sizes(input_cfg: ml_collections.ConfigDict,
   return sizes
 
 
+class GroupedOrder(grain.MapDataset):
+  """Indices into a source in the order of a shuffled dataset of *group*
+  indices, each group ``g`` expanded to ``g * size, ..., g * size + size - 1``
+  in turn: a shuffle that keeps the records of a group adjacent (the
+  synthetic world's contrast pairs, so twins land in one batch)."""
+
+  def __init__(self, groups: grain.MapDataset, size: int):
+    super().__init__(groups)
+    self._size = int(size)
+
+  def __len__(self) -> int:
+    n = len(self._parent)
+    return n if n >= sys.maxsize // self._size else n * self._size
+
+  def __str__(self) -> str:
+    return f'GroupedOrder(size={self._size})'
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    group, member = divmod(index, self._size)
+    return self._parent[group] * self._size + member
+
+
+def _shuffled(source, seed: int, process_index: int, process_count: int
+              ) -> grain.MapDataset:
+  """This process's share of ``source``, shuffled anew each epoch and
+  repeated; by groups of ``source.group_size`` records where that is > 1
+  (each group whole, whole groups dealt to processes)."""
+  size = int(getattr(source, 'group_size', 1))
+  if size <= 1:
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if len(ds) == 0:
+      return ds
+    return ds.seed(seed).shuffle().repeat()
+  groups = grain.MapDataset.range(len(source) // size)[
+      process_index::process_count]
+  if len(groups) == 0:
+    return groups
+  order = GroupedOrder(groups.seed(seed).shuffle().repeat(), size)
+  return order.map(source.__getitem__)
+
+
 def _mixture(input_cfg, data_cfg, seed: int, process_index: int,
              process_count: int, requires: tuple[str, ...] = ()
              ) -> tuple[grain.MapDataset, dict[str, Any]]:
@@ -214,11 +261,11 @@ def _mixture(input_cfg, data_cfg, seed: int, process_index: int,
     if requires:
       source = parts_common.RecordsWith(source, requires)
     views[name] = source
-    ds = grain.MapDataset.source(source)[process_index::process_count]
+    ds = _shuffled(source, seed + 1000 * k, process_index, process_count)
     if len(ds) == 0:
       raise ValueError(f'source {name!r} has no examples for process '
                        f'{process_index} of {process_count}')
-    parts.append(ds.seed(seed + 1000 * k).shuffle().repeat())
+    parts.append(ds)
     weights.append(weight)
   mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts,
                                                                 weights)

@@ -121,6 +121,8 @@ class CheckedSource:
   def __init__(self, source, name: str, skip_bad: bool, max_tries: int = 100):
     self.source, self.name = source, name
     self.skip_bad, self.max_tries = skip_bad, max_tries
+    # Records the pipeline keeps together (contrast pairs of the world).
+    self.group_size = int(getattr(source, 'group_size', 1))
 
   def __len__(self) -> int:
     return len(self.source)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vlg.synthetic import contrast
 from vlg.synthetic import language
 from vlg.synthetic import layout
 from vlg.synthetic import render
@@ -23,9 +24,11 @@ Record = dict[str, Any]
 
 
 def scene_record(scene: world.Scene, cfg: world.WorldConfig,
-                 rng: np.random.Generator) -> Record:
+                 rng: np.random.Generator,
+                 caption_texts: list[str] | None = None) -> Record:
   """The texts and annotations of ``scene`` (all record fields but the
-  image, image id and flags); ``rng`` draws the texts."""
+  image, image id and flags); ``rng`` draws the texts, and the captions
+  from ``caption_texts`` when given (a contrast pair's)."""
   res = scene.resolution
   boxes = [o.norm_box(res) for o in scene.objects]
   objects = [{'label': o.label, 'category': o.category, 'color': o.colour,
@@ -37,13 +40,31 @@ def scene_record(scene: world.Scene, cfg: world.WorldConfig,
                 'subject_box': boxes[s].copy(), 'object_box': boxes[o].copy()}
                for s, p, o in scene.relations]
   return {
-      'captions': language.captions(scene, rng, cfg),
+      'captions': (language.captions(scene, rng, cfg)
+                   if caption_texts is None else
+                   contrast.sample_captions(caption_texts, rng, cfg)),
       'objects': objects,
       'regions': [{'text': text, 'box': boxes[i].copy()}
                   for text, i in language.regions(scene, rng)],
       'relations': relations,
       'paragraph': language.paragraph(scene),
   }
+
+
+def scene_and_record(split: str, index: int, cfg: world.WorldConfig
+                     ) -> tuple[world.Scene, Record]:
+  """The scene of image ``index`` and its :func:`scene_record` (a contrast
+  pair's twin and captions where ``index`` is in one); what
+  :func:`make_record` draws, for tools that rebuild a batch's truth."""
+  rng = world.scene_rng(split, index, cfg, stream=1)
+  contrast_pair = contrast.pair(split, index, cfg)
+  if contrast_pair is None:
+    scene = layout.generate_scene(split, index, cfg)
+    return scene, scene_record(scene, cfg, rng)
+  scene = contrast_pair[index % 2]
+  record = scene_record(scene, cfg, rng, contrast_pair[2][index % 2])
+  record['mirror'] = contrast.pair_mirrored(split, index, cfg)
+  return scene, record
 
 
 def make_record(split: str, index: int,
@@ -57,17 +78,18 @@ def make_record(split: str, index: int,
      'regions': [{'text', 'box'}],
      'relations': [{'subject', 'object', 'predicate', 'subject_label',
                     'object_label', 'subject_box', 'object_box'}],
-     'paragraph': str, 'has_graph': bool, 'has_boxes': bool}
+     'paragraph': str, 'has_graph': bool, 'has_boxes': bool,
+     'mirror': bool (contrast pairs only)}
 
-  ``has_graph`` / ``has_boxes`` flag the images whose scene graph / boxes the
+  ``mirror`` is the pipeline's flip decided once for both images of a
+  contrast pair (``contrast.pair_mirrored``); ``has_graph`` / ``has_boxes`` flag the images whose scene graph / boxes the
   pipeline may use (fractions ``graph_rate`` / ``box_rate``); the fields are
   filled for every image, so evaluators can always read them.
   """
-  scene = layout.generate_scene(split, index, cfg)
+  scene, texts = scene_and_record(split, index, cfg)
   record = {'image': render.render_scene(scene, cfg),
             'image_id': world.image_id(split, index)}
-  record.update(scene_record(scene, cfg,
-                             world.scene_rng(split, index, cfg, stream=1)))
+  record.update(texts)
   flags = world.scene_rng(split, index, cfg, stream=2).random(2)
   record['has_graph'] = bool(flags[0] < cfg.graph_rate)
   record['has_boxes'] = bool(flags[1] < cfg.box_rate)
@@ -79,7 +101,9 @@ class SyntheticSource:
 
   Implements grain's RandomAccessDataSource protocol (``__len__``,
   ``__getitem__``); holds only the split, config and length, so it pickles
-  into grain worker processes.
+  into grain worker processes. ``group_size`` is 2 when the world has
+  contrast pairs: the pipeline shuffles pairs, not images, so twins meet
+  in a batch.
   """
 
   def __init__(self, split: str = 'train',
@@ -89,6 +113,7 @@ class SyntheticSource:
     if not 0 < num_examples <= 10**9:
       raise ValueError(f'num_examples={num_examples} not in (0, 10**9]')
     self.split, self.cfg, self.num_examples = split, cfg, int(num_examples)
+    self.group_size = 2 if cfg.contrast_rate > 0 else 1
 
   def __len__(self) -> int:
     return self.num_examples
@@ -105,6 +130,6 @@ class SyntheticSource:
     return (f'SyntheticSource(split={self.split!r}, n={self.num_examples}, '
             f'resolution={c.resolution}, seed={c.seed}, '
             f'objects={c.min_objects}-{c.max_objects}, '
-            f'heldout={len(c.heldout)})')
+            f'heldout={len(c.heldout)}, contrast_rate={c.contrast_rate})')
 
   __repr__ = describe

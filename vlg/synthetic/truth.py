@@ -340,13 +340,13 @@ def caption_stats(cfg: world.WorldConfig, num_scenes: int = 1000,
     caption of their batch true of them;
   - ``relation_caption_rate``: share of captions that state a relation.
   """
-  from vlg.synthetic import layout  # pylint: disable=g-import-not-at-top
+  # The records' own module; it imports this one.
+  from vlg.synthetic import source  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   scenes, texts = [], []
   for index in range(num_scenes):
-    scene = layout.generate_scene(split, index, cfg)
-    caps = language.captions(scene, world.scene_rng(split, index, cfg, 1),
-                             cfg)
+    scene, record = source.scene_and_record(split, index, cfg)
+    caps = record['captions']
     scenes.append(scene)
     texts.append(caps[int(rng.integers(len(caps)))])
   pairs = true_pairs = with_true = 0

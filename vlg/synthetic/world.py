@@ -100,6 +100,9 @@ class WorldConfig:
     texture_rate: fraction of backgrounds that are textured, not plain.
     heldout: (colour, category) compositions the 'train' split never shows.
     supersample: drawing scale before box-filter downsampling (anti-alias).
+    contrast_rate: fraction of index pairs (2k, 2k + 1) that are contrast
+      pairs: image 2k + 1 is image 2k after one minimal edit and the captions
+      of both state relations that tell them apart (``contrast.py``).
   """
   resolution: int = 64
   seed: int = 0
@@ -126,6 +129,7 @@ class WorldConfig:
   texture_rate: float = 0.5
   heldout: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT
   supersample: int = 2
+  contrast_rate: float = 0.0
 
   def __post_init__(self):
     # Configs arrive from ml_collections as lists; keep the dataclass hashable.
@@ -166,7 +170,8 @@ class WorldConfig:
                  'caption_statement_rate', 'count_rate', 'caption_total_rate',
                  'graph_rate',
                  'box_rate', 'action_rate', 'touch_rate', 'inside_rate',
-                 'repeat_rate', 'comparative_rate', 'texture_rate'):
+                 'repeat_rate', 'comparative_rate', 'texture_rate',
+                 'contrast_rate'):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f'{name}={getattr(self, name)} is not in [0, 1]')
     if self.supersample < 1 or self.num_captions < 1 or self.seed < 0:
