@@ -36,7 +36,7 @@ def test_most_pairs_are_drawn_at_rate_one_and_none_at_rate_zero(pairs):
 
 def test_a_twin_is_the_scene_after_one_edit(pairs):
   changes = set()
-  for _, (scene, twin, _) in pairs:
+  for _, (scene, twin, _, edit) in pairs:
     assert scene.background == twin.background
     assert len(scene.objects) == len(twin.objects)
     moved = [k for k, (a, b) in enumerate(zip(scene.objects, twin.objects))
@@ -49,6 +49,7 @@ def test_a_twin_is_the_scene_after_one_edit(pairs):
       assert all(dataclasses.replace(scene.objects[k], layer=0) ==
                  dataclasses.replace(twin.objects[k], layer=0)
                  for k in moved)
+      assert edit == 'reverse'
       changes.add('reverse')
       continue
     assert len(moved) == 2, moved
@@ -58,13 +59,14 @@ def test_a_twin_is_the_scene_after_one_edit(pairs):
                (c.colour, d.colour) == (a.colour, b.colour))
     recoloured = (c.colour, d.colour, c.box) == (b.colour, a.colour, a.box)
     assert swapped or recoloured
-    changes.add('swap' if swapped else 'recolour')
+    assert edit == ('swap' if swapped else 'recolour')
+    changes.add(edit)
   assert {'swap', 'recolour'} <= changes
 
 
 def test_every_caption_of_a_pair_is_true_of_its_image_and_false_of_its_twin(
     pairs):
-  for base, (scene, twin, _) in pairs[:12]:
+  for base, (scene, twin, _, _) in pairs[:12]:
     for index, own, other in ((base, scene, twin), (base + 1, twin, scene)):
       got, record = source.scene_and_record('train', index, CFG)
       assert got == own
@@ -91,7 +93,7 @@ def test_both_twins_are_mirrored_alike_and_records_are_deterministic(pairs):
 
 def test_a_recoloured_twin_never_shows_a_held_out_composition_in_train(pairs):
   heldout = set(CFG.heldout)
-  for _, (scene, twin, _) in pairs:
+  for _, (scene, twin, _, _) in pairs:
     for obj in scene.objects + twin.objects:
       assert (obj.colour, obj.category) not in heldout
 

@@ -263,8 +263,12 @@ def test_validate_reports_itm_probe_and_false_negatives(tmp_path_factory,
   workdir, _ = trained_run(tmp_path_factory)
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   got = validate.validate(workdir, steps=[6], batches=2, batch_size=16,
-                          mesh=mesh, log=lambda line: None)
+                          twins=20, mesh=mesh, log=lambda line: None)
   res = got[6]
+  assert res['twin_num'] == 20 == sum(
+      res.get(f'twin_num/{e}', 0) for e in ('swap', 'recolour', 'reverse'))
+  for key in ('twin_itm_text', 'twin_itm_pair_acc', 'twin_itc_group'):
+    assert 0 <= res[key] <= 1, key
   for key in ('itm_random_acc', 'itm_random_auroc', 'fn_random_share',
               'fn_hard_share', 'fn_pair_rate'):
     assert 0 <= res[key] <= 1, key

@@ -27,6 +27,7 @@ images and captions, never the ground truth used to choose them.
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,6 +41,16 @@ from vlg.synthetic import world
 EDITS = ('swap', 'recolour', 'reverse')
 _PAIR_STREAM = 3
 _MAX_TRIES = 12
+
+
+class Pair(NamedTuple):
+  """A contrast pair: image 2k's scene, its twin (image 2k + 1), the
+  candidate captions of each (true of it, false of the other) and the edit
+  (one of :data:`EDITS`)."""
+  scene: world.Scene
+  twin: world.Scene
+  texts: tuple[list[str], list[str]]
+  edit: str
 
 
 def _pair_rng(split: str, base: int, cfg: world.WorldConfig
@@ -113,13 +124,10 @@ def contrast_texts(scene: world.Scene, twin: world.Scene,
   return out
 
 
-def pair(split: str, index: int, cfg: world.WorldConfig
-         ) -> tuple[world.Scene, world.Scene, tuple[list[str], list[str]]
-                    ] | None:
-  """The contrast pair holding image ``index``: (scene 2k, scene 2k + 1,
-  (candidate captions of each)), or None when ``index`` is not in one (the
-  pair was not drawn as a contrast pair, or no edit of scene 2k gives
-  captions that tell the two apart)."""
+def pair(split: str, index: int, cfg: world.WorldConfig) -> Pair | None:
+  """The contrast pair holding image ``index``, or None when ``index`` is
+  not in one (the pair was not drawn as a contrast pair, or no edit of
+  scene 2k gives captions that tell the two apart)."""
   if cfg.contrast_rate <= 0:
     return None
   base = index - index % 2
@@ -127,11 +135,11 @@ def pair(split: str, index: int, cfg: world.WorldConfig
   if rng.random() >= cfg.contrast_rate:
     return None
   scene = layout.generate_scene(split, base, cfg)
-  for _, twin, changed in _edits(scene, split, cfg, rng):
+  for edit, twin, changed in _edits(scene, split, cfg, rng):
     texts = (contrast_texts(scene, twin, changed),
              contrast_texts(twin, scene, changed))
     if texts[0] and texts[1]:
-      return scene, twin, texts
+      return Pair(scene, twin, texts, edit)
   return None
 
 

@@ -1,7 +1,8 @@
 r"""Every training objective's metrics on held-out data, per kept checkpoint.
 
   python -m vlg.tools.validate --workdir=workdirs/rexvlm_tiny \
-      [--steps=0,300,600] [--batches=8] [--batch_size=64] [--write]
+      [--steps=0,300,600] [--batches=8] [--batch_size=64] [--twins=200] \
+      [--write]
 
 Training logs its losses and accuracies on the batches it trains on, which
 a model can memorise and which are noisy (an MRC batch of the tiny configs
@@ -67,7 +68,13 @@ computes on the same batches, for every kept checkpoint (or ``--steps``;
   captions with every word of one class of the world (shape, colour, size,
   number, relation) masked at once (``vlg.tools.word_probe``), beside
   ``mlm_word_num/<class>``, the number of masked tokens: which attributes
-  the model reads off the image.
+  the model reads off the image;
+* ``twin_<score>_{text,image,group,pair_acc}``: Winoground's scores, ITM's
+  and ITC's, on ``--twins`` held-out contrast pairs of the run's world
+  (``vlg.tools.twin_probe``): two images one edit apart (shapes swapped,
+  colours swapped, an arrow reversed), each with a caption true of it and
+  false of the other; ``twin_<score>_pair_acc/<edit>`` per edit. Chance
+  is 0.25 (text, image), 1/6 (group) and 0.5 (pair_acc).
 
 Batch means are combined weighted by their counts (boxes, triplets,
 masked tokens, ITM pairs, negatives), and counts are summed, so the
@@ -101,7 +108,9 @@ from vlg.objectives import itm as itm_lib
 from vlg.objectives import pairs
 from vlg.objectives import part
 from vlg.objectives import pretrain
+from vlg.data import batch_truth
 from vlg.tools import itm_probe
+from vlg.tools import twin_probe
 from vlg.tools import word_probe
 
 PREFIX = 'heldout'
@@ -121,6 +130,8 @@ def define_flags() -> None:
       'batch_size', 64, 'Examples per batch, for the captions and each part.')
   _FLAGS['split'] = flags.DEFINE_string(
       'split', 'val', "Synthetic world split to read ('val' or 'test').")
+  _FLAGS['twins'] = flags.DEFINE_integer(
+      'twins', 200, 'Held-out contrast pairs to score (0: none).')
   _FLAGS['write'] = flags.DEFINE_bool(
       'write', False, 'Append heldout/<metric> to WORKDIR/metrics.jsonl.')
   flags.mark_flags_as_required(['workdir'])
@@ -292,7 +303,8 @@ def majority_rate(labels: np.ndarray) -> float:
 
 
 def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
-             batch_size: int = 64, split: str = 'val', write: bool = False,
+             batch_size: int = 64, split: str = 'val', twins: int = 200,
+             write: bool = False,
              mesh=None, log: Callable[[str], None] = print
              ) -> dict[int, dict[str, float]]:
   """Held-out metrics of ``workdir`` at ``steps``; see the module doc.
@@ -317,6 +329,18 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
     probes = itm_probe.caption_probes(data, input_cfg, run.tokenizer, split,
                             int(config.seed), log=log)
     fn_rates = itm_probe.false_negative_rates(probes)
+    world_cfg = batch_truth.caption_world(input_cfg)
+    pairs_of_twins = None
+    if twins and world_cfg is not None:
+      pairs_of_twins = twin_probe.held_out_twins(
+          world_cfg, run.tokenizer, num=twins,
+          max_words=int(input_cfg.max_words),
+          max_len=int(input_cfg.max_text_len),
+          resolution=int(input_cfg.resolution), split=split)
+    elif twins:
+      log('twin scores left out: the caption sources are not one synthetic '
+          'world')
+    twin_scores = jax.jit(run.predict_fns['image_text_scores'])
     labels = np.concatenate([
         np.asarray(b['mrc_label']).ravel()[np.asarray(b['mrc_valid']).ravel()
                                            > 0] for b in data]
@@ -345,6 +369,11 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
         res.update(word_probe_metrics(predict, params, data, class_ids,
                                       run.tokenizer.mask_id, run.mesh,
                                       run.rules))
+        if pairs_of_twins is not None:
+          res.update(twin_probe.twin_metrics(
+              lambda b, p=params: jax.device_get(twin_scores(
+                  p, pipeline.to_global(b, run.mesh, run.rules))),
+              pairs_of_twins, batch_size))
         if labels is not None:
           res['mrc_majority_rate'] = majority_rate(labels)
           res['mrc_chance'] = 1.0 / int(config.model.mrc_classes)
@@ -378,7 +407,8 @@ def main(argv: Sequence[str]) -> None:
            steps=[int(s) for s in _FLAGS['steps'].value],
            batches=_FLAGS['batches'].value,
            batch_size=_FLAGS['batch_size'].value,
-           split=_FLAGS['split'].value, write=_FLAGS['write'].value)
+           split=_FLAGS['split'].value, twins=_FLAGS['twins'].value,
+           write=_FLAGS['write'].value)
 
 
 if __name__ == '__main__':

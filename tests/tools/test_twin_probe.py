@@ -1,0 +1,90 @@
+"""vlg.tools.twin_probe: Winoground's scores on held-out contrast pairs."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from vlg.data import ops
+from vlg.data import tokenizer as tok_lib
+from vlg.synthetic import contrast
+from vlg.synthetic import truth
+from vlg.synthetic import world
+from vlg.tools import twin_probe
+
+CFG = world.WorldConfig()
+
+
+@pytest.fixture(scope='module')
+def twins():
+  texts = []
+  for base in range(0, 200, 2):
+    pair = contrast.pair('val', base, world.WorldConfig(contrast_rate=1.0))
+    if pair is not None:
+      texts += pair.texts[0] + pair.texts[1]
+  tok = tok_lib.train_tokenizer(texts, 256)
+  return tok, twin_probe.held_out_twins(CFG, tok, num=12, max_words=30,
+                                        max_len=25, resolution=64)
+
+
+def test_scores_by_hand():
+  aa, ab = np.array([0.9, 0.2, 0.5]), np.array([0.1, 0.3, 0.5])
+  ba, bb = np.array([0.2, 0.1, 0.1]), np.array([0.8, 0.4, 0.9])
+  got = twin_probe.scores_from(aa, ab, ba, bb)
+  # text: pair 0 (0.9>0.1, 0.8>0.2); pair 1 fails (0.2<0.3); pair 2 ties.
+  assert got['text'] == pytest.approx(1 / 3)
+  # image: aa>ba and bb>ab: pairs 0 and 2 (0.5>0.1, 0.9>0.5); pair 1 0.2>0.1,
+  # 0.4>0.3 too.
+  assert got['image'] == pytest.approx(1.0)
+  assert got['group'] == pytest.approx(1 / 3)
+  assert got['pair_acc'] == pytest.approx(4 / 6)
+
+
+def test_held_out_twins_are_the_worlds_pairs_with_their_own_captions(twins):
+  tok, tw = twins
+  assert tw.image_a.shape == (12, 64, 64, 3) == tw.image_b.shape
+  assert tw.ids_a.shape == (12, 25) and set(tw.edits) <= set(contrast.EDITS)
+  assert not np.array_equal(tw.image_a, tw.image_b)
+  cfg = world.WorldConfig(contrast_rate=1.0)
+  k = 0
+  for base in range(0, 10**4, 2):
+    pair = contrast.pair('val', base, cfg)
+    if pair is None:
+      continue
+    ids, _ = tok.encode(ops.pre_caption(pair.texts[0][0], 30), 25)
+    np.testing.assert_array_equal(tw.ids_a[k], ids)
+    assert truth.is_true(pair.twin, pair.texts[0][0]) is False
+    k += 1
+    if k == 3:
+      break
+
+
+def _key(image, ids):
+  return hashlib.sha1(image.tobytes() + ids.tobytes()).hexdigest()
+
+
+def test_a_perfect_matcher_scores_one_and_a_text_only_scorer_zero(twins):
+  _, tw = twins
+  own = {_key(i, t) for i, t in zip(tw.image_a, tw.ids_a)} | {
+      _key(i, t) for i, t in zip(tw.image_b, tw.ids_b)}
+
+  def oracle(batch):
+    hits = [_key(i, t) in own for i, t in zip(batch['image'],
+                                              batch['text_ids'])]
+    return {'itm': np.asarray(hits, np.float32)}
+
+  got = twin_probe.twin_metrics(oracle, tw, batch_size=5)
+  for key in ('text', 'image', 'group', 'pair_acc'):
+    assert got[f'twin_itm_{key}'] == 1.0, key
+  assert got['twin_num'] == 12
+  assert sum(got[f'twin_num/{e}'] for e in contrast.EDITS
+             if f'twin_num/{e}' in got) == 12
+  assert 'twin_itc_text' not in got
+
+  def text_only(batch):  # The same score for a caption on every image.
+    return {'itc': batch['text_ids'].sum(-1) % 7 / 7.0,
+            'itm': batch['text_ids'][:, 1] / 1000.0}
+
+  got = twin_probe.twin_metrics(text_only, tw, batch_size=64)
+  for s in ('itm', 'itc'):
+    assert got[f'twin_{s}_text'] == 0.0 and got[f'twin_{s}_image'] == 0.0
