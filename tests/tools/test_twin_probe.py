@@ -11,6 +11,7 @@ from vlg.synthetic import contrast
 from vlg.synthetic import truth
 from vlg.synthetic import world
 from vlg.tools import twin_probe
+from vlg.tools import word_probe
 
 CFG = world.WorldConfig()
 
@@ -22,7 +23,7 @@ def twins():
     pair = contrast.pair('val', base, world.WorldConfig(contrast_rate=1.0))
     if pair is not None:
       texts += pair.texts[0] + pair.texts[1]
-  tok = tok_lib.train_tokenizer(texts, 256)
+  tok = tok_lib.train_tokenizer(texts, 256, model_type='bpe')
   return tok, twin_probe.held_out_twins(CFG, tok, num=12, max_words=30,
                                         max_len=25, resolution=64)
 
@@ -88,3 +89,41 @@ def test_a_perfect_matcher_scores_one_and_a_text_only_scorer_zero(twins):
   got = twin_probe.twin_metrics(text_only, tw, batch_size=64)
   for s in ('itm', 'itc'):
     assert got[f'twin_{s}_text'] == 0.0 and got[f'twin_{s}_image'] == 0.0
+
+
+def test_binding_metrics_tell_a_binding_head_from_a_bag_of_colours(twins):
+  tok, tw = twins
+  colour_ids = word_probe.class_token_ids(tok)['colour']
+  assert len(colour_ids) and 'recolour' in tw.edits
+  originals = {hashlib.sha1(i.tobytes()).hexdigest(): t
+               for i, t, e in zip(tw.image_a, tw.ids_a, tw.edits)
+               if e == 'recolour'}
+
+  def binding(image, text_ids, text_mask):  # Knows which image it sees.
+    out = []
+    for img, ids in zip(image, text_ids[0]):
+      own = originals.get(hashlib.sha1(img.tobytes()).hexdigest())
+      out.append(own if own is not None else np.where(ids == tok.mask_id,
+                                                      -1, ids))
+    return np.stack(out)[None]
+
+  got = twin_probe.binding_metrics(binding, tw, colour_ids, tok.mask_id,
+                                   batch_size=3)
+  assert got['twin_mlm_colour_acc'] == 1.0
+  assert got['twin_mlm_colour_acc_on_twin'] == 0.0
+  masked = sum(int(np.isin(t[m > 0], colour_ids).sum())
+               for t, m, e in zip(tw.ids_a, tw.mask_a, tw.edits)
+               if e == 'recolour')
+  assert got['twin_mlm_colour_num'] == masked > 0
+
+  def bag_of_colours(image, text_ids, text_mask):  # The same on both.
+    keep = np.asarray(tw.edits) == 'recolour'
+    by_text = {hashlib.sha1(w.tobytes()).hexdigest(): t for w, t in zip(
+        word_probe.mask_class(tw.ids_a[keep], tw.mask_a[keep], colour_ids,
+                              tok.mask_id)[0], tw.ids_a[keep])}
+    return np.stack([by_text[hashlib.sha1(ids.tobytes()).hexdigest()]
+                     for ids in text_ids[0]])[None]
+
+  got = twin_probe.binding_metrics(bag_of_colours, tw, colour_ids,
+                                   tok.mask_id)
+  assert got['twin_mlm_colour_acc'] == got['twin_mlm_colour_acc_on_twin'] == 1

@@ -267,8 +267,10 @@ def test_validate_reports_itm_probe_and_false_negatives(tmp_path_factory,
   res = got[6]
   assert res['twin_num'] == 20 == sum(
       res.get(f'twin_num/{e}', 0) for e in ('swap', 'recolour', 'reverse'))
-  for key in ('twin_itm_text', 'twin_itm_pair_acc', 'twin_itc_group'):
+  for key in ('twin_itm_text', 'twin_itm_pair_acc', 'twin_itc_group',
+              'twin_mlm_colour_acc', 'twin_mlm_colour_acc_on_twin'):
     assert 0 <= res[key] <= 1, key
+  assert res['twin_mlm_colour_num'] > 0
   for key in ('itm_random_acc', 'itm_random_auroc', 'fn_random_share',
               'fn_hard_share', 'fn_pair_rate'):
     assert 0 <= res[key] <= 1, key

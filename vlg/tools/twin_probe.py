@@ -13,7 +13,14 @@ Winoground; the pairs are built whether or not the run trained with
 contrast pairs, so the same numbers compare runs with and without them.
 
 ``vlg.tools.validate`` reports these as ``twin_<score>_<metric>`` and
-``twin_<score>_pair_acc/<edit>``.
+``twin_<score>_pair_acc/<edit>``, and, from the MLM head on the recoloured
+pairs (:func:`binding_metrics`), whether the model binds a colour to its
+shape: with every colour word of image a's caption masked, the head
+should restore the words on image a (``twin_mlm_colour_acc``) and not on
+its twin, where the two shapes have each other's colours
+(``twin_mlm_colour_acc_on_twin``: restoring the original words there is
+wrong). A model that only knows which colours are in the image restores
+them equally often on both.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from vlg.data import ops
 from vlg.synthetic import contrast
 from vlg.synthetic import render
 from vlg.synthetic import world
+from vlg.tools import word_probe
 
 SCORES = ('itm', 'itc')
 
@@ -133,3 +141,48 @@ def twin_metrics(score_fn: Callable[[dict[str, np.ndarray]], Any],
             *(v[sel] for v in vecs))['pair_acc']
         res[f'twin_num/{edit}'] = float(sel.sum())
   return res
+
+
+def binding_metrics(mlm_predict: Callable[..., Any], twins: Twins,
+                    colour_ids: np.ndarray, mask_id: int,
+                    batch_size: int = 64) -> dict[str, float]:
+  """MLM colour restoration on the recoloured pairs (module docstring).
+
+  Args:
+    mlm_predict: ``(image [B, ...], text_ids [1, B, L], text_mask [B, L])
+      → [1, B, L]`` argmax ids of the MLM head (e.g.
+      ``validate.make_mlm_predict_fn`` with bound params).
+    twins: the held-out pairs.
+    colour_ids: the tokenizer's ids of the colour words
+      (``word_probe.class_token_ids(tok)['colour']``).
+    mask_id: the tokenizer's [MASK] id.
+    batch_size: rows per call (the last call padded, as in
+      :func:`twin_metrics`).
+
+  Returns:
+    ``twin_mlm_colour_acc``, ``twin_mlm_colour_acc_on_twin`` and
+    ``twin_mlm_colour_num`` (masked tokens); {} without recoloured pairs
+    or colour words.
+  """
+  keep = np.asarray(twins.edits) == 'recolour'
+  if not keep.any() or not len(colour_ids):
+    return {}
+  ids, mask = twins.ids_a[keep], twins.mask_a[keep]
+  masked, targets = word_probe.mask_class(ids, mask, colour_ids, mask_id)
+  if not targets.any():
+    return {}
+  right = {}
+  for side in ('a', 'b'):
+    images = getattr(twins, f'image_{side}')[keep]
+    preds = []
+    for start in range(0, len(images), batch_size):
+      rows = [c[start:start + batch_size] for c in (images, masked, mask)]
+      n = len(rows[0])
+      rows = [np.concatenate([r, np.repeat(r[:1], batch_size - n, 0)])
+              for r in rows]
+      preds.append(np.asarray(mlm_predict(rows[0], rows[1][None],
+                                          rows[2]))[0][:n])
+    right[side] = (np.concatenate(preds) == ids)[targets]
+  return {'twin_mlm_colour_acc': float(right['a'].mean()),
+          'twin_mlm_colour_acc_on_twin': float(right['b'].mean()),
+          'twin_mlm_colour_num': float(targets.sum())}

@@ -75,6 +75,11 @@ computes on the same batches, for every kept checkpoint (or ``--steps``;
   colours swapped, an arrow reversed), each with a caption true of it and
   false of the other; ``twin_<score>_pair_acc/<edit>`` per edit. Chance
   is 0.25 (text, image), 1/6 (group) and 0.5 (pair_acc).
+  ``twin_mlm_colour_acc`` / ``twin_mlm_colour_acc_on_twin``: the MLM head
+  restoring the masked colour words of a recoloured pair's caption on its
+  own image / on the twin, where they are wrong: a head that binds colour
+  to shape scores high and low; one that only knows which colours are
+  present, the same on both.
 
 Batch means are combined weighted by their counts (boxes, triplets,
 masked tokens, ITM pairs, negatives), and counts are summed, so the
@@ -374,6 +379,10 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
               lambda b, p=params: jax.device_get(twin_scores(
                   p, pipeline.to_global(b, run.mesh, run.rules))),
               pairs_of_twins, batch_size))
+          res.update(twin_probe.binding_metrics(
+              _on_mesh(predict, params, run),
+              pairs_of_twins, class_ids.get('colour', np.zeros(0, int)),
+              run.tokenizer.mask_id, batch_size))
         if labels is not None:
           res['mrc_majority_rate'] = majority_rate(labels)
           res['mrc_chance'] = 1.0 / int(config.model.mrc_classes)
@@ -389,6 +398,17 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
     return results
   finally:
     run.close()
+
+
+def _on_mesh(predict, params, run: restore.Run):
+  """``(image, text_ids [C, B, L], text_mask) → predictions`` of the MLM
+  predict function, with the rows placed on the run's mesh."""
+  def call(image, text_ids, text_mask):
+    rows = pipeline.to_global({'image': image, 'text_mask': text_mask},
+                              run.mesh, run.rules)
+    return jax.device_get(predict(params, rows['image'], text_ids,
+                                  rows['text_mask']))
+  return call
 
 
 def _params_at(run: restore.Run, step: int):
