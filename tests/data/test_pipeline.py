@@ -233,3 +233,16 @@ def test_bad_input_policy_keeps_the_draws_of_good_examples(tok):
     for j in range(4):
       for k, v in plain[j].items():
         np.testing.assert_array_equal(b[k][j], v, err_msg=f'{k} {j}')
+
+
+def test_tokenizer_key_ignores_a_zero_contrast_rate_only():
+  cfg = _input_cfg()
+  without = _input_cfg()
+  with without.unlocked():
+    del without.data.synthetic.world['contrast_rate']
+  assert pipeline.tokenizer_key(cfg) == pipeline.tokenizer_key(without)
+  cfg.data.synthetic.world.contrast_rate = 0.5
+  assert pipeline.tokenizer_key(cfg) != pipeline.tokenizer_key(without)
+  cfg.data.synthetic.world.contrast_rate = 0.0
+  cfg.data.synthetic.world.caption_relation_rate = 0.3
+  assert pipeline.tokenizer_key(cfg) != pipeline.tokenizer_key(without)

@@ -364,17 +364,33 @@ def get_tokenizer(input_cfg: ml_collections.ConfigDict,
   tcfg = input_cfg.tokenizer
   if tcfg.get('path'):
     return tokenizer_lib.load(tcfg.path)
-  spec = json.dumps(input_cfg.data.to_dict(), sort_keys=True, default=str)
+  model_type = str(tcfg.get('model_type', 'unigram'))
+  return tokenizer_lib.load_or_train(
+      os.path.join(cache_dir, 'tokenizer'),
+      lambda: training_texts(input_cfg, int(tcfg.num_texts)),
+      int(tcfg.vocab_size), key=tokenizer_key(input_cfg),
+      model_type=model_type)
+
+
+def tokenizer_key(input_cfg: ml_collections.ConfigDict) -> str:
+  """What a cached tokenizer was trained for: the caption sources, the
+  number of texts and the model type, hashed."""
+  tcfg = input_cfg.tokenizer
+  data = input_cfg.data.to_dict()
+  # A world without contrast pairs keeps the key it had before
+  # ``contrast_rate`` existed, so the tokenizers cached for such runs still
+  # match when they resume.
+  for entry in data.values():
+    world_cfg = entry.get('world') if isinstance(entry, dict) else None
+    if isinstance(world_cfg, dict) and not world_cfg.get('contrast_rate'):
+      world_cfg.pop('contrast_rate', None)
+  spec = json.dumps(data, sort_keys=True, default=str)
   model_type = str(tcfg.get('model_type', 'unigram'))
   # The unigram key keeps the form it had before model_type existed, so
   # cached unigram tokenizers still match.
   suffix = '' if model_type == 'unigram' else f'|{model_type}'
-  key = hashlib.sha256(
+  return hashlib.sha256(
       f'{spec}|{tcfg.num_texts}{suffix}'.encode()).hexdigest()[:16]
-  return tokenizer_lib.load_or_train(
-      os.path.join(cache_dir, 'tokenizer'),
-      lambda: training_texts(input_cfg, int(tcfg.num_texts)),
-      int(tcfg.vocab_size), key=key, model_type=model_type)
 
 
 def wait_for_tokenizer(input_cfg: ml_collections.ConfigDict, cache_dir: str,
