@@ -60,6 +60,12 @@ def test_held_out_twins_are_the_worlds_pairs_with_their_own_captions(twins):
       break
 
 
+def _all_rows(fn):
+  """A row scorer calling ``fn`` on every row at once (``BatchRunner.run``
+  batches and pads; these fakes are not jittable)."""
+  return lambda n, build_rows: fn(build_rows(range(n)))
+
+
 def _key(image, ids):
   return hashlib.sha1(image.tobytes() + ids.tobytes()).hexdigest()
 
@@ -74,7 +80,7 @@ def test_a_perfect_matcher_scores_one_and_a_text_only_scorer_zero(twins):
                                               batch['text_ids'])]
     return {'itm': np.asarray(hits, np.float32)}
 
-  got = twin_probe.twin_metrics(oracle, tw, batch_size=5)
+  got = twin_probe.twin_metrics(_all_rows(oracle), tw)
   for key in ('text', 'image', 'group', 'pair_acc'):
     assert got[f'twin_itm_{key}'] == 1.0, key
   assert got['twin_num'] == 12
@@ -86,7 +92,7 @@ def test_a_perfect_matcher_scores_one_and_a_text_only_scorer_zero(twins):
     return {'itc': batch['text_ids'].sum(-1) % 7 / 7.0,
             'itm': batch['text_ids'][:, 1] / 1000.0}
 
-  got = twin_probe.twin_metrics(text_only, tw, batch_size=64)
+  got = twin_probe.twin_metrics(_all_rows(text_only), tw)
   for s in ('itm', 'itc'):
     assert got[f'twin_{s}_text'] == 0.0 and got[f'twin_{s}_image'] == 0.0
 
@@ -99,16 +105,16 @@ def test_binding_metrics_tell_a_binding_head_from_a_bag_of_colours(twins):
                for i, t, e in zip(tw.image_a, tw.ids_a, tw.edits)
                if e == 'recolour'}
 
-  def binding(image, text_ids, text_mask):  # Knows which image it sees.
+  def binding(batch):  # Knows which image it sees.
     out = []
-    for img, ids in zip(image, text_ids[0]):
+    for img, ids in zip(batch['image'], batch['text_ids']):
       own = originals.get(hashlib.sha1(img.tobytes()).hexdigest())
       out.append(own if own is not None else np.where(ids == tok.mask_id,
                                                       -1, ids))
-    return np.stack(out)[None]
+    return {'mlm_ids': np.stack(out)}
 
-  got = twin_probe.binding_metrics(binding, tw, colour_ids, tok.mask_id,
-                                   batch_size=3)
+  got = twin_probe.binding_metrics(_all_rows(binding), tw, colour_ids,
+                                   tok.mask_id)
   assert got['twin_mlm_colour_acc'] == 1.0
   assert got['twin_mlm_colour_acc_on_twin'] == 0.0
   masked = sum(int(np.isin(t[m > 0], colour_ids).sum())
@@ -116,14 +122,15 @@ def test_binding_metrics_tell_a_binding_head_from_a_bag_of_colours(twins):
                if e == 'recolour')
   assert got['twin_mlm_colour_num'] == masked > 0
 
-  def bag_of_colours(image, text_ids, text_mask):  # The same on both.
+  def bag_of_colours(batch):  # The same on both.
     keep = np.asarray(tw.edits) == 'recolour'
     by_text = {hashlib.sha1(w.tobytes()).hexdigest(): t for w, t in zip(
         word_probe.mask_class(tw.ids_a[keep], tw.mask_a[keep], colour_ids,
                               tok.mask_id)[0], tw.ids_a[keep])}
-    return np.stack([by_text[hashlib.sha1(ids.tobytes()).hexdigest()]
-                     for ids in text_ids[0]])[None]
+    return {'mlm_ids': np.stack([
+        by_text[hashlib.sha1(ids.tobytes()).hexdigest()]
+        for ids in batch['text_ids']])}
 
-  got = twin_probe.binding_metrics(bag_of_colours, tw, colour_ids,
-                                   tok.mask_id)
+  got = twin_probe.binding_metrics(_all_rows(bag_of_colours), tw,
+                                   colour_ids, tok.mask_id)
   assert got['twin_mlm_colour_acc'] == got['twin_mlm_colour_acc_on_twin'] == 1

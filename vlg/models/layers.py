@@ -184,6 +184,9 @@ class LayerNorm(nnx.Module):
     return y.astype(out_dtype or self.dtype)
 
 
+_QKV_NAMES = ('batch', 'length', 'heads', 'kv')
+
+
 class Attention(nnx.Module):
   """Multi-head attention with a boolean key mask.
 
@@ -230,10 +233,21 @@ class Attention(nnx.Module):
       [B, Lq, D] in the module's dtype.
     """
     context = x if context is None else context
-    names = ('batch', 'length', 'heads', 'kv')
-    q = sharding.constrain(self.query(x), names)
-    k = sharding.constrain(self.key(context), names)
-    v = sharding.constrain(self.value(context), names)
+    v = sharding.constrain(self.value(context), _QKV_NAMES)
+    probs = self.probabilities(x, context, mask)
+    probs = dropout(probs, self.dropout_rate, rngs).astype(v.dtype)
+    y = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+    return self.out(y)
+
+  def probabilities(self, x: jax.Array, context: jax.Array | None = None,
+                    mask: jax.Array | None = None) -> jax.Array:
+    """float32 [B, heads, Lq, Lk]: the attention probabilities of the
+    queries of ``x`` over the keys of ``context`` (or ``x``), before
+    dropout; ``mask`` as in :meth:`__call__`. Probes read them (where a
+    fusion layer's text looks in the image)."""
+    context = x if context is None else context
+    q = sharding.constrain(self.query(x), _QKV_NAMES)
+    k = sharding.constrain(self.key(context), _QKV_NAMES)
     q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k,
                         preferred_element_type=jnp.float32)
@@ -241,10 +255,7 @@ class Attention(nnx.Module):
       visible = (mask.astype(bool)[:, None] if mask.ndim == 3
                  else mask.astype(bool)[:, None, None, :])
       logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = dropout(probs, self.dropout_rate, rngs).astype(v.dtype)
-    y = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
-    return self.out(y)
+    return jax.nn.softmax(logits, axis=-1)
 
 
 class Mlp(nnx.Module):
@@ -352,8 +363,7 @@ class BertLayer(nnx.Module):
       [B, L, D] hidden states in the module's dtype.
     """
     r = self.dropout_rate
-    x = self.attn_norm(x + dropout(self.attn(x, mask=mask, rngs=rngs), r,
-                                   rngs))
+    x = self._self_attention(x, mask, rngs)
     if self.cross is not None:
       if context is None:
         raise ValueError('A fusion layer needs image tokens as context.')
@@ -361,3 +371,19 @@ class BertLayer(nnx.Module):
       x = self.cross_norm(x + dropout(c, r, rngs))
     x = self.mlp_norm(x + dropout(self.mlp(x, rngs=rngs), r, rngs))
     return sharding.constrain(x, ('batch', 'length', 'embed'))
+
+  def _self_attention(self, x: jax.Array, mask: jax.Array | None,
+                      rngs: nnx.Rngs | None) -> jax.Array:
+    return self.attn_norm(x + dropout(self.attn(x, mask=mask, rngs=rngs),
+                                      self.dropout_rate, rngs))
+
+  def cross_attention_probs(self, x: jax.Array, mask: jax.Array | None,
+                            context: jax.Array,
+                            context_mask: jax.Array | None = None
+                            ) -> jax.Array:
+    """float32 [B, heads, L, N]: where this fusion layer's text, given the
+    layer's input ``x``, attends in ``context`` (no dropout)."""
+    if self.cross is None:
+      raise ValueError('This layer has no cross-attention.')
+    return self.cross.probabilities(self._self_attention(x, mask, None),
+                                    context, context_mask)

@@ -61,8 +61,9 @@ def scene_and_record(split: str, index: int, cfg: world.WorldConfig
   if contrast_pair is None:
     scene = layout.generate_scene(split, index, cfg)
     return scene, scene_record(scene, cfg, rng)
-  scene = contrast_pair[index % 2]
-  record = scene_record(scene, cfg, rng, contrast_pair[2][index % 2])
+  side = index % 2
+  scene = (contrast_pair.scene, contrast_pair.twin)[side]
+  record = scene_record(scene, cfg, rng, contrast_pair.texts[side])
   record['mirror'] = contrast.pair_mirrored(split, index, cfg)
   return scene, record
 
@@ -82,9 +83,10 @@ def make_record(split: str, index: int,
      'mirror': bool (contrast pairs only)}
 
   ``mirror`` is the pipeline's flip decided once for both images of a
-  contrast pair (``contrast.pair_mirrored``); ``has_graph`` / ``has_boxes`` flag the images whose scene graph / boxes the
-  pipeline may use (fractions ``graph_rate`` / ``box_rate``); the fields are
-  filled for every image, so evaluators can always read them.
+  contrast pair (``contrast.pair_mirrored``). ``has_graph`` / ``has_boxes``
+  flag the images whose scene graph / boxes the pipeline may use (fractions
+  ``graph_rate`` / ``box_rate``); the fields are filled for every image, so
+  evaluators can always read them.
   """
   scene, texts = scene_and_record(split, index, cfg)
   record = {'image': render.render_scene(scene, cfg),

@@ -19,9 +19,8 @@ patches), averaged over heads, is split into
   grounded word's lift is many times 1);
 * ``ground_cls/layer<k>``: the share on the image [CLS] token.
 
-The weights are recomputed from the fusion layers' own query and key
-projections on the states the layers receive (``fuse(...,
-return_layers=True)``), so the model code is not touched.
+The weights are each fusion layer's own (``BertLayer.cross_attention_probs``)
+on the states the layers receive (``fuse(..., return_layers=True)``).
 """
 
 from __future__ import annotations
@@ -54,16 +53,9 @@ def cross_attention(model, image: jax.Array, text_ids: jax.Array,
   txt = model.embed_text(text_ids, text_mask)
   stack = model.fuse(txt['text_embeds'], text_mask, image_embeds,
                      return_layers=True)['fusion_layers']
-  out = []
-  for k, layer in enumerate(model.text.fusion):
-    x = stack[k]
-    h = layer.attn_norm(x + layer.attn(x, mask=text_mask))
-    q = layer.cross.query(h) * (layer.cross.head_dim ** -0.5)
-    keys = layer.cross.key(image_embeds)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, keys,
-                        preferred_element_type=jnp.float32)
-    out.append(jax.nn.softmax(logits, axis=-1))
-  return jnp.stack(out)
+  return jnp.stack([
+      layer.cross_attention_probs(stack[k], text_mask, image_embeds)
+      for k, layer in enumerate(model.text.fusion)])
 
 
 def patch_mask(box: Sequence[int], grid: int, resolution: int) -> np.ndarray:

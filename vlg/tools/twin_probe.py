@@ -26,7 +26,7 @@ them equally often on both.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -102,34 +102,37 @@ def scores_from(aa: np.ndarray, ab: np.ndarray, ba: np.ndarray,
           'pair_acc': float(np.mean(np.concatenate([aa > ab, bb > ba])))}
 
 
-def twin_metrics(score_fn: Callable[[dict[str, np.ndarray]], Any],
-                 twins: Twins, batch_size: int = 64) -> dict[str, float]:
-  """``twin_<score>_<metric>`` for each score of :data:`SCORES` that
-  ``score_fn`` (a batch of ``image``, ``text_ids``, ``text_mask`` → dict of
-  per-row scores, e.g. ``predict.image_text_scores`` with bound params)
-  returns, and ``twin_<score>_pair_acc/<edit>`` per edit; ``twin_num`` and
-  ``twin_num/<edit>`` count the pairs. Every call gets ``batch_size`` rows
-  (the last batch padded with copies of its first row, then dropped), so
-  the batch divides over a mesh as training's does."""
-  def score(image, side):
-    out = {s: [] for s in SCORES}
-    columns = (image, getattr(twins, f'ids_{side}'),
-               getattr(twins, f'mask_{side}'))
-    for start in range(0, len(image), batch_size):
-      rows = [c[start:start + batch_size] for c in columns]
-      n = len(rows[0])
-      rows = [np.concatenate([r, np.repeat(r[:1], batch_size - n, 0)])
-              for r in rows]
-      got = score_fn(dict(zip(('image', 'text_ids', 'text_mask'), rows)))
-      for s in SCORES:
-        if s in got:
-          out[s].append(np.asarray(got[s], np.float64)[:n])
-    return {s: np.concatenate(v) for s, v in out.items() if v}
+RowScorer = Callable[[int, Callable[[Sequence[int]], dict[str, np.ndarray]]],
+                     dict[str, np.ndarray]]
 
-  grid = {(i, t): score(getattr(twins, f'image_{i}'), t)
-          for i in 'ab' for t in 'ab'}
+
+def _columns(**columns: np.ndarray):
+  """A row builder over equal-length arrays (``BatchRunner.run``'s)."""
+  return lambda rows: {k: v[list(rows)] for k, v in columns.items()}
+
+
+def twin_metrics(score_rows: RowScorer, twins: Twins) -> dict[str, float]:
+  """``twin_<score>_<metric>`` for each score of :data:`SCORES` that
+  ``score_rows`` returns, and ``twin_<score>_pair_acc/<edit>`` per edit;
+  ``twin_num`` and ``twin_num/<edit>`` count the pairs.
+
+  ``score_rows(n, build_rows)`` scores rows ``0..n-1`` (``image``,
+  ``text_ids``, ``text_mask``) and returns per-row scores: the run's
+  ``image_text_scores`` through ``evaluators.common.BatchRunner.run``
+  with bound params, as ``vlg.tools.validate`` passes it.
+  """
+  n = len(twins.edits)
+  grid = {}
+  for i in 'ab':
+    for t in 'ab':
+      got = score_rows(n, _columns(
+          image=getattr(twins, f'image_{i}'),
+          text_ids=getattr(twins, f'ids_{t}'),
+          text_mask=getattr(twins, f'mask_{t}')))
+      grid[i, t] = {s: np.asarray(got[s], np.float64) for s in SCORES
+                    if s in got}
   edits = np.asarray(twins.edits)
-  res = {'twin_num': float(len(edits))}
+  res = {'twin_num': float(n)}
   for s in grid['a', 'a']:
     vecs = [grid[key][s] for key in (('a', 'a'), ('a', 'b'), ('b', 'a'),
                                      ('b', 'b'))]
@@ -143,21 +146,18 @@ def twin_metrics(score_fn: Callable[[dict[str, np.ndarray]], Any],
   return res
 
 
-def binding_metrics(mlm_predict: Callable[..., Any], twins: Twins,
-                    colour_ids: np.ndarray, mask_id: int,
-                    batch_size: int = 64) -> dict[str, float]:
+def binding_metrics(predict_rows: RowScorer, twins: Twins,
+                    colour_ids: np.ndarray, mask_id: int) -> dict[str, float]:
   """MLM colour restoration on the recoloured pairs (module docstring).
 
   Args:
-    mlm_predict: ``(image [B, ...], text_ids [1, B, L], text_mask [B, L])
-      → [1, B, L]`` argmax ids of the MLM head (e.g.
-      ``validate.make_mlm_predict_fn`` with bound params).
+    predict_rows: ``(n, build_rows) → {'mlm_ids': [n, L]}``, the MLM
+      head's argmax ids for rows ``0..n-1`` (``image``, ``text_ids``,
+      ``text_mask``), e.g. through ``evaluators.common.BatchRunner.run``.
     twins: the held-out pairs.
     colour_ids: the tokenizer's ids of the colour words
       (``word_probe.class_token_ids(tok)['colour']``).
     mask_id: the tokenizer's [MASK] id.
-    batch_size: rows per call (the last call padded, as in
-      :func:`twin_metrics`).
 
   Returns:
     ``twin_mlm_colour_acc``, ``twin_mlm_colour_acc_on_twin`` and
@@ -173,16 +173,10 @@ def binding_metrics(mlm_predict: Callable[..., Any], twins: Twins,
     return {}
   right = {}
   for side in ('a', 'b'):
-    images = getattr(twins, f'image_{side}')[keep]
-    preds = []
-    for start in range(0, len(images), batch_size):
-      rows = [c[start:start + batch_size] for c in (images, masked, mask)]
-      n = len(rows[0])
-      rows = [np.concatenate([r, np.repeat(r[:1], batch_size - n, 0)])
-              for r in rows]
-      preds.append(np.asarray(mlm_predict(rows[0], rows[1][None],
-                                          rows[2]))[0][:n])
-    right[side] = (np.concatenate(preds) == ids)[targets]
+    got = predict_rows(len(ids), _columns(
+        image=getattr(twins, f'image_{side}')[keep], text_ids=masked,
+        text_mask=mask))
+    right[side] = (np.asarray(got['mlm_ids']) == ids)[targets]
   return {'twin_mlm_colour_acc': float(right['a'].mean()),
           'twin_mlm_colour_acc_on_twin': float(right['b'].mean()),
           'twin_mlm_colour_num': float(targets.sum())}

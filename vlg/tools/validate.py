@@ -91,6 +91,7 @@ to switch to: the tool refuses it, naming the source.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -107,13 +108,14 @@ from vlg import restore
 from vlg import sharding
 from vlg import train_state
 from vlg import writers
+from vlg.data import batch_truth
 from vlg.data import pipeline
+from vlg.evaluators import common as eval_common
 from vlg.objectives import itc
 from vlg.objectives import itm as itm_lib
 from vlg.objectives import pairs
 from vlg.objectives import part
 from vlg.objectives import pretrain
-from vlg.data import batch_truth
 from vlg.tools import itm_probe
 from vlg.tools import twin_probe
 from vlg.tools import word_probe
@@ -345,7 +347,6 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
     elif twins:
       log('twin scores left out: the caption sources are not one synthetic '
           'world')
-    twin_scores = jax.jit(run.predict_fns['image_text_scores'])
     labels = np.concatenate([
         np.asarray(b['mrc_label']).ravel()[np.asarray(b['mrc_valid']).ravel()
                                            > 0] for b in data]
@@ -354,6 +355,12 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
         f'batch(es) of {batch_size} from the {split!r} split')
     fn = make_metrics_fn(config, run.graphdef)
     predict = make_mlm_predict_fn(run.graphdef)
+    if pairs_of_twins is not None:
+      twin_scores, twin_mlm = (
+          eval_common.BatchRunner(f, batch_size=batch_size, mesh=run.mesh,
+                                  rules=run.rules)
+          for f in (run.predict_fns['image_text_scores'],
+                    _mlm_rows(predict)))
     class_ids = word_probe.class_token_ids(run.tokenizer)
     writer = writers.create_writer(workdir, jax.process_index()) if write else (
         None)
@@ -376,13 +383,11 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
                                       run.rules))
         if pairs_of_twins is not None:
           res.update(twin_probe.twin_metrics(
-              lambda b, p=params: jax.device_get(twin_scores(
-                  p, pipeline.to_global(b, run.mesh, run.rules))),
-              pairs_of_twins, batch_size))
+              functools.partial(twin_scores.run, params), pairs_of_twins))
           res.update(twin_probe.binding_metrics(
-              _on_mesh(predict, params, run),
-              pairs_of_twins, class_ids.get('colour', np.zeros(0, int)),
-              run.tokenizer.mask_id, batch_size))
+              functools.partial(twin_mlm.run, params), pairs_of_twins,
+              class_ids.get('colour', np.zeros(0, int)),
+              run.tokenizer.mask_id))
         if labels is not None:
           res['mrc_majority_rate'] = majority_rate(labels)
           res['mrc_chance'] = 1.0 / int(config.model.mrc_classes)
@@ -400,15 +405,15 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
     run.close()
 
 
-def _on_mesh(predict, params, run: restore.Run):
-  """``(image, text_ids [C, B, L], text_mask) → predictions`` of the MLM
-  predict function, with the rows placed on the run's mesh."""
-  def call(image, text_ids, text_mask):
-    rows = pipeline.to_global({'image': image, 'text_mask': text_mask},
-                              run.mesh, run.rules)
-    return jax.device_get(predict(params, rows['image'], text_ids,
-                                  rows['text_mask']))
-  return call
+def _mlm_rows(predict):
+  """``predict`` (:func:`make_mlm_predict_fn`'s) as a batch-dict function
+  for ``evaluators.common.BatchRunner``: one masking of each row's text,
+  ``{'mlm_ids': [B, L]}``."""
+  def rows(params, batch):
+    return {'mlm_ids': predict(params, batch['image'],
+                               batch['text_ids'][None],
+                               batch['text_mask'])[0]}
+  return rows
 
 
 def _params_at(run: restore.Run, step: int):
