@@ -60,6 +60,22 @@ def test_held_out_twins_are_the_worlds_pairs_with_their_own_captions(twins):
       break
 
 
+def test_held_out_twins_of_chosen_edits(twins):
+  tok, every = twins
+  swaps = twin_probe.held_out_twins(CFG, tok, num=3, max_words=30,
+                                    max_len=25, resolution=64,
+                                    edits=['swap'])
+  assert swaps.edits == ('swap',) * 3
+  # The same pairs, in order, as the swaps among all pairs.
+  first = [k for k, e in enumerate(every.edits) if e == 'swap'][:2]
+  for k, j in enumerate(first):
+    np.testing.assert_array_equal(swaps.ids_a[k], every.ids_a[j])
+    np.testing.assert_array_equal(swaps.image_b[k], every.image_b[j])
+  with pytest.raises(ValueError, match='unknown edit.*swop'):
+    twin_probe.held_out_twins(CFG, tok, num=3, max_words=30, max_len=25,
+                              resolution=64, edits=['swop'])
+
+
 def _all_rows(fn):
   """A row scorer calling ``fn`` on every row at once (``BatchRunner.run``
   batches and pads; these fakes are not jittable)."""

@@ -55,24 +55,30 @@ class Twins:
 
 def held_out_twins(world_cfg: world.WorldConfig, tokenizer, *, num: int,
                    max_words: int, max_len: int, resolution: int,
-                   split: str = 'val', max_draws: int = 100_000) -> Twins:
+                   split: str = 'val', max_draws: int = 100_000,
+                   edits: Sequence[str] | None = None) -> Twins:
   """The first ``num`` contrast pairs of ``split`` of ``world_cfg`` with
   every pair drawn as a contrast pair (``contrast_rate`` 1), each with its
   first candidate caption (the texts are deterministic, so every step and
-  every run scores the same pairs), rendered at ``resolution`` pixels.
+  every run scores the same pairs), rendered at ``resolution`` pixels;
+  only pairs of ``edits`` (names of ``contrast.EDITS``; None: all).
 
   Raises:
-    ValueError: fewer than ``num`` pairs in ``max_draws`` index pairs.
+    ValueError: fewer than ``num`` pairs in ``max_draws`` index pairs, or
+      an unknown edit.
   """
+  unknown = sorted(set(edits or ()) - set(contrast.EDITS))
+  if unknown:
+    raise ValueError(f'unknown edit(s) {unknown}; known: {contrast.EDITS}')
   cfg = dataclasses.replace(world_cfg, contrast_rate=1.0)
   rows = {k: [] for k in ('image_a', 'image_b', 'ids_a', 'mask_a', 'ids_b',
                           'mask_b')}
-  edits = []
+  got = []
   for base in range(0, 2 * max_draws, 2):
-    if len(edits) == num:
+    if len(got) == num:
       break
     pair = contrast.pair(split, base, cfg)
-    if pair is None:
+    if pair is None or (edits is not None and pair.edit not in edits):
       continue
     for side, scene, texts in (('a', pair.scene, pair.texts[0]),
                                ('b', pair.twin, pair.texts[1])):
@@ -82,12 +88,12 @@ def held_out_twins(world_cfg: world.WorldConfig, tokenizer, *, num: int,
                                    max_len)
       rows[f'ids_{side}'].append(ids)
       rows[f'mask_{side}'].append(mask)
-    edits.append(pair.edit)
-  if len(edits) < num:
-    raise ValueError(f'only {len(edits)} contrast pairs in the first '
+    got.append(pair.edit)
+  if len(got) < num:
+    raise ValueError(f'only {len(got)} contrast pairs in the first '
                      f'{max_draws} index pairs of {split!r}; asked {num}')
   return Twins(**{k: np.stack(v) for k, v in rows.items()},
-               edits=tuple(edits))
+               edits=tuple(got))
 
 
 def scores_from(aa: np.ndarray, ab: np.ndarray, ba: np.ndarray,

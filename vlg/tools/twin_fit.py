@@ -1,0 +1,292 @@
+r"""How much of the contrast pairs can a run's fusion learn when asked directly?
+
+  python -m vlg.tools.twin_fit --workdir=workdirs/albef_tiny [--step=N] \
+      [--pairs=8000] [--steps=3000] [--batch_size=32] [--lr=3e-4] \
+      [--eval_every=250] [--twins=200] [--edits=swap,reverse] [--reinit] \
+      [--out=FILE]
+
+Pretraining asks ITM about an image's twin only when its hard-negative
+sampler happens to draw the twin's caption (a few per step at most, see
+``vlg.tools.validate``'s ``hard_neg_kind``). This tool asks every time: it
+freezes the run's vision tower, embeds ``--pairs`` contrast pairs of the
+world's ``train`` split once (``vlg/synthetic/contrast.py``: two images one
+edit apart, each with a caption true of it and false of the other), and
+trains the text encoder, fusion and ITM head on ITM's cross-entropy over
+the four rows of each pair: (a, caption a) and (b, caption b) match,
+(a, caption b) and (b, caption a) do not. Every ``--eval_every`` steps it
+scores the held-out pairs of the ``val`` split as ``vlg.tools.validate``
+does (``twin_itm_{text,image,group,pair_acc}`` and ``pair_acc/<edit>``;
+chance 0.5 for ``pair_acc``, 0.25 for text and image) and the first
+``--twins`` training pairs (``fit_pair_acc``: is it learning at all?).
+
+What it tells: whether the fusion, reading this tower's tokens, can learn
+to bind colours to shapes (``recolour``) and to read where two shapes are
+(``swap``, ``reverse``) with direct supervision, and after how many
+supervised pairs — a ceiling on what the pretraining objectives can draw
+out of the same architecture. ``--edits`` keeps to some edits (e.g.
+``swap,reverse``: only where shapes are). ``--reinit`` starts the text side from a
+fresh initialisation (the run's config and seed) to separate what
+pretraining gave from what the architecture can learn. The run's
+checkpoints are never written; the curve goes to stdout and, as JSON
+lines, to ``--out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app
+from absl import flags
+from flax import nnx
+
+from vlg import restore
+from vlg import train_state
+from vlg.data import batch_truth
+from vlg.models import albef
+from vlg.tools import twin_probe
+
+_FLAGS = {}
+
+
+def fresh_text_params(run: restore.Run, seed: int):
+  """``run``'s parameters with everything but the vision tower freshly
+  initialised (the run's model config at ``seed``, in the run's
+  shardings)."""
+  shardings = jax.tree.map(lambda a: a.sharding, run.abstract_params)
+  params = train_state.init_params(run.config.model, seed, shardings)
+  params['vision'] = run.params['vision']
+  return params
+
+
+def _is_trained(path, value) -> bool:
+  """Every parameter outside the vision tower is trained."""
+  return isinstance(value, nnx.Param) and path[0] != 'vision'
+
+
+def itm_rows(tokens_a, tokens_b, ids_a, mask_a, ids_b, mask_b):
+  """The four ITM rows of each pair, stacked: (a, caption a) = 1,
+  (a, caption b) = 0, (b, caption b) = 1, (b, caption a) = 0.
+
+  Returns:
+    image tokens, text ids, text mask and int32 labels, each with 4n rows
+    in that order (so row k + n is row k's negative on the same image).
+  """
+  xp = jnp if isinstance(tokens_a, jax.Array) else np
+  n = len(ids_a)
+  tokens = xp.concatenate([tokens_a, tokens_a, tokens_b, tokens_b])
+  ids = xp.concatenate([ids_a, ids_b, ids_b, ids_a])
+  mask = xp.concatenate([mask_a, mask_b, mask_b, mask_a])
+  labels = xp.asarray(np.repeat(np.array([1, 0, 1, 0], np.int32), n))
+  return tokens, ids, mask, labels
+
+
+def itm_logits(model: albef.Model, tokens, ids, mask) -> jax.Array:
+  """float32 [B, 2]: ITM's logits of texts fused with image tokens."""
+  text = model.embed_text(ids, mask)['text_embeds']
+  return model.itm_logits(model.fuse(text, mask, tokens)['fused_cls'])
+
+
+def match_scores(model: albef.Model, tokens, ids, mask) -> jax.Array:
+  """float32 [B]: ITM's match logit minus its no-match logit."""
+  logits = itm_logits(model, tokens, ids, mask)
+  return logits[:, 1] - logits[:, 0]
+
+
+def pair_loss(model: albef.Model, rows) -> tuple[jax.Array, jax.Array]:
+  """ITM's cross-entropy over :func:`itm_rows` and the share of pairs
+  whose own caption beats the twin's on each image."""
+  tokens, ids, mask, labels = rows
+  logits = itm_logits(model, tokens, ids, mask)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                         labels).mean()
+  s = (logits[:, 1] - logits[:, 0]).reshape(4, -1)
+  acc = jnp.mean(jnp.concatenate([s[0] > s[1], s[2] > s[3]]))
+  return loss, acc
+
+
+class TwinFit:
+  """The trainer: frozen tower tokens in, text side trained on ITM."""
+
+  def __init__(self, model: albef.Model, *, lr: float, steps: int,
+               warmup: int = 100, weight_decay: float = 0.02):
+    self.graphdef, params, self.rest = nnx.split(model, _is_trained, ...)
+    # A copy: the step donates its parameters, and ``model``'s may be a
+    # restored run's, still in use.
+    self.params = jax.tree.map(jnp.copy, params)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, lr, min(warmup, max(steps - 1, 1)), max(steps, 2))
+    self.tx = optax.adamw(schedule, weight_decay=weight_decay)
+    self.opt_state = self.tx.init(self.params)
+
+    def loss_fn(params, rows):
+      return pair_loss(nnx.merge(self.graphdef, params, self.rest), rows)
+
+    def step(params, opt_state, rows):
+      (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, rows)
+      updates, opt_state = self.tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, loss, acc
+
+    self._step = jax.jit(step, donate_argnums=(0, 1))
+    self._scores = jax.jit(lambda params, tokens, ids, mask: match_scores(
+        nnx.merge(self.graphdef, params, self.rest), tokens, ids, mask))
+
+  def step(self, rows) -> tuple[float, float]:
+    """One optimiser step on :func:`itm_rows`; returns (loss, pair acc)."""
+    self.params, self.opt_state, loss, acc = self._step(
+        self.params, self.opt_state, rows)
+    return float(loss), float(acc)
+
+  def scorer(self, batch_size: int) -> twin_probe.RowScorer:
+    """A ``twin_probe.twin_metrics`` scorer over pre-embedded tokens (the
+    rows' ``image`` are image tokens); returns {'itm': scores}."""
+    def score_rows(n, build_rows):
+      out = []
+      for start in range(0, n, batch_size):
+        r = build_rows(range(start, min(n, start + batch_size)))
+        out.append(np.asarray(self._scores(self.params, r['image'],
+                                           r['text_ids'], r['text_mask'])))
+      return {'itm': np.concatenate(out)}
+    return score_rows
+
+
+def embed_twins(model: albef.Model, twins: twin_probe.Twins,
+                batch_size: int) -> twin_probe.Twins:
+  """``twins`` with each image replaced by its tower tokens [1 + N, Dv]."""
+  graphdef, state = nnx.split(model)
+  embed = jax.jit(lambda s, x: nnx.merge(graphdef, s).embed_image(x)[
+      'image_embeds'])
+
+  def tokens(images):
+    return np.concatenate([
+        np.asarray(embed(state, images[i:i + batch_size]))
+        for i in range(0, len(images), batch_size)])
+  return dataclasses.replace(twins, image_a=tokens(twins.image_a),
+                             image_b=tokens(twins.image_b))
+
+
+def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
+        batch_size: int = 32, lr: float = 3e-4, eval_every: int = 250,
+        twins: int = 200, reinit: bool = False, seed: int = 0,
+        edits: Sequence[str] | None = None,
+        log: Callable[[str], None] = print) -> list[dict[str, float]]:
+  """Trains and evaluates as the module docstring says; returns one row
+  of metrics per evaluation (step 0 first).
+
+  Raises:
+    ValueError: the run's caption sources are not one synthetic world.
+  """
+  cfg = run.config
+  world_cfg = batch_truth.caption_world(cfg.input)
+  if world_cfg is None:
+    raise ValueError(f'{run.workdir}: the caption sources are not one '
+                     'synthetic world; twin_fit needs its contrast pairs')
+  model = nnx.merge(run.graphdef, fresh_text_params(run, seed) if reinit
+                    else run.params)
+  kw = dict(edits=edits, max_words=int(cfg.input.max_words),
+            max_len=int(cfg.input.max_text_len),
+            resolution=int(cfg.input.resolution))
+  start = time.time()
+  with jax.set_mesh(run.mesh):
+    train = embed_twins(model, twin_probe.held_out_twins(
+        world_cfg, run.tokenizer, num=pairs, split='train', **kw), 256)
+    held_out = embed_twins(model, twin_probe.held_out_twins(
+        world_cfg, run.tokenizer, num=twins, split='val', **kw), 256)
+    log(f'{pairs} training and {twins} held-out pairs embedded in '
+        f'{time.time() - start:.0f} s')
+    trainer = TwinFit(model, lr=lr, steps=steps)
+    score_rows = trainer.scorer(256)
+    head = twin_probe.Twins(**{
+        k: getattr(train, k)[:twins] for k in (
+            'image_a', 'image_b', 'ids_a', 'mask_a', 'ids_b', 'mask_b')},
+                            edits=train.edits[:twins])
+    rng = np.random.default_rng(seed)
+    history, losses, accs = [], [], []
+    start = time.time()
+    for step in range(steps + 1):
+      if step:
+        idx = rng.integers(0, pairs, batch_size)
+        loss, acc = trainer.step(itm_rows(
+            train.image_a[idx], train.image_b[idx], train.ids_a[idx],
+            train.mask_a[idx], train.ids_b[idx], train.mask_b[idx]))
+        losses.append(loss)
+        accs.append(acc)
+      if step % eval_every and step != steps:
+        continue
+      row = {'step': float(step)}
+      if losses:
+        row.update(loss=float(np.mean(losses)),
+                   batch_pair_acc=float(np.mean(accs)))
+        losses, accs = [], []
+      row.update(twin_probe.twin_metrics(score_rows, held_out))
+      row['fit_pair_acc'] = twin_probe.twin_metrics(
+          score_rows, head)['twin_itm_pair_acc']
+      history.append(row)
+      eta = (time.time() - start) / max(step, 1) * (steps - step)
+      log(f'step {step}/{steps} (ETA {eta / 60:.1f} min): ' + ', '.join(
+          f'{k} {v:.3f}' for k, v in sorted(row.items())
+          if k != 'step' and not k.startswith('twin_num')))
+  return history
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  run = restore.load_run(_FLAGS['workdir'].value, _FLAGS['step'].value)
+  try:
+    history = fit(run, pairs=_FLAGS['pairs'].value,
+                  steps=_FLAGS['steps'].value,
+                  batch_size=_FLAGS['batch_size'].value,
+                  lr=_FLAGS['lr'].value,
+                  eval_every=_FLAGS['eval_every'].value,
+                  twins=_FLAGS['twins'].value,
+                  reinit=_FLAGS['reinit'].value, seed=_FLAGS['seed'].value,
+                  edits=_FLAGS['edits'].value)
+  finally:
+    run.close()
+  if _FLAGS['out'].value:
+    with open(_FLAGS['out'].value, 'w') as f:
+      for row in history:
+        f.write(json.dumps({'workdir': run.workdir, 'ckpt_step': run.step,
+                            'reinit': _FLAGS['reinit'].value, **row}) + '\n')
+
+
+def define_flags() -> None:
+  """Defines the flags (only when run as a program)."""
+  _FLAGS['workdir'] = flags.DEFINE_string(
+      'workdir', None, 'Training workdir (checkpoints/, config, tokenizer).')
+  _FLAGS['step'] = flags.DEFINE_integer(
+      'step', None, 'Kept step to start from (default: the latest).')
+  _FLAGS['pairs'] = flags.DEFINE_integer(
+      'pairs', 8000, "Contrast pairs of the 'train' split to learn from.")
+  _FLAGS['steps'] = flags.DEFINE_integer('steps', 3000, 'Optimiser steps.')
+  _FLAGS['batch_size'] = flags.DEFINE_integer(
+      'batch_size', 32, 'Pairs a step (four ITM rows each).')
+  _FLAGS['lr'] = flags.DEFINE_float(
+      'lr', 3e-4, 'Peak AdamW learning rate (100 warm-up steps, cosine).')
+  _FLAGS['eval_every'] = flags.DEFINE_integer(
+      'eval_every', 250, 'Steps between held-out evaluations.')
+  _FLAGS['twins'] = flags.DEFINE_integer(
+      'twins', 200, "Held-out pairs of the 'val' split to score.")
+  _FLAGS['reinit'] = flags.DEFINE_boolean(
+      'reinit', False, 'Start the text encoder, fusion and heads afresh.')
+  _FLAGS['edits'] = flags.DEFINE_list(
+      'edits', None, 'Only pairs of these edits (swap, recolour, reverse; '
+      'default: all), to train and to score.')
+  _FLAGS['seed'] = flags.DEFINE_integer(
+      'seed', 0, 'Seed of the batch order and of --reinit.')
+  _FLAGS['out'] = flags.DEFINE_string(
+      'out', '', 'Also write one JSON line per evaluation here.')
+  flags.mark_flags_as_required(['workdir'])
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
