@@ -82,6 +82,15 @@ def test_fresh_text_keeps_the_tower_and_fit_learns_training_pairs(
   assert history[-1]['loss'] < 0.6
   for key in ('twin_itm_text', 'twin_itm_pair_acc', 'twin_num'):
     assert key in history[-1]
+  run = restore.load_run(workdir, mesh=sharding.make_mesh(
+      (1, 1, 1), devices=jax.devices()[:1]))
+  try:
+    # A NaN rate spoils the parameters at step 1, so step 2's loss is NaN.
+    with pytest.raises(FloatingPointError, match='ITM loss nan at step 2'):
+      twin_fit.fit(run, pairs=2, steps=3, batch_size=2, lr=float('nan'),
+                   eval_every=3, twins=2, log=lambda _: None)
+  finally:
+    run.close()
 
 
 def test_help_lists_flags():

@@ -182,6 +182,7 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
 
   Raises:
     ValueError: the run's caption sources are not one synthetic world.
+    FloatingPointError: the loss is not finite (nothing is written).
   """
   cfg = run.config
   world_cfg = batch_truth.caption_world(cfg.input)
@@ -216,6 +217,10 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
         loss, acc = trainer.step(itm_rows(
             train.image_a[idx], train.image_b[idx], train.ids_a[idx],
             train.mask_a[idx], train.ids_b[idx], train.mask_b[idx]))
+        if not np.isfinite(loss):
+          raise FloatingPointError(
+              f'twin_fit: ITM loss {loss} at step {step} (lr {lr}); '
+              'lower --lr')
         losses.append(loss)
         accs.append(acc)
       if step % eval_every and step != steps:
