@@ -49,6 +49,7 @@ from flax import nnx
 from vlg import restore
 from vlg import train_state
 from vlg.data import batch_truth
+from vlg.evaluators import common as eval_common
 from vlg.models import albef
 from vlg.tools import twin_probe
 
@@ -78,12 +79,11 @@ def itm_rows(tokens_a, tokens_b, ids_a, mask_a, ids_b, mask_b):
     image tokens, text ids, text mask and int32 labels, each with 4n rows
     in that order (so row k + n is row k's negative on the same image).
   """
-  xp = jnp if isinstance(tokens_a, jax.Array) else np
   n = len(ids_a)
-  tokens = xp.concatenate([tokens_a, tokens_a, tokens_b, tokens_b])
-  ids = xp.concatenate([ids_a, ids_b, ids_b, ids_a])
-  mask = xp.concatenate([mask_a, mask_b, mask_b, mask_a])
-  labels = xp.asarray(np.repeat(np.array([1, 0, 1, 0], np.int32), n))
+  tokens = np.concatenate([tokens_a, tokens_a, tokens_b, tokens_b])
+  ids = np.concatenate([ids_a, ids_b, ids_b, ids_a])
+  mask = np.concatenate([mask_a, mask_b, mask_b, mask_a])
+  labels = np.repeat(np.array([1, 0, 1, 0], np.int32), n)
   return tokens, ids, mask, labels
 
 
@@ -135,8 +135,6 @@ class TwinFit:
       return optax.apply_updates(params, updates), opt_state, loss, acc
 
     self._step = jax.jit(step, donate_argnums=(0, 1))
-    self._scores = jax.jit(lambda params, tokens, ids, mask: match_scores(
-        nnx.merge(self.graphdef, params, self.rest), tokens, ids, mask))
 
   def step(self, rows) -> tuple[float, float]:
     """One optimiser step on :func:`itm_rows`; returns (loss, pair acc)."""
@@ -144,32 +142,33 @@ class TwinFit:
         self.params, self.opt_state, rows)
     return float(loss), float(acc)
 
-  def scorer(self, batch_size: int) -> twin_probe.RowScorer:
-    """A ``twin_probe.twin_metrics`` scorer over pre-embedded tokens (the
-    rows' ``image`` are image tokens); returns {'itm': scores}."""
-    def score_rows(n, build_rows):
-      out = []
-      for start in range(0, n, batch_size):
-        r = build_rows(range(start, min(n, start + batch_size)))
-        out.append(np.asarray(self._scores(self.params, r['image'],
-                                           r['text_ids'], r['text_mask'])))
-      return {'itm': np.concatenate(out)}
-    return score_rows
+  def scorer(self, mesh, rules, batch_size: int) -> twin_probe.RowScorer:
+    """A ``twin_probe.twin_metrics`` scorer of the current parameters over
+    pre-embedded tokens (the rows' ``image`` are image tokens), batched and
+    padded by ``evaluators.common.BatchRunner``; returns {'itm': scores}."""
+    runner = eval_common.BatchRunner(
+        lambda params, batch: {'itm': match_scores(
+            nnx.merge(self.graphdef, params, self.rest), batch['image'],
+            batch['text_ids'], batch['text_mask'])},
+        batch_size=batch_size, mesh=mesh, rules=rules)
+    return lambda n, build_rows: runner.run(self.params, n, build_rows)
 
 
-def embed_twins(model: albef.Model, twins: twin_probe.Twins,
-                batch_size: int) -> twin_probe.Twins:
-  """``twins`` with each image replaced by its tower tokens [1 + N, Dv]."""
+def embed_twins(model: albef.Model, all_twins: Sequence[twin_probe.Twins],
+                *, mesh, rules, batch_size: int) -> list[twin_probe.Twins]:
+  """Each of ``all_twins`` with its images replaced by their tower tokens
+  [1 + N, Dv] (one compiled tower pass for all of them)."""
   graphdef, state = nnx.split(model)
-  embed = jax.jit(lambda s, x: nnx.merge(graphdef, s).embed_image(x)[
-      'image_embeds'])
+  runner = eval_common.BatchRunner(
+      lambda s, batch: {'tokens': nnx.merge(graphdef, s).embed_image(
+          batch['image'])['image_embeds']},
+      batch_size=batch_size, mesh=mesh, rules=rules)
 
   def tokens(images):
-    return np.concatenate([
-        np.asarray(embed(state, images[i:i + batch_size]))
-        for i in range(0, len(images), batch_size)])
-  return dataclasses.replace(twins, image_a=tokens(twins.image_a),
-                             image_b=tokens(twins.image_b))
+    return runner.run(state, len(images), lambda rows: {
+        'image': images[list(rows)]})['tokens']
+  return [dataclasses.replace(t, image_a=tokens(t.image_a),
+                              image_b=tokens(t.image_b)) for t in all_twins]
 
 
 def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
@@ -196,18 +195,19 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
             resolution=int(cfg.input.resolution))
   start = time.time()
   with jax.set_mesh(run.mesh):
-    train = embed_twins(model, twin_probe.held_out_twins(
-        world_cfg, run.tokenizer, num=pairs, split='train', **kw), 256)
-    held_out = embed_twins(model, twin_probe.held_out_twins(
-        world_cfg, run.tokenizer, num=twins, split='val', **kw), 256)
+    train, held_out = embed_twins(model, [
+        twin_probe.held_out_twins(world_cfg, run.tokenizer, num=n,
+                                  split=split, **kw)
+        for n, split in ((pairs, 'train'), (twins, 'val'))],
+                                  mesh=run.mesh, rules=run.rules,
+                                  batch_size=256)
     log(f'{pairs} training and {twins} held-out pairs embedded in '
         f'{time.time() - start:.0f} s')
     trainer = TwinFit(model, lr=lr, steps=steps)
-    score_rows = trainer.scorer(256)
-    head = twin_probe.Twins(**{
-        k: getattr(train, k)[:twins] for k in (
-            'image_a', 'image_b', 'ids_a', 'mask_a', 'ids_b', 'mask_b')},
-                            edits=train.edits[:twins])
+    score_rows = trainer.scorer(run.mesh, run.rules, 256)
+    head = dataclasses.replace(train, **{
+        f.name: getattr(train, f.name)[:twins]
+        for f in dataclasses.fields(train)})
     rng = np.random.default_rng(seed)
     history, losses, accs = [], [], []
     start = time.time()
