@@ -76,6 +76,36 @@ def test_held_out_twins_of_chosen_edits(twins):
                               resolution=64, edits=['swop'])
 
 
+
+def test_held_out_twins_with_the_longest_captions(twins):
+  tok, every = twins
+  longest = twin_probe.held_out_twins(CFG, tok, num=4, max_words=30,
+                                      max_len=25, resolution=64,
+                                      caption='longest')
+  assert longest.edits == every.edits[:4]
+  np.testing.assert_array_equal(longest.image_a, every.image_a[:4])
+  cfg = world.WorldConfig(contrast_rate=1.0)
+  k = 0
+  for base in range(0, 10**4, 2):
+    pair = contrast.pair('val', base, cfg)
+    if pair is None:
+      continue
+    for texts, ids in ((pair.texts[0], longest.ids_a[k]),
+                       (pair.texts[1], longest.ids_b[k])):
+      words = [len(t.split()) for t in texts]
+      # By hand: the first candidate with the most words.
+      text = texts[words.index(max(words))]
+      np.testing.assert_array_equal(
+          ids, tok.encode(ops.pre_caption(text, 30), 25)[0])
+    k += 1
+    if k == 4:
+      break
+  # Some pair's longest caption is not its first: the option changes rows.
+  assert not np.array_equal(longest.ids_a, every.ids_a[:4])
+  with pytest.raises(ValueError, match="caption='last'"):
+    twin_probe.held_out_twins(CFG, tok, num=1, max_words=30, max_len=25,
+                              resolution=64, caption='last')
+
 def _all_rows(fn):
   """A row scorer calling ``fn`` on every row at once (``BatchRunner.run``
   batches and pads; these fakes are not jittable)."""

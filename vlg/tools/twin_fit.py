@@ -174,7 +174,7 @@ def embed_twins(model: albef.Model, all_twins: Sequence[twin_probe.Twins],
 def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
         batch_size: int = 32, lr: float = 3e-4, eval_every: int = 250,
         twins: int = 200, reinit: bool = False, seed: int = 0,
-        edits: Sequence[str] | None = None,
+        edits: Sequence[str] | None = None, caption: str = 'first',
         log: Callable[[str], None] = print) -> list[dict[str, float]]:
   """Trains and evaluates as the module docstring says; returns one row
   of metrics per evaluation (step 0 first).
@@ -190,7 +190,8 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
                      'synthetic world; twin_fit needs its contrast pairs')
   model = nnx.merge(run.graphdef, fresh_text_params(run, seed) if reinit
                     else run.params)
-  kw = dict(edits=edits, max_words=int(cfg.input.max_words),
+  kw = dict(edits=edits, caption=caption,
+            max_words=int(cfg.input.max_words),
             max_len=int(cfg.input.max_text_len),
             resolution=int(cfg.input.resolution))
   start = time.time()
@@ -253,14 +254,17 @@ def main(argv: Sequence[str]) -> None:
                   eval_every=_FLAGS['eval_every'].value,
                   twins=_FLAGS['twins'].value,
                   reinit=_FLAGS['reinit'].value, seed=_FLAGS['seed'].value,
-                  edits=_FLAGS['edits'].value)
+                  edits=_FLAGS['edits'].value,
+                  caption=_FLAGS['caption'].value)
   finally:
     run.close()
   if _FLAGS['out'].value:
     with open(_FLAGS['out'].value, 'w') as f:
       for row in history:
         f.write(json.dumps({'workdir': run.workdir, 'ckpt_step': run.step,
-                            'reinit': _FLAGS['reinit'].value, **row}) + '\n')
+                            'reinit': _FLAGS['reinit'].value,
+                            'caption': _FLAGS['caption'].value,
+                            **row}) + '\n')
 
 
 def define_flags() -> None:
@@ -285,6 +289,10 @@ def define_flags() -> None:
   _FLAGS['edits'] = flags.DEFINE_list(
       'edits', None, 'Only pairs of these edits (swap, recolour, reverse; '
       'default: all), to train and to score.')
+  _FLAGS['caption'] = flags.DEFINE_enum(
+      'caption', 'first', list(twin_probe.CAPTIONS),
+      "Each side's caption: the world's first (fewest words: often shapes "
+      'alone) or the longest (size, colour and shape of every object).')
   _FLAGS['seed'] = flags.DEFINE_integer(
       'seed', 0, 'Seed of the batch order and of --reinit.')
   _FLAGS['out'] = flags.DEFINE_string(

@@ -37,6 +37,7 @@ from vlg.synthetic import world
 from vlg.tools import word_probe
 
 SCORES = ('itm', 'itc')
+CAPTIONS = ('first', 'longest')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,20 +57,31 @@ class Twins:
 def held_out_twins(world_cfg: world.WorldConfig, tokenizer, *, num: int,
                    max_words: int, max_len: int, resolution: int,
                    split: str = 'val', max_draws: int = 100_000,
-                   edits: Sequence[str] | None = None) -> Twins:
+                   edits: Sequence[str] | None = None,
+                   caption: str = 'first') -> Twins:
   """The first ``num`` contrast pairs of ``split`` of ``world_cfg`` with
-  every pair drawn as a contrast pair (``contrast_rate`` 1), each with its
-  first candidate caption (the texts are deterministic, so every step and
-  every run scores the same pairs), rendered at ``resolution`` pixels;
+  every pair drawn as a contrast pair (``contrast_rate`` 1), each with one
+  of its candidate captions (the texts are deterministic, so every step
+  and every run scores the same pairs), rendered at ``resolution`` pixels;
   only pairs of ``edits`` (names of ``contrast.EDITS``; None: all).
 
+  ``caption`` picks the caption of each side: ``'first'`` (the world's
+  first candidate, named with the fewest words that single the objects
+  out: often the shapes alone, as in 'the square is left of the star') or
+  ``'longest'`` (the candidate with the most words, the first of them on a
+  tie: every object named with its size, colour and shape). The two ask
+  the same relation; 'longest' lets a model that reads colours but not
+  shapes find the objects (``vlg.tools.twin_fit --caption``).
+
   Raises:
-    ValueError: fewer than ``num`` pairs in ``max_draws`` index pairs, or
-      an unknown edit.
+    ValueError: fewer than ``num`` pairs in ``max_draws`` index pairs, an
+      unknown edit or an unknown ``caption``.
   """
   unknown = sorted(set(edits or ()) - set(contrast.EDITS))
   if unknown:
     raise ValueError(f'unknown edit(s) {unknown}; known: {contrast.EDITS}')
+  if caption not in CAPTIONS:
+    raise ValueError(f'caption={caption!r}; valid: {CAPTIONS}')
   cfg = dataclasses.replace(world_cfg, contrast_rate=1.0)
   rows = {k: [] for k in ('image_a', 'image_b', 'ids_a', 'mask_a', 'ids_b',
                           'mask_b')}
@@ -84,7 +96,9 @@ def held_out_twins(world_cfg: world.WorldConfig, tokenizer, *, num: int,
                                ('b', pair.twin, pair.texts[1])):
       rows[f'image_{side}'].append(
           ops.resize(render.render_scene(scene, cfg), resolution))
-      ids, mask = tokenizer.encode(ops.pre_caption(texts[0], max_words),
+      text = texts[0] if caption == 'first' else max(
+          texts, key=lambda t: len(t.split()))
+      ids, mask = tokenizer.encode(ops.pre_caption(text, max_words),
                                    max_len)
       rows[f'ids_{side}'].append(ids)
       rows[f'mask_{side}'].append(mask)
