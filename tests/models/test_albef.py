@@ -19,6 +19,7 @@ from vlg import sharding
 from vlg.models import albef
 from vlg.models import create_model
 from vlg.models import sizes
+from vlg.models import vit
 
 B, L = 4, 12
 LOGICAL = {None, 'batch', 'length', 'embed', 'mlp', 'heads', 'kv', 'vocab',
@@ -378,3 +379,37 @@ def test_init_std_scales_the_normal_inits_and_breaks_cls_symmetry():
   with pytest.raises(ValueError, match='init_std must be > 0'):
     sizes_cfg = sizes.model_config('tiny', init_std=0.0)
     albef.Model(sizes_cfg, rngs=nnx.Rngs(0))
+
+
+def test_fusion_posemb_adds_the_sincos_table_to_the_fused_tokens(tiny):
+  cfg, graphdef, params, _, out = tiny
+  pos_cfg = sizes.model_config('tiny')
+  pos_cfg.fusion_posemb = 'sincos2d'
+  pos_graphdef, pos_params = random_params(
+      lambda: create_model(pos_cfg, nnx.Rngs(0)))
+  # The option adds no parameter: the same parameters serve both models.
+  assert jax.tree.structure(pos_params) == jax.tree.structure(params)
+  text, mask = out['text_embeds'], np.ones(out['text_embeds'].shape[:2])
+  image = np.asarray(out['image_embeds'])
+  n = image.shape[1] - 1
+  table = np.asarray(vit.sincos2d_posemb(int(np.sqrt(n)),
+                                         cfg.vision_width))
+  assert not table[0].any()  # [CLS] gets nothing.
+  with_pos = _fuse(pos_graphdef, params, text, mask, image, None)
+  by_hand = _fuse(graphdef, params, text, mask, image + table, None)
+  np.testing.assert_allclose(with_pos['fused_embeds'],
+                             by_hand['fused_embeds'], atol=1e-5)
+  # Without it cross-attention cannot tell where a patch is: permuting the
+  # patch tokens changes nothing. With it, it does.
+  perm = np.concatenate([[0], 1 + np.random.RandomState(0).permutation(n)])
+  for gd, changes in ((graphdef, False), (pos_graphdef, True)):
+    a = _fuse(gd, params, text, mask, image, None)['fused_cls']
+    b = _fuse(gd, params, text, mask, image[:, perm], None)['fused_cls']
+    assert (np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3) == changes
+  model = nnx.merge(pos_graphdef, params)
+  with pytest.raises(ValueError, match='square grid.*got 11 tokens'):
+    model.fusion_tokens(jnp.zeros((1, 11, cfg.vision_width)))
+  bad = sizes.model_config('tiny')
+  bad.fusion_posemb = 'sincos'
+  with pytest.raises(ValueError, match="fusion_posemb='sincos'"):
+    random_params(lambda: create_model(bad, nnx.Rngs(0)))

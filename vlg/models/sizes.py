@@ -72,6 +72,13 @@ _COMMON = dict(
     # see across patch borders: ConvPatchStem.embed_image).
     vision_stem='patch',
     vision_stem_channels=(16, 32, 64),
+    # Position added to the image tokens the fusion's cross-attention reads
+    # (keys and values; vlg/models/albef.py:Model.fuse): 'none' (ALBEF's:
+    # the tower's own tokens) or 'sincos2d' (a fixed 2-D sine-cosine table,
+    # [CLS] row zero, as DETR adds to the keys of its cross-attention), so
+    # what the fusion pools from a named object's patches says where they
+    # are (docs/objectives.md §1).
+    fusion_posemb='none',
     # Pretrained towers for a fresh run (vlg/weights/init.py,
     # docs/weights.md): paths to a ViT (.pth/.npz) and a BERT; '' = none.
     init=dict(vision='', text=''),
