@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from vlg import restore
 from vlg import sharding
@@ -56,7 +57,7 @@ def test_pair_loss_by_hand():
 
 @pytest.mark.xdist_group('tiny_run')
 def test_fresh_text_keeps_the_tower_and_fit_learns_training_pairs(
-    tmp_path_factory):
+    tmp_path_factory, monkeypatch):
   # One device and no fast_compile: the 700 steps would be slow on eight
   # fake devices or in unoptimised code.
   workdir, _ = trained_run(tmp_path_factory)
@@ -89,6 +90,22 @@ def test_fresh_text_keeps_the_tower_and_fit_learns_training_pairs(
     with pytest.raises(FloatingPointError, match='ITM loss nan at step 2'):
       twin_fit.fit(run, pairs=2, steps=3, batch_size=2, lr=float('nan'),
                    eval_every=3, twins=2, log=lambda _: None)
+    # --fusion_posemb reaches the model the fit trains; the run's own
+    # setting is left alone.
+    seen = []
+    real_init = twin_fit.TwinFit.__init__
+
+    def spy(self, model, **kw):
+      seen.append(model.fusion_posemb)
+      real_init(self, model, **kw)
+    monkeypatch.setattr(twin_fit.TwinFit, '__init__', spy)
+    for value in (None, 'sincos2d'):
+      twin_fit.fit(run, pairs=2, steps=1, batch_size=2, eval_every=1,
+                   twins=2, fusion_posemb=value, log=lambda _: None)
+    assert seen == ['none', 'sincos2d']
+    assert nnx.merge(run.graphdef, run.params).fusion_posemb == 'none'
+    with pytest.raises(ValueError, match="fusion_posemb='sin'"):
+      twin_fit.fit(run, pairs=2, steps=1, fusion_posemb='sin')
   finally:
     run.close()
 

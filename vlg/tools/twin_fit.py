@@ -3,7 +3,7 @@ r"""How much of the contrast pairs can a run's fusion learn when asked directly?
   python -m vlg.tools.twin_fit --workdir=workdirs/albef_tiny [--step=N] \
       [--pairs=8000] [--steps=3000] [--batch_size=32] [--lr=3e-4] \
       [--eval_every=250] [--twins=200] [--edits=swap,reverse] [--reinit] \
-      [--out=FILE]
+      [--caption=first|longest] [--fusion_posemb=none|sincos2d] [--out=FILE]
 
 Pretraining asks ITM about an image's twin only when its hard-negative
 sampler happens to draw the twin's caption (a few per step at most, see
@@ -26,7 +26,11 @@ supervised pairs — a ceiling on what the pretraining objectives can draw
 out of the same architecture. ``--edits`` keeps to some edits (e.g.
 ``swap,reverse``: only where shapes are). ``--reinit`` starts the text side from a
 fresh initialisation (the run's config and seed) to separate what
-pretraining gave from what the architecture can learn. The run's
+pretraining gave from what the architecture can learn.
+``--caption=longest`` names every object by size, colour and shape
+(``twin_probe.held_out_twins``), and ``--fusion_posemb=sincos2d`` adds the
+fusion's position table (``model.fusion_posemb``) to a run trained without
+it. The run's
 checkpoints are never written; the curve goes to stdout and, as JSON
 lines, to ``--out``.
 """
@@ -175,12 +179,18 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
         batch_size: int = 32, lr: float = 3e-4, eval_every: int = 250,
         twins: int = 200, reinit: bool = False, seed: int = 0,
         edits: Sequence[str] | None = None, caption: str = 'first',
+        fusion_posemb: str | None = None,
         log: Callable[[str], None] = print) -> list[dict[str, float]]:
   """Trains and evaluates as the module docstring says; returns one row
   of metrics per evaluation (step 0 first).
 
+  ``fusion_posemb`` (a ``model.fusion_posemb`` value; None: the run's)
+  sets what the fusion adds to the image tokens it reads, so a run trained
+  without the position table can be asked the pairs with it.
+
   Raises:
-    ValueError: the run's caption sources are not one synthetic world.
+    ValueError: the run's caption sources are not one synthetic world, or
+      an unknown ``fusion_posemb``.
     FloatingPointError: the loss is not finite (nothing is written).
   """
   cfg = run.config
@@ -190,6 +200,11 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
                      'synthetic world; twin_fit needs its contrast pairs')
   model = nnx.merge(run.graphdef, fresh_text_params(run, seed) if reinit
                     else run.params)
+  if fusion_posemb is not None:
+    if fusion_posemb not in albef.FUSION_POSEMBS:
+      raise ValueError(f'fusion_posemb={fusion_posemb!r}; valid: '
+                       f'{albef.FUSION_POSEMBS}')
+    model.fusion_posemb = fusion_posemb
   kw = dict(edits=edits, caption=caption,
             max_words=int(cfg.input.max_words),
             max_len=int(cfg.input.max_text_len),
@@ -255,7 +270,8 @@ def main(argv: Sequence[str]) -> None:
                   twins=_FLAGS['twins'].value,
                   reinit=_FLAGS['reinit'].value, seed=_FLAGS['seed'].value,
                   edits=_FLAGS['edits'].value,
-                  caption=_FLAGS['caption'].value)
+                  caption=_FLAGS['caption'].value,
+                  fusion_posemb=_FLAGS['fusion_posemb'].value)
   finally:
     run.close()
   if _FLAGS['out'].value:
@@ -264,6 +280,7 @@ def main(argv: Sequence[str]) -> None:
         f.write(json.dumps({'workdir': run.workdir, 'ckpt_step': run.step,
                             'reinit': _FLAGS['reinit'].value,
                             'caption': _FLAGS['caption'].value,
+                            'fusion_posemb': _FLAGS['fusion_posemb'].value,
                             **row}) + '\n')
 
 
@@ -293,6 +310,11 @@ def define_flags() -> None:
       'caption', 'first', list(twin_probe.CAPTIONS),
       "Each side's caption: the world's first (fewest words: often shapes "
       'alone) or the longest (size, colour and shape of every object).')
+  _FLAGS['fusion_posemb'] = flags.DEFINE_enum(
+      'fusion_posemb', None, list(albef.FUSION_POSEMBS),
+      "What the fusion adds to the image tokens (model.fusion_posemb; "
+      "default: the run's): 'sincos2d' asks a run trained without the "
+      'position table the pairs with it.')
   _FLAGS['seed'] = flags.DEFINE_integer(
       'seed', 0, 'Seed of the batch order and of --reinit.')
   _FLAGS['out'] = flags.DEFINE_string(
