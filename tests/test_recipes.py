@@ -64,6 +64,7 @@ def test_tiny_starts_from_the_labelled_vision_stage(family):
   c = _recipe(family, 'tiny')
   assert c.vision_pretrain.steps == recipes.TINY_PRETRAIN_STEPS > 0
   assert c.model.vision_stem == 'conv_image'
+  assert c.model.fusion_posemb == 'sincos2d'
   assert c.total_steps == recipes.TINY_STEPS[family]
   # Four evaluations, the last at the end.
   assert {e.log_steps for e in c.evals.values()} == {c.total_steps // 4}
@@ -73,6 +74,8 @@ def test_tiny_starts_from_the_labelled_vision_stage(family):
       10, 2)
   for variant in ('small', 'base'):
     assert _recipe(family, variant).vision_pretrain.steps == 0
+    # The papers' fusion (no position table) beyond tiny.
+    assert _recipe(family, variant).model.fusion_posemb == 'none'
 
 
 def test_every_world_field_can_be_set_from_the_command_line():
