@@ -60,6 +60,8 @@ def test_converted_run_loads_and_reproduces_albef(converted):
     assert run.step == 0 and run.tokenizer.kind == 'wordpiece'
     assert run.config.model.vocab_size == 100
     assert run.config.model.image_size == 32
+    # ALBEF's fusion: no position table, whatever the recipe trains with.
+    assert run.config.model.fusion_posemb == 'none'
     io = np.load(os.path.join(DATA, 'albef_tiny_io.npz'))
     model = nnx.merge(run.graphdef, run.params)
     img = model.embed_image(jnp.asarray(io['images']))

@@ -92,9 +92,11 @@ def _config_for(config: ml_collections.ConfigDict,
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.update(sizes)
   config.model.init = dict(vision='', text='')
-  # ALBEF's ViT embeds patches linearly, whatever stem the recipe trains
-  # with; a converted run is not trained, so no vision stage either.
+  # ALBEF's ViT embeds patches linearly and its fusion reads the tower's
+  # tokens without a position table, whatever the recipe trains with; a
+  # converted run is not trained, so no vision stage either.
   config.model.vision_stem = 'patch'
+  config.model.fusion_posemb = 'none'
   if 'vision_pretrain' in config:
     config.vision_pretrain.steps = 0
   config.input.resolution = sizes['image_size']
