@@ -1,6 +1,7 @@
 """vlg.tools.twin_probe: Winoground's scores on held-out contrast pairs."""
 
 import hashlib
+import itertools
 
 import numpy as np
 import pytest
@@ -28,6 +29,14 @@ def twins():
                                         max_len=25, resolution=64)
 
 
+def _val_pairs(n):
+  """The first ``n`` contrast pairs of the 'val' split, every index pair
+  drawn as one (what ``held_out_twins`` reads)."""
+  cfg = world.WorldConfig(contrast_rate=1.0)
+  pairs = (contrast.pair('val', base, cfg) for base in range(0, 10**4, 2))
+  return list(itertools.islice((p for p in pairs if p is not None), n))
+
+
 def test_scores_by_hand():
   aa, ab = np.array([0.9, 0.2, 0.5]), np.array([0.1, 0.3, 0.5])
   ba, bb = np.array([0.2, 0.1, 0.1]), np.array([0.8, 0.4, 0.9])
@@ -46,18 +55,10 @@ def test_held_out_twins_are_the_worlds_pairs_with_their_own_captions(twins):
   assert tw.image_a.shape == (12, 64, 64, 3) == tw.image_b.shape
   assert tw.ids_a.shape == (12, 25) and set(tw.edits) <= set(contrast.EDITS)
   assert not np.array_equal(tw.image_a, tw.image_b)
-  cfg = world.WorldConfig(contrast_rate=1.0)
-  k = 0
-  for base in range(0, 10**4, 2):
-    pair = contrast.pair('val', base, cfg)
-    if pair is None:
-      continue
+  for k, pair in enumerate(_val_pairs(3)):
     ids, _ = tok.encode(ops.pre_caption(pair.texts[0][0], 30), 25)
     np.testing.assert_array_equal(tw.ids_a[k], ids)
     assert truth.is_true(pair.twin, pair.texts[0][0]) is False
-    k += 1
-    if k == 3:
-      break
 
 
 def test_held_out_twins_of_chosen_edits(twins):
@@ -84,12 +85,7 @@ def test_held_out_twins_with_the_longest_captions(twins):
                                       caption='longest')
   assert longest.edits == every.edits[:4]
   np.testing.assert_array_equal(longest.image_a, every.image_a[:4])
-  cfg = world.WorldConfig(contrast_rate=1.0)
-  k = 0
-  for base in range(0, 10**4, 2):
-    pair = contrast.pair('val', base, cfg)
-    if pair is None:
-      continue
+  for k, pair in enumerate(_val_pairs(4)):
     for texts, ids in ((pair.texts[0], longest.ids_a[k]),
                        (pair.texts[1], longest.ids_b[k])):
       words = [len(t.split()) for t in texts]
@@ -97,9 +93,6 @@ def test_held_out_twins_with_the_longest_captions(twins):
       text = texts[words.index(max(words))]
       np.testing.assert_array_equal(
           ids, tok.encode(ops.pre_caption(text, 30), 25)[0])
-    k += 1
-    if k == 4:
-      break
   # Some pair's longest caption is not its first: the option changes rows.
   assert not np.array_equal(longest.ids_a, every.ids_a[:4])
   with pytest.raises(ValueError, match="caption='last'"):
