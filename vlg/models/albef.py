@@ -44,6 +44,13 @@ from vlg.models import vit
 FUSION_POSEMBS = ('none', 'sincos2d')
 
 
+def checked_fusion_posemb(value: str) -> str:
+  """``value`` if it is one of :data:`FUSION_POSEMBS`, else ValueError."""
+  if value not in FUSION_POSEMBS:
+    raise ValueError(f'fusion_posemb={value!r}; valid: {FUSION_POSEMBS}')
+  return value
+
+
 class Model(nnx.Module):
   """ALBEF; see the module docstring and ``vlg/models/sizes.py`` for config."""
 
@@ -77,10 +84,8 @@ class Model(nnx.Module):
       hidden = int(config.get('mrc_hidden', 0)) or 4 * text_width
       self.mrc_head = MrcHead(text_width, hidden, num_relations, dtype=dtype,
                               rngs=rngs)
-    self.fusion_posemb = str(config.get('fusion_posemb', 'none'))
-    if self.fusion_posemb not in FUSION_POSEMBS:
-      raise ValueError(f'fusion_posemb={self.fusion_posemb!r}; valid: '
-                       f'{FUSION_POSEMBS}')
+    self.fusion_posemb = checked_fusion_posemb(
+        str(config.get('fusion_posemb', 'none')))
     temp = float(config.temp_init)
     self.temp = layers.make_param(
         rngs, lambda key, shape, dtype: jnp.full(shape, temp, dtype), (), ())

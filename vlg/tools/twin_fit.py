@@ -201,10 +201,7 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
   model = nnx.merge(run.graphdef, fresh_text_params(run, seed) if reinit
                     else run.params)
   if fusion_posemb is not None:
-    if fusion_posemb not in albef.FUSION_POSEMBS:
-      raise ValueError(f'fusion_posemb={fusion_posemb!r}; valid: '
-                       f'{albef.FUSION_POSEMBS}')
-    model.fusion_posemb = fusion_posemb
+    model.fusion_posemb = albef.checked_fusion_posemb(fusion_posemb)
   kw = dict(edits=edits, caption=caption,
             max_words=int(cfg.input.max_words),
             max_len=int(cfg.input.max_text_len),
