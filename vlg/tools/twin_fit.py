@@ -116,10 +116,13 @@ def pair_loss(model: albef.Model, rows) -> tuple[jax.Array, jax.Array]:
 
 
 class TwinFit:
-  """The trainer: frozen tower tokens in, text side trained on ITM."""
+  """The trainer: frozen tower tokens in, text side trained on ``loss``
+  (ITM's cross-entropy over :func:`itm_rows` by default; ``loss(model,
+  rows)`` returns the loss and one metric, as :func:`pair_loss` does)."""
 
   def __init__(self, model: albef.Model, *, lr: float, steps: int,
-               warmup: int = 100, weight_decay: float = 0.02):
+               warmup: int = 100, weight_decay: float = 0.02,
+               loss: Callable[..., tuple[jax.Array, jax.Array]] = pair_loss):
     self.graphdef, params, self.rest = nnx.split(model, _is_trained, ...)
     # A copy: the step donates its parameters, and ``model``'s may be a
     # restored run's, still in use.
@@ -130,7 +133,7 @@ class TwinFit:
     self.opt_state = self.tx.init(self.params)
 
     def loss_fn(params, rows):
-      return pair_loss(nnx.merge(self.graphdef, params, self.rest), rows)
+      return loss(nnx.merge(self.graphdef, params, self.rest), rows)
 
     def step(params, opt_state, rows):
       (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -141,7 +144,7 @@ class TwinFit:
     self._step = jax.jit(step, donate_argnums=(0, 1))
 
   def step(self, rows) -> tuple[float, float]:
-    """One optimiser step on :func:`itm_rows`; returns (loss, pair acc)."""
+    """One optimiser step on ``rows``; returns (loss, metric)."""
     self.params, self.opt_state, loss, acc = self._step(
         self.params, self.opt_state, rows)
     return float(loss), float(acc)
@@ -158,19 +161,24 @@ class TwinFit:
     return lambda n, build_rows: runner.run(self.params, n, build_rows)
 
 
-def embed_twins(model: albef.Model, all_twins: Sequence[twin_probe.Twins],
-                *, mesh, rules, batch_size: int) -> list[twin_probe.Twins]:
-  """Each of ``all_twins`` with its images replaced by their tower tokens
-  [1 + N, Dv] (one compiled tower pass for all of them)."""
+def tower_tokens(model: albef.Model, *, mesh, rules, batch_size: int
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+  """A function from images [n, R, R, 3] to the frozen tower's tokens
+  [n, 1 + N, Dv] (one compiled tower pass, batched and padded)."""
   graphdef, state = nnx.split(model)
   runner = eval_common.BatchRunner(
       lambda s, batch: {'tokens': nnx.merge(graphdef, s).embed_image(
           batch['image'])['image_embeds']},
       batch_size=batch_size, mesh=mesh, rules=rules)
+  return lambda images: runner.run(state, len(images), lambda rows: {
+      'image': images[list(rows)]})['tokens']
 
-  def tokens(images):
-    return runner.run(state, len(images), lambda rows: {
-        'image': images[list(rows)]})['tokens']
+
+def embed_twins(model: albef.Model, all_twins: Sequence[twin_probe.Twins],
+                *, mesh, rules, batch_size: int) -> list[twin_probe.Twins]:
+  """Each of ``all_twins`` with its images replaced by their tower tokens
+  [1 + N, Dv] (one compiled tower pass for all of them)."""
+  tokens = tower_tokens(model, mesh=mesh, rules=rules, batch_size=batch_size)
   return [dataclasses.replace(t, image_a=tokens(t.image_a),
                               image_b=tokens(t.image_b)) for t in all_twins]
 
