@@ -235,12 +235,16 @@ def test_bad_input_policy_keeps_the_draws_of_good_examples(tok):
         np.testing.assert_array_equal(b[k][j], v, err_msg=f'{k} {j}')
 
 
-def test_tokenizer_key_ignores_a_zero_contrast_rate_only():
+def test_tokenizer_key_ignores_the_contrast_defaults_only():
   cfg = _input_cfg()
   without = _input_cfg()
   with without.unlocked():
     del without.data.synthetic.world['contrast_rate']
+    del without.data.synthetic.world['contrast_captions']
   assert pipeline.tokenizer_key(cfg) == pipeline.tokenizer_key(without)
+  cfg.data.synthetic.world.contrast_captions = 'mirrored'
+  assert pipeline.tokenizer_key(cfg) != pipeline.tokenizer_key(without)
+  cfg.data.synthetic.world.contrast_captions = 'independent'
   cfg.data.synthetic.world.contrast_rate = 0.5
   assert pipeline.tokenizer_key(cfg) != pipeline.tokenizer_key(without)
   cfg.data.synthetic.world.contrast_rate = 0.0

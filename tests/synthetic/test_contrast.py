@@ -118,3 +118,37 @@ def test_pairs_keep_false_negatives_rare_and_state_relations_often():
 def test_contrast_rate_outside_zero_one_is_refused():
   with pytest.raises(ValueError, match='contrast_rate'):
     world.WorldConfig(contrast_rate=1.5)
+
+
+def test_mirrored_captions_are_one_couple_of_the_same_words():
+  mirrored = dataclasses.replace(CFG, contrast_captions='mirrored')
+  found = _pairs(mirrored, 40)
+  assert len(found) >= 15
+  edits_seen = set()
+  for base, (scene, twin, texts, edit) in found:
+    (a,), (b,) = texts
+    assert a != b and sorted(a.split()) == sorted(b.split())
+    assert truth.is_true(scene, a) is True and truth.is_true(twin, a) is False
+    assert truth.is_true(twin, b) is True and truth.is_true(scene, b) is False
+    # Every caption of each image is its side of the couple.
+    for side, text in ((0, a), (1, b)):
+      record = source.make_record('train', base + side, mirrored)
+      assert record['captions'] == [text] * mirrored.num_captions
+    edits_seen.add(edit)
+  assert {'swap', 'recolour'} <= edits_seen
+
+
+def test_mirrored_texts_by_hand():
+  rng = np.random.default_rng(0)
+  texts = (['the red circle is left of the star', 'a red circle'],
+           ['the star is left of the red circle', 'a star'])
+  assert contrast.mirrored_texts(texts, rng) == (
+      ['the red circle is left of the star'],
+      ['the star is left of the red circle'])
+  assert contrast.mirrored_texts((['a red circle'], ['a star']), rng) is None
+
+
+def test_independent_captions_are_the_default_and_others_are_refused():
+  assert world.WorldConfig().contrast_captions == 'independent'
+  with pytest.raises(ValueError, match="contrast_captions='mirror'"):
+    world.WorldConfig(contrast_captions='mirror')

@@ -378,12 +378,16 @@ def tokenizer_key(input_cfg: ml_collections.ConfigDict) -> str:
   tcfg = input_cfg.tokenizer
   data = input_cfg.data.to_dict()
   # A world without contrast pairs keeps the key it had before
-  # ``contrast_rate`` existed, so the tokenizers cached for such runs still
-  # match when they resume.
+  # ``contrast_rate`` existed, and one with independent pair captions the
+  # key it had before ``contrast_captions``, so the tokenizers cached for
+  # such runs still match when they resume.
   for entry in data.values():
     world_cfg = entry.get('world') if isinstance(entry, dict) else None
     if isinstance(world_cfg, dict) and not world_cfg.get('contrast_rate'):
       world_cfg.pop('contrast_rate', None)
+    if isinstance(world_cfg, dict) and world_cfg.get(
+        'contrast_captions') == 'independent':
+      world_cfg.pop('contrast_captions')
   spec = json.dumps(data, sort_keys=True, default=str)
   model_type = str(tcfg.get('model_type', 'unigram'))
   # The unigram key keeps the form it had before model_type existed, so

@@ -7,7 +7,10 @@ split are *contrast pairs*: scene 2k + 1 is scene 2k after one edit of
 every caption of either image states a relation that is true of it and
 clearly false of its twin ('the red circle is left of the blue square' /
 'the blue square is left of the red circle'). A coarse caption ('three
-objects: ...') would be as true of the twin, so a pair has none.
+objects: ...') would be as true of the twin, so a pair has none. With
+``WorldConfig.contrast_captions='mirrored'`` each image has one caption,
+and the twin's is made of the same words, so that only the relation (or
+which colour is on which shape) tells them apart, even to a bag of words.
 
 Why: in a corpus of independent scenes, a caption that can be rejected only
 by reading a relation is almost never another image's caption; ITM's
@@ -124,6 +127,20 @@ def contrast_texts(scene: world.Scene, twin: world.Scene,
   return out
 
 
+def mirrored_texts(texts: tuple[list[str], list[str]],
+                   rng: np.random.Generator
+                   ) -> tuple[list[str], list[str]] | None:
+  """One caption of each side made of the same words ('the red circle is
+  left of the blue square' / 'the blue square is left of the red circle'),
+  drawn with ``rng`` among all such couples; None when there is none."""
+  couples = [(a, b) for a in texts[0] for b in texts[1]
+             if sorted(a.split()) == sorted(b.split())]
+  if not couples:
+    return None
+  a, b = couples[int(rng.integers(len(couples)))]
+  return [a], [b]
+
+
 def pair(split: str, index: int, cfg: world.WorldConfig) -> Pair | None:
   """The contrast pair holding image ``index``, or None when ``index`` is
   not in one (the pair was not drawn as a contrast pair, or no edit of
@@ -138,6 +155,8 @@ def pair(split: str, index: int, cfg: world.WorldConfig) -> Pair | None:
   for edit, twin, changed in _edits(scene, split, cfg, rng):
     texts = (contrast_texts(scene, twin, changed),
              contrast_texts(twin, scene, changed))
+    if texts[0] and texts[1] and cfg.contrast_captions == 'mirrored':
+      texts = mirrored_texts(texts, rng) or ([], [])
     if texts[0] and texts[1]:
       return Pair(scene, twin, texts, edit)
   return None

@@ -103,6 +103,11 @@ class WorldConfig:
     contrast_rate: fraction of index pairs (2k, 2k + 1) that are contrast
       pairs: image 2k + 1 is image 2k after one minimal edit and the captions
       of both state relations that tell them apart (``contrast.py``).
+    contrast_captions: a contrast pair's captions: 'independent' (each
+      image's drawn from its own candidates) or 'mirrored' (one caption
+      each, the twin's made of the same words: 'the red circle is left of
+      the blue square' / 'the blue square is left of the red circle', as
+      in counterfactual caption collections).
   """
   resolution: int = 64
   seed: int = 0
@@ -130,6 +135,7 @@ class WorldConfig:
   heldout: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT
   supersample: int = 2
   contrast_rate: float = 0.0
+  contrast_captions: str = 'independent'
 
   def __post_init__(self):
     # Configs arrive from ml_collections as lists; keep the dataclass hashable.
@@ -174,9 +180,15 @@ class WorldConfig:
                  'contrast_rate'):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f'{name}={getattr(self, name)} is not in [0, 1]')
+    if self.contrast_captions not in CONTRAST_CAPTIONS:
+      raise ValueError(f'contrast_captions={self.contrast_captions!r}; '
+                       f'valid: {CONTRAST_CAPTIONS}')
     if self.supersample < 1 or self.num_captions < 1 or self.seed < 0:
       raise ValueError('need supersample >= 1, num_captions >= 1, seed >= 0')
 
+
+# WorldConfig.contrast_captions values.
+CONTRAST_CAPTIONS = ('independent', 'mirrored')
 
 # The coarser captions of earlier worlds, for ablations:
 # ``WorldConfig(**LOOSE_CAPTIONS)`` or, in a config,
