@@ -21,6 +21,7 @@ from vlg import restore
 from vlg import sharding
 from vlg.data import pipeline
 from vlg.evaluators import common as eval_common
+from vlg.synthetic import contrast
 from vlg.synthetic import layout
 from vlg.synthetic import source as synthetic_source
 from vlg.synthetic import truth
@@ -307,3 +308,34 @@ def test_validate_reports_itm_probe_and_false_negatives(tmp_path_factory,
   for name in word_probe.WORD_CLASSES:
     acc = res[f'mlm_word_acc/{name}']
     assert math.isnan(acc) or 0 <= acc <= 1, name
+
+
+def test_twin_mask_pairs_the_drawn_contrast_pairs_only():
+  cfg = world.WorldConfig(contrast_rate=0.5)
+  paired = [k for k in range(0, 40, 2) if contrast.pair('val', k, cfg)]
+  single = [k for k in range(0, 40, 2) if not contrast.pair('val', k, cfg)]
+  a, b = paired[:2]
+  c = single[0]
+  index = [a + 1, c, a, b, c + 1]  # b's twin and a's twin are absent.
+  got = itm_probe.twin_mask(
+      np.array([world.image_id('val', k) for k in index]), cfg, 'val')
+  want = np.zeros((5, 5), bool)
+  want[0, 2] = want[2, 0] = True
+  np.testing.assert_array_equal(got, want)
+
+
+def test_hard_neg_twin_is_the_sampling_weight_on_the_twin():
+  # Entries 0 and 2 are twins. Image → text: image 0 draws text 2 with
+  # 3/4, image 2 text 0 with 4/5; text → image: text 0 draws image 2 with
+  # 1/4, text 2 image 0 with 1/2 (see the test above): 2.3 of 6 negatives.
+  twins = np.array([[0, 0, 1], [0, 0, 0], [1, 0, 0]], bool)
+  probe = dataclasses.replace(_probe([1, 2, 3], _TRUTH), twins=twins)
+  per_batch = [{'itm_random_logits': _logits(np.zeros(9)),
+                'itm_sim_i2t': _SIM_I2T, 'itm_sim_t2i': _SIM_T2I}]
+  got = itm_probe.itm_probe_metrics(per_batch, [probe])
+  assert got['hard_neg_twin'] == pytest.approx(2.3 / 6)
+  assert got['twin_in_batch'] == pytest.approx(2 / 3)
+  assert got['fn_hard_share'] == pytest.approx((1.55 + 1.25) / 6)
+  # Without contrast pairs there is no twin figure.
+  got = itm_probe.itm_probe_metrics(per_batch, [_probe([1, 2, 3], _TRUTH)])
+  assert 'hard_neg_twin' not in got and 'twin_in_batch' not in got

@@ -27,7 +27,9 @@ from vlg import false_negatives
 from vlg.data import batch_truth as batch_truth_lib
 from vlg.evaluators import common as eval_common
 from vlg.objectives import itm as itm_lib
+from vlg.synthetic import contrast
 from vlg.synthetic import truth as truth_lib
+from vlg.synthetic import world
 
 # Accuracy of always answering "not matched" on 1 positive : 2 negatives.
 ITM_PRIOR = 2 / 3
@@ -69,6 +71,8 @@ class CaptionProbe:
       where the captions could not be checked (see :func:`caption_probes`).
     kinds: [B, B] int8, ``batch_truth.batch_negative_kinds`` (why caption j
       is or is not true of image i), or None as ``truth``.
+    twins: [B, B] bool, True where entry j is entry i's contrast twin
+      (:func:`twin_mask`), or None where the world has no contrast pairs.
   """
   image_ids: np.ndarray
   neg_image: np.ndarray
@@ -76,6 +80,17 @@ class CaptionProbe:
   has_negative: np.ndarray
   truth: np.ndarray | None
   kinds: np.ndarray | None = None
+  twins: np.ndarray | None = None
+
+
+def twin_mask(image_ids: np.ndarray, cfg: world.WorldConfig,
+              split: str) -> np.ndarray:
+  """[B, B] bool: entry j's image is entry i's contrast twin (images 2k
+  and 2k + 1 of ``split`` drawn as a contrast pair, ``contrast.pair``)."""
+  index = np.asarray(image_ids).reshape(-1) - world.image_id(split, 0)
+  paired = np.array([contrast.pair(split, int(k), cfg) is not None
+                     for k in index])
+  return ((index[:, None] ^ 1) == index[None, :]) & paired[:, None]
 
 
 def caption_probes(data: Sequence[dict[str, np.ndarray]],
@@ -104,8 +119,11 @@ def caption_probes(data: Sequence[dict[str, np.ndarray]],
   probes = []
   for batch, kind in zip(data, kinds):
     ids = np.asarray(batch['image_id'])
+    twins = (twin_mask(ids, cfg, split)
+             if cfg is not None and cfg.contrast_rate > 0 else None)
     probes.append(CaptionProbe(ids, *uniform_negatives(ids, rng),
-                               None if kind is None else kind == true, kind))
+                               None if kind is None else kind == true, kind,
+                               twins))
   return probes
 
 
@@ -172,7 +190,7 @@ def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
   without its float32 saturation to exact ties.
   """
   scores, labels, correct, row_kinds = [], [], [], []
-  hard_true = hard_num = 0.0
+  hard_true = hard_num = hard_twin = 0.0
   hard_kinds = collections.Counter()
   for out, probe in zip(per_batch, probes):
     logits = np.asarray(out['itm_random_logits'], np.float64)
@@ -192,9 +210,12 @@ def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
       # One pass over the hard-negative weights: the truth, then each kind.
       kind_masks = [] if probe.kinds is None else [
           probe.kinds == k for k in range(len(truth_lib.NEGATIVE_KINDS))]
+      twin_masks = [] if probe.twins is None else [probe.twins]
       (true, num), *by_kind = _expected_hard(
           out['itm_sim_i2t'], out['itm_sim_t2i'], probe.image_ids,
-          [np.asarray(probe.truth, bool)] + kind_masks)
+          [np.asarray(probe.truth, bool)] + kind_masks + twin_masks)
+      if twin_masks:
+        hard_twin += by_kind.pop()[0]
       hard_true += true
       hard_num += num
       for kind, (expected, _) in zip(truth_lib.NEGATIVE_KINDS, by_kind):
@@ -232,6 +253,13 @@ def itm_probe_metrics(per_batch: Sequence[dict[str, np.ndarray]],
           kinds == i])
       res[f'itm_random_auroc/{kind}'] = eval_common.auroc(
           scores[labels], scores[~labels][kinds == i])
+  if probes and all(p.twins is not None for p in probes) and hard_num:
+    # How often the hard-negative sampler draws an entry's contrast twin
+    # (a question only the edit's relation or binding answers), and how
+    # many entries have their twin in the batch to be drawn.
+    res['hard_neg_twin'] = hard_twin / hard_num
+    res['twin_in_batch'] = float(np.mean(np.concatenate(
+        [p.twins.any(axis=1) for p in probes])))
   if probes and all(p.kinds is not None for p in probes) and hard_num:
     # What the hard negatives ask of the ITM head: the expected share of
     # each reason a drawn negative is false (truth.negative_kind).

@@ -57,7 +57,10 @@ computes on the same batches, for every kept checkpoint (or ``--steps``;
   there, on the wrong objects), ``relation`` (the objects are there, the
   relation is not), ``count``, and ``true`` / ``borderline``; the share a
   bag-of-words matcher could not reject is what teaches an ITM head
-  binding and relations. The uniform negatives are split the same way:
+  binding and relations. Where the world has contrast pairs,
+  ``hard_neg_twin`` is the share of hard negatives that are the entry's
+  own twin, and ``twin_in_batch`` the share of entries whose twin is in
+  the batch to be drawn. The uniform negatives are split the same way:
   ``itm_random_num/<kind>``, ``itm_random_specificity/<kind>`` and
   ``itm_random_auroc/<kind>`` (the positives against that kind's
   negatives: does the head rank a wrong binding below a true caption?).
