@@ -69,6 +69,7 @@ from vlg.data import parts as parts_lib
 from vlg.data.parts import common as parts_common
 from vlg.data import sources as sources_lib
 from vlg.data import tokenizer as tokenizer_lib
+from vlg.synthetic import world
 
 AUGMENTATIONS = ('crop', 'flip', 'brightness')
 KINDS = ('caption',)
@@ -378,16 +379,14 @@ def tokenizer_key(input_cfg: ml_collections.ConfigDict) -> str:
   tcfg = input_cfg.tokenizer
   data = input_cfg.data.to_dict()
   # A world without contrast pairs keeps the key it had before
-  # ``contrast_rate`` existed, and one with independent pair captions the
-  # key it had before ``contrast_captions``, so the tokenizers cached for
-  # such runs still match when they resume.
+  # ``contrast_rate`` existed (and before any of ``world.ADDED_FIELDS``), so
+  # the tokenizers cached for such runs still match when they resume.
   for entry in data.values():
     world_cfg = entry.get('world') if isinstance(entry, dict) else None
-    if isinstance(world_cfg, dict) and not world_cfg.get('contrast_rate'):
-      world_cfg.pop('contrast_rate', None)
-    if isinstance(world_cfg, dict) and world_cfg.get(
-        'contrast_captions') == 'independent':
-      world_cfg.pop('contrast_captions')
+    if isinstance(world_cfg, dict):
+      entry['world'] = world_cfg = world.settings_for_key(world_cfg)
+      if not world_cfg.get('contrast_rate'):
+        world_cfg.pop('contrast_rate', None)
   spec = json.dumps(data, sort_keys=True, default=str)
   model_type = str(tcfg.get('model_type', 'unigram'))
   # The unigram key keeps the form it had before model_type existed, so

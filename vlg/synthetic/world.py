@@ -190,6 +190,19 @@ class WorldConfig:
 # WorldConfig.contrast_captions values.
 CONTRAST_CAPTIONS = ('independent', 'mirrored')
 
+# Fields added after tokenizers, vision towers and studies were first keyed
+# on a world's settings, each with the value that leaves the world as it
+# was: :func:`settings_for_key` drops them at that value, so what was
+# cached before they existed still matches.
+ADDED_FIELDS = {'contrast_captions': 'independent'}
+
+
+def settings_for_key(settings: dict) -> dict:
+  """A world's settings (``dataclasses.asdict`` or a config's dict) without
+  the :data:`ADDED_FIELDS` that are at their neutral value."""
+  return {k: v for k, v in settings.items()
+          if not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+
 # The coarser captions of earlier worlds, for ablations:
 # ``WorldConfig(**LOOSE_CAPTIONS)`` or, in a config,
 # ``input.data.synthetic.world.caption_min_named=1`` and so on.

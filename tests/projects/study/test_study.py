@@ -116,6 +116,21 @@ def test_each_seed_trains_one_tower_that_every_family_starts_from(tmp_path):
     study._share_towers(again, str(tmp_path), logs.append)  # pylint: disable=protected-access
 
 
+def test_stage_key_ignores_world_fields_added_at_their_neutral_value():
+  """A study whose towers were keyed before ``contrast_captions`` existed
+  still finds them; a world that sets it otherwise gets its own tower."""
+  c = study.study_config('albef', 0, steps=4, eval_every=2)
+  key = study._stage_key(c)  # pylint: disable=protected-access
+  world_cfg = c.input.data.synthetic.world
+  assert world_cfg.contrast_captions == 'independent'
+  with world_cfg.unlocked():
+    del world_cfg['contrast_captions']
+  assert study._stage_key(c) == key  # pylint: disable=protected-access
+  with world_cfg.unlocked():
+    world_cfg.contrast_captions = 'mirrored'
+  assert study._stage_key(c) != key  # pylint: disable=protected-access
+
+
 def test_hour_preset_changes_the_tiny_recipe_and_nothing_else():
   tiny = study.study_config('rexvlm', 1, steps=100, eval_every=20,
                             preset='tiny')

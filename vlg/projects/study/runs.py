@@ -19,6 +19,7 @@ import ml_collections
 from vlg import checkpointing
 from vlg import recipes
 from vlg.projects.study import results as results_lib
+from vlg.synthetic import world
 
 SETTINGS_FILE = 'study.json'
 PRESETS = ('budget', 'hour', 'tiny', 'small')
@@ -192,8 +193,12 @@ def _stage_key(c: ml_collections.ConfigDict) -> str:
   tower = {k: v for k, v in c.model.to_dict().items()
            if k.startswith(('vision', 'image', 'patch'))
            or k in ('init_std', 'dtype')}
+  data = c.input.data.to_dict()
+  for entry in data.values():  # World fields added later, at their neutral
+    if isinstance(entry, dict) and isinstance(entry.get('world'), dict):
+      entry['world'] = world.settings_for_key(entry['world'])  # value, out.
   return json.dumps(dict(stage=c.vision_pretrain.to_dict(), tower=tower,
-                         data=c.input.data.to_dict(),
+                         data=data,
                          resolution=c.input.resolution, seed=c.seed),
                     sort_keys=True, default=str)
 
