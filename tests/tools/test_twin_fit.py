@@ -121,3 +121,41 @@ def test_help_lists_flags():
   for flag in ('--workdir', '--pairs', '--edits', '--reinit', '--eval_every',
                '--out'):
     assert flag in helped.stdout, flag
+
+
+def test_run_fit_passes_flags_and_writes_json_lines(tmp_path, monkeypatch):
+  """run_fit (shared with box_fit) hands the named flags to the fit,
+  closes the run even when the fit fails, and writes one JSON line per
+  evaluation with the run, its step and the label flags."""
+  import json
+  import types
+
+  closed = []
+  run = types.SimpleNamespace(workdir='/w', step=7,
+                              close=lambda: closed.append(True))
+  monkeypatch.setattr(restore, 'load_run', lambda workdir, step: run)
+  value = lambda v: types.SimpleNamespace(value=v)  # noqa: E731
+  out = tmp_path / 'fit.jsonl'
+  store = {'workdir': value('/w'), 'step': value(None), 'out': value(str(out)),
+           'steps': value(3), 'caption': value('longest')}
+  seen = {}
+
+  def fake_fit(r, **kw):
+    seen.update(kw, run=r)
+    return [{'step': 0, 'acc': 0.5}, {'step': 3, 'acc': 0.75}]
+
+  twin_fit.run_fit(store, fake_fit, ('steps',), labels=('caption',))
+  assert seen == {'steps': 3, 'run': run} and closed == [True]
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert rows == [
+      {'workdir': '/w', 'ckpt_step': 7, 'caption': 'longest', 'step': 0,
+       'acc': 0.5},
+      {'workdir': '/w', 'ckpt_step': 7, 'caption': 'longest', 'step': 3,
+       'acc': 0.75}]
+
+  def failing_fit(r, **kw):
+    raise RuntimeError('boom')
+
+  with pytest.raises(RuntimeError, match='boom'):
+    twin_fit.run_fit(store, failing_fit, ())
+  assert closed == [True, True]

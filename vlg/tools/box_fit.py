@@ -33,7 +33,6 @@ written; the curve goes to stdout and, as JSON lines, to ``--out``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 
@@ -234,48 +233,23 @@ def fit(run: restore.Run, *, fusion_posemb: str | None = None,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  run = restore.load_run(_FLAGS['workdir'].value, _FLAGS['step'].value)
-  names = ('scenes', 'val_scenes', 'steps', 'batch_size', 'lr',
-           'eval_every', 'seed', 'fusion_posemb')
-  try:
-    history = fit(run, **{k: _FLAGS[k].value for k in names})
-  finally:
-    run.close()
-  if _FLAGS['out'].value:
-    with open(_FLAGS['out'].value, 'w') as f:
-      for row in history:
-        f.write(json.dumps({'workdir': run.workdir, 'ckpt_step': run.step,
-                            'fusion_posemb': _FLAGS['fusion_posemb'].value,
-                            **row}) + '\n')
+  twin_fit.run_fit(_FLAGS, fit, ('scenes', 'val_scenes', 'steps',
+                                 'batch_size', 'lr', 'eval_every', 'seed',
+                                 'fusion_posemb'), labels=('fusion_posemb',))
 
 
 def define_flags() -> None:
   """Defines the flags (only when run as a program)."""
-  _FLAGS['workdir'] = flags.DEFINE_string(
-      'workdir', None, 'Training workdir (checkpoints/, config, tokenizer).')
-  _FLAGS['step'] = flags.DEFINE_integer(
-      'step', None, 'Kept step to start from (default: the latest).')
+  twin_fit.define_fit_flags(_FLAGS, batch_size=64,
+                            batch_help='Named objects a step.',
+                            asks='for boxes',
+                            seed_help='Seed of the batch order.')
+  flags.adopt_module_key_flags(twin_fit)  # So that --help lists them.
   _FLAGS['scenes'] = flags.DEFINE_integer(
       'scenes', 4000, "Scenes of the 'train' split whose named objects to "
       'learn from (about three objects a scene).')
   _FLAGS['val_scenes'] = flags.DEFINE_integer(
       'val_scenes', 300, "Held-out scenes of the 'val' split to score.")
-  _FLAGS['steps'] = flags.DEFINE_integer('steps', 3000, 'Optimiser steps.')
-  _FLAGS['batch_size'] = flags.DEFINE_integer(
-      'batch_size', 64, 'Named objects a step.')
-  _FLAGS['lr'] = flags.DEFINE_float(
-      'lr', 3e-4, 'Peak AdamW learning rate (100 warm-up steps, cosine).')
-  _FLAGS['eval_every'] = flags.DEFINE_integer(
-      'eval_every', 250, 'Steps between held-out evaluations.')
-  _FLAGS['fusion_posemb'] = flags.DEFINE_enum(
-      'fusion_posemb', None, list(albef.FUSION_POSEMBS),
-      "What the fusion adds to the image tokens (model.fusion_posemb; "
-      "default: the run's): 'sincos2d' asks a run trained without the "
-      'position table for boxes with it.')
-  _FLAGS['seed'] = flags.DEFINE_integer('seed', 0, 'Seed of the batch order.')
-  _FLAGS['out'] = flags.DEFINE_string(
-      'out', '', 'Also write one JSON line per evaluation here.')
-  flags.mark_flags_as_required(['workdir'])
 
 
 if __name__ == '__main__':

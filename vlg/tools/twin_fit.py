@@ -262,48 +262,69 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
   return history
 
 
+def run_fit(store: dict, fit_fn: Callable[..., list[dict]],
+            names: Sequence[str], labels: Sequence[str] = ()) -> None:
+  """Loads ``--workdir`` at ``--step``, calls ``fit_fn(run, **flags)`` with
+  the flags ``names`` of ``store`` (defined by ``define_fit_flags`` and the
+  tool) and, with ``--out``, writes one JSON line per evaluation: the run,
+  its step, the flags ``labels`` and the row. Shared with ``box_fit``."""
+  run = restore.load_run(store['workdir'].value, store['step'].value)
+  try:
+    history = fit_fn(run, **{k: store[k].value for k in names})
+  finally:
+    run.close()
+  if store['out'].value:
+    with open(store['out'].value, 'w') as f:
+      for row in history:
+        f.write(json.dumps({'workdir': run.workdir, 'ckpt_step': run.step,
+                            **{k: store[k].value for k in labels},
+                            **row}) + '\n')
+
+
+def define_fit_flags(store: dict, *, batch_size: int, batch_help: str,
+                     asks: str, seed_help: str) -> None:
+  """Defines into ``store`` the flags every fit on a frozen tower has: the
+  run (``workdir``, ``step``), the schedule (``steps``, ``batch_size``,
+  ``lr``, ``eval_every``, ``seed``), ``fusion_posemb`` (``asks``: what a
+  run trained without the table is asked with it) and ``out``."""
+  store['workdir'] = flags.DEFINE_string(
+      'workdir', None, 'Training workdir (checkpoints/, config, tokenizer).')
+  store['step'] = flags.DEFINE_integer(
+      'step', None, 'Kept step to start from (default: the latest).')
+  store['steps'] = flags.DEFINE_integer('steps', 3000, 'Optimiser steps.')
+  store['batch_size'] = flags.DEFINE_integer(
+      'batch_size', batch_size, batch_help)
+  store['lr'] = flags.DEFINE_float(
+      'lr', 3e-4, 'Peak AdamW learning rate (100 warm-up steps, cosine).')
+  store['eval_every'] = flags.DEFINE_integer(
+      'eval_every', 250, 'Steps between held-out evaluations.')
+  store['fusion_posemb'] = flags.DEFINE_enum(
+      'fusion_posemb', None, list(albef.FUSION_POSEMBS),
+      "What the fusion adds to the image tokens (model.fusion_posemb; "
+      "default: the run's): 'sincos2d' asks a run trained without the "
+      f'position table {asks} with it.')
+  store['seed'] = flags.DEFINE_integer('seed', 0, seed_help)
+  store['out'] = flags.DEFINE_string(
+      'out', '', 'Also write one JSON line per evaluation here.')
+  flags.mark_flags_as_required(['workdir'])
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  run = restore.load_run(_FLAGS['workdir'].value, _FLAGS['step'].value)
-  try:
-    history = fit(run, pairs=_FLAGS['pairs'].value,
-                  steps=_FLAGS['steps'].value,
-                  batch_size=_FLAGS['batch_size'].value,
-                  lr=_FLAGS['lr'].value,
-                  eval_every=_FLAGS['eval_every'].value,
-                  twins=_FLAGS['twins'].value,
-                  reinit=_FLAGS['reinit'].value, seed=_FLAGS['seed'].value,
-                  edits=_FLAGS['edits'].value,
-                  caption=_FLAGS['caption'].value,
-                  fusion_posemb=_FLAGS['fusion_posemb'].value)
-  finally:
-    run.close()
-  if _FLAGS['out'].value:
-    with open(_FLAGS['out'].value, 'w') as f:
-      for row in history:
-        f.write(json.dumps({'workdir': run.workdir, 'ckpt_step': run.step,
-                            'reinit': _FLAGS['reinit'].value,
-                            'caption': _FLAGS['caption'].value,
-                            'fusion_posemb': _FLAGS['fusion_posemb'].value,
-                            **row}) + '\n')
+  run_fit(_FLAGS, fit, ('pairs', 'steps', 'batch_size', 'lr', 'eval_every', 'twins',
+                'reinit', 'seed', 'edits', 'caption', 'fusion_posemb'),
+          labels=('reinit', 'caption', 'fusion_posemb'))
 
 
 def define_flags() -> None:
   """Defines the flags (only when run as a program)."""
-  _FLAGS['workdir'] = flags.DEFINE_string(
-      'workdir', None, 'Training workdir (checkpoints/, config, tokenizer).')
-  _FLAGS['step'] = flags.DEFINE_integer(
-      'step', None, 'Kept step to start from (default: the latest).')
+  define_fit_flags(_FLAGS, batch_size=32,
+                   batch_help='Pairs a step (four ITM rows each).',
+                   asks='the pairs',
+                   seed_help='Seed of the batch order and of --reinit.')
   _FLAGS['pairs'] = flags.DEFINE_integer(
       'pairs', 8000, "Contrast pairs of the 'train' split to learn from.")
-  _FLAGS['steps'] = flags.DEFINE_integer('steps', 3000, 'Optimiser steps.')
-  _FLAGS['batch_size'] = flags.DEFINE_integer(
-      'batch_size', 32, 'Pairs a step (four ITM rows each).')
-  _FLAGS['lr'] = flags.DEFINE_float(
-      'lr', 3e-4, 'Peak AdamW learning rate (100 warm-up steps, cosine).')
-  _FLAGS['eval_every'] = flags.DEFINE_integer(
-      'eval_every', 250, 'Steps between held-out evaluations.')
   _FLAGS['twins'] = flags.DEFINE_integer(
       'twins', 200, "Held-out pairs of the 'val' split to score.")
   _FLAGS['reinit'] = flags.DEFINE_boolean(
@@ -315,16 +336,6 @@ def define_flags() -> None:
       'caption', 'first', list(twin_probe.CAPTIONS),
       "Each side's caption: the world's first (fewest words: often shapes "
       'alone) or the longest (size, colour and shape of every object).')
-  _FLAGS['fusion_posemb'] = flags.DEFINE_enum(
-      'fusion_posemb', None, list(albef.FUSION_POSEMBS),
-      "What the fusion adds to the image tokens (model.fusion_posemb; "
-      "default: the run's): 'sincos2d' asks a run trained without the "
-      'position table the pairs with it.')
-  _FLAGS['seed'] = flags.DEFINE_integer(
-      'seed', 0, 'Seed of the batch order and of --reinit.')
-  _FLAGS['out'] = flags.DEFINE_string(
-      'out', '', 'Also write one JSON line per evaluation here.')
-  flags.mark_flags_as_required(['workdir'])
 
 
 if __name__ == '__main__':
