@@ -159,3 +159,39 @@ def test_run_fit_passes_flags_and_writes_json_lines(tmp_path, monkeypatch):
   with pytest.raises(RuntimeError, match='boom'):
     twin_fit.run_fit(store, failing_fit, ())
   assert closed == [True, True]
+
+
+@pytest.mark.xdist_group('tiny_run')
+def test_benchmark_scores_match_the_evaluators_and_fit_reports_them(
+    tmp_path_factory):
+  workdir, _ = trained_run(tmp_path_factory)
+  run = restore.load_run(workdir, mesh=sharding.make_mesh(
+      (1, 1, 1), devices=jax.devices()[:1]))
+  try:
+    with jax.set_mesh(run.mesh):
+      # The unchanged model scores what the run's own evaluators score.
+      scores = twin_fit.benchmark_scores(
+          run, nnx.merge(run.graphdef, run.params))
+      expected = {}
+      for name, (evaluator, _) in restore.build_evaluators(
+          run, run.config.evals).items():
+        expected.update({f'{name}/{k}': v
+                         for k, v in evaluator.run(run.params).items()})
+    assert set(scores) == set(expected)
+    for key, value in expected.items():
+      assert scores[key] == pytest.approx(value), key
+    assert scores['vsr_random_dev/chance/accuracy'] == 0.5
+    with pytest.raises(ValueError, match='none of'):
+      twin_fit.benchmark_scores(run, nnx.merge(run.graphdef, run.params),
+                                names=('winoground',))
+    lines = []
+    history = twin_fit.fit(run, pairs=4, steps=2, batch_size=4, lr=1e-3,
+                           eval_every=1, twins=4, benchmarks=True,
+                           log=lines.append)
+  finally:
+    run.close()
+  # Before and after the fit only, each with the sets' scores.
+  assert ['vsr_random_dev/accuracy' in h for h in history] == [
+      True, False, True]
+  assert history[0]['vsr_random_dev/num_evaluated'] > 0
+  assert sum('benchmarks:' in line for line in lines) == 2

@@ -3,7 +3,8 @@ r"""How much of the contrast pairs can a run's fusion learn when asked directly?
   python -m vlg.tools.twin_fit --workdir=workdirs/albef_tiny [--step=N] \
       [--pairs=8000] [--steps=3000] [--batch_size=32] [--lr=3e-4] \
       [--eval_every=250] [--twins=200] [--edits=swap,reverse] [--reinit] \
-      [--caption=first|longest] [--fusion_posemb=none|sincos2d] [--out=FILE]
+      [--caption=first|longest] [--fusion_posemb=none|sincos2d] \
+      [--benchmarks] [--out=FILE]
 
 Pretraining asks ITM about an image's twin only when its hard-negative
 sampler happens to draw the twin's caption (a few per step at most, see
@@ -30,7 +31,9 @@ pretraining gave from what the architecture can learn.
 ``--caption=longest`` names every object by size, colour and shape
 (``twin_probe.held_out_twins``), and ``--fusion_posemb=sincos2d`` adds the
 fusion's position table (``model.fusion_posemb``) to a run trained without
-it. The run's
+it. ``--benchmarks`` also scores the run's synthetic VALSE-, SVO-,
+Winoground- and VSR-style sets through ITM before and after the fit, to
+see whether what the pairs teach transfers to them. The run's
 checkpoints are never written; the curve goes to stdout and, as JSON
 lines, to ``--out``.
 """
@@ -50,10 +53,13 @@ from absl import app
 from absl import flags
 from flax import nnx
 
+from vlg import predict
 from vlg import restore
 from vlg import train_state
+from vlg.analysis import significance
 from vlg.data import batch_truth
 from vlg.evaluators import common as eval_common
+from vlg.evaluators import synthetic as synthetic_evals
 from vlg.models import albef
 from vlg.tools import twin_probe
 
@@ -183,14 +189,55 @@ def embed_twins(model: albef.Model, all_twins: Sequence[twin_probe.Twins],
                               image_b=tokens(t.image_b)) for t in all_twins]
 
 
+def benchmark_scores(run: restore.Run, model: albef.Model,
+                     names: Sequence[str] = synthetic_evals.PAIRWISE
+                     ) -> dict[str, float]:
+  """``model`` (e.g. the fitted text side on ``run``'s tower) scored on
+  ``run``'s evaluation sets ``names`` (its ``config.evals`` entries; by
+  default the synthetic sets read through ITM: VALSE-, SVO-, Winoground-
+  and VSR-style), as ``<eval>/<metric>`` with their chance levels, so
+  ``vlg.analysis.significance`` reads them.
+
+  Raises:
+    ValueError: none of ``names`` is among the run's evaluations.
+  """
+  evals = {n: run.config.evals[n] for n in names if n in run.config.evals}
+  if not evals:
+    raise ValueError(f'{run.workdir}: none of {list(names)} is in the '
+                     "run's config.evals")
+  graphdef, state = nnx.split(model, nnx.Param)
+  params = nnx.to_pure_dict(state)
+  scored = dataclasses.replace(run, graphdef=graphdef, params=params,
+                               predict_fns=predict.make_predict_fns(
+                                   graphdef, box_head=bool(
+                                       run.config.model.get('box_head'))))
+  metrics = {}
+  for name, (evaluator, _) in restore.build_evaluators(
+      scored, evals).items():
+    metrics.update({f'{name}/{k}': float(v)
+                    for k, v in evaluator.run(params).items()})
+  return metrics
+
+
+def skills_line(metrics: dict[str, float]) -> str:
+  """Each benchmark's metric furthest above chance, in binomial SDs."""
+  best = significance.best_per_benchmark(significance.above_chance(metrics))
+  return '; '.join(f'{r.name} {r.value:.3f} ({r.z:+.1f} SD)'
+                   for _, r in sorted(best.items()))
+
+
 def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
         batch_size: int = 32, lr: float = 3e-4, eval_every: int = 250,
         twins: int = 200, reinit: bool = False, seed: int = 0,
         edits: Sequence[str] | None = None, caption: str = 'first',
-        fusion_posemb: str | None = None,
+        fusion_posemb: str | None = None, benchmarks: bool = False,
         log: Callable[[str], None] = print) -> list[dict[str, float]]:
   """Trains and evaluates as the module docstring says; returns one row
   of metrics per evaluation (step 0 first).
+
+  ``benchmarks``: the first and last rows also hold the run's synthetic
+  benchmark sets read through ITM (:func:`benchmark_scores`), before and
+  after the fit, so one sees whether what the pairs taught transfers.
 
   ``fusion_posemb`` (a ``model.fusion_posemb`` value; None: the run's)
   sets what the fusion adds to the image tokens it reads, so a run trained
@@ -254,7 +301,12 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
       row.update(twin_probe.twin_metrics(score_rows, held_out))
       row['fit_pair_acc'] = twin_probe.twin_metrics(
           score_rows, head)['twin_itm_pair_acc']
-      history.append(row)
+      scores = {}
+      if benchmarks and step in (0, steps):
+        scores = benchmark_scores(run, nnx.merge(
+            trainer.graphdef, trainer.params, trainer.rest))
+        log(f'step {step} benchmarks: {skills_line(scores)}')
+      history.append({**row, **scores})
       eta = (time.time() - start) / max(step, 1) * (steps - step)
       log(f'step {step}/{steps} (ETA {eta / 60:.1f} min): ' + ', '.join(
           f'{k} {v:.3f}' for k, v in sorted(row.items())
@@ -312,8 +364,9 @@ def define_fit_flags(store: dict, *, batch_size: int, batch_help: str,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  run_fit(_FLAGS, fit, ('pairs', 'steps', 'batch_size', 'lr', 'eval_every', 'twins',
-                'reinit', 'seed', 'edits', 'caption', 'fusion_posemb'),
+  run_fit(_FLAGS, fit, ('pairs', 'steps', 'batch_size', 'lr', 'eval_every',
+                        'twins', 'reinit', 'seed', 'edits', 'caption',
+                        'fusion_posemb', 'benchmarks'),
           labels=('reinit', 'caption', 'fusion_posemb'))
 
 
@@ -336,6 +389,9 @@ def define_flags() -> None:
       'caption', 'first', list(twin_probe.CAPTIONS),
       "Each side's caption: the world's first (fewest words: often shapes "
       'alone) or the longest (size, colour and shape of every object).')
+  _FLAGS['benchmarks'] = flags.DEFINE_boolean(
+      'benchmarks', False, "Also score the run's synthetic VALSE-, SVO-, "
+      'Winoground- and VSR-style sets through ITM before and after the fit.')
 
 
 if __name__ == '__main__':
