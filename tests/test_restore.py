@@ -53,6 +53,13 @@ def trained_run(tmp_path_factory) -> tuple[str, str]:
   return workdir, bench
 
 
+def load_on_one_device(workdir: str, step: int | None = None) -> restore.Run:
+  """``workdir`` restored onto one device (a fit's hundreds of steps are
+  slow on eight fake devices)."""
+  return restore.load_run(workdir, step, mesh=sharding.make_mesh(
+      (1, 1, 1), devices=jax.devices()[:1]))
+
+
 @pytest.fixture(scope='module')
 def run_dirs(tmp_path_factory):
   return trained_run(tmp_path_factory)

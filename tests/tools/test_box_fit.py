@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vlg import restore
-from vlg import sharding
 from vlg import train_state
 from vlg.data import batch_truth
 from vlg.synthetic import language
@@ -18,6 +16,7 @@ from vlg.synthetic import layout
 from vlg.synthetic import world
 from vlg.tools import box_fit
 
+from test_restore import load_on_one_device
 from test_restore import trained_run
 
 REPO = os.path.join(os.path.dirname(__file__), '..', '..')
@@ -84,8 +83,7 @@ def test_box_loss_by_hand():
 def test_fit_learns_the_training_boxes_and_checks_its_input(
     tmp_path_factory):
   workdir, _ = trained_run(tmp_path_factory)
-  run = restore.load_run(workdir, mesh=sharding.make_mesh(
-      (1, 1, 1), devices=jax.devices()[:1]))
+  run = load_on_one_device(workdir)
   try:
     with pytest.raises(ValueError, match='box head'):
       box_fit.fit(run, scenes=2, val_scenes=2, steps=1)

@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 from vlg import restore
-from vlg import sharding
 from vlg.tools import twin_fit
 
+from test_restore import load_on_one_device
 from test_restore import trained_run
 
 REPO = os.path.join(os.path.dirname(__file__), '..', '..')
@@ -61,8 +61,7 @@ def test_fresh_text_keeps_the_tower_and_fit_learns_training_pairs(
   # One device and no fast_compile: the 700 steps would be slow on eight
   # fake devices or in unoptimised code.
   workdir, _ = trained_run(tmp_path_factory)
-  run = restore.load_run(workdir, mesh=sharding.make_mesh(
-      (1, 1, 1), devices=jax.devices()[:1]))
+  run = load_on_one_device(workdir)
   try:
     fresh = twin_fit.fresh_text_params(run, seed=3)
     jax.tree.map(np.testing.assert_array_equal,
@@ -83,8 +82,7 @@ def test_fresh_text_keeps_the_tower_and_fit_learns_training_pairs(
   assert history[-1]['loss'] < 0.6
   for key in ('twin_itm_text', 'twin_itm_pair_acc', 'twin_num'):
     assert key in history[-1]
-  run = restore.load_run(workdir, mesh=sharding.make_mesh(
-      (1, 1, 1), devices=jax.devices()[:1]))
+  run = load_on_one_device(workdir)
   try:
     # A NaN rate spoils the parameters at step 1, so step 2's loss is NaN.
     with pytest.raises(FloatingPointError, match='ITM loss nan at step 2'):
@@ -165,8 +163,7 @@ def test_run_fit_passes_flags_and_writes_json_lines(tmp_path, monkeypatch):
 def test_benchmark_scores_match_the_evaluators_and_fit_reports_them(
     tmp_path_factory):
   workdir, _ = trained_run(tmp_path_factory)
-  run = restore.load_run(workdir, mesh=sharding.make_mesh(
-      (1, 1, 1), devices=jax.devices()[:1]))
+  run = load_on_one_device(workdir)
   try:
     with jax.set_mesh(run.mesh):
       # The unchanged model scores what the run's own evaluators score.
