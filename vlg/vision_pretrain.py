@@ -267,9 +267,9 @@ def _held_out_summary(logits: np.ndarray, targets: np.ndarray,
   return out
 
 
-def _step_flops(step_fn, *args) -> float | None:
-  """XLA's FLOP count of one compiled step (None where the backend has
-  none)."""
+def compiled_flops(step_fn, *args) -> float | None:
+  """XLA's FLOP count of one call of the jitted ``step_fn`` on ``args``
+  (lowered and compiled, not run; None where the backend has none)."""
   try:
     cost = step_fn.lower(*args).compile().cost_analysis()
   except Exception:  # pylint: disable=broad-except
@@ -328,7 +328,7 @@ def train_tower(config: ml_collections.ConfigDict, out_path: str
 
   order = np.random.default_rng(int(config.seed)).permutation(num_examples)
   x, y = _images(split, order[:batch], cfg, size, grid)
-  flops = _step_flops(step, params, opt_state, x, y)
+  flops = compiled_flops(step, params, opt_state, x, y)
   logging.info('vision_pretrain: %d steps of %d images, %s labels, '
                'weights %s (%s)', steps, batch, target, weights,
                f'{flops / 1e9:.2f} GFLOP a step, {steps * flops / 1e12:.2f} '

@@ -191,4 +191,8 @@ def test_benchmark_scores_match_the_evaluators_and_fit_reports_them(
   assert ['vsr_random_dev/accuracy' in h for h in history] == [
       True, False, True]
   assert history[0]['vsr_random_dev/num_evaluated'] > 0
+  # Compute spent: the tower over the pairs first, then equal steps.
+  spent = [h['fit_tflop'] for h in history]
+  assert spent[0] > 0 and spent[1] > spent[0]
+  assert spent[2] - spent[1] == pytest.approx(spent[1] - spent[0])
   assert sum('benchmarks:' in line for line in lines) == 2

@@ -18,7 +18,9 @@ the four rows of each pair: (a, caption a) and (b, caption b) match,
 scores the held-out pairs of the ``val`` split as ``vlg.tools.validate``
 does (``twin_itm_{text,image,group,pair_acc}`` and ``pair_acc/<edit>``;
 chance 0.5 for ``pair_acc``, 0.25 for text and image) and the first
-``--twins`` training pairs (``fit_pair_acc``: is it learning at all?).
+``--twins`` training pairs (``fit_pair_acc``: is it learning at all?);
+``fit_tflop`` is the compute spent so far (XLA's counts: the tower over
+every pair's images, then each step), for budgets.
 
 What it tells: whether the fusion, reading this tower's tokens, can learn
 to bind colours to shapes (``recolour``) and to read where two shapes are
@@ -56,6 +58,7 @@ from flax import nnx
 from vlg import predict
 from vlg import restore
 from vlg import train_state
+from vlg import vision_pretrain
 from vlg.analysis import significance
 from vlg.data import batch_truth
 from vlg.evaluators import common as eval_common
@@ -155,6 +158,11 @@ class TwinFit:
         self.params, self.opt_state, rows)
     return float(loss), float(acc)
 
+  def step_flops(self, rows) -> float | None:
+    """XLA's FLOPs of one :meth:`step` on ``rows`` (compiled, not run)."""
+    return vision_pretrain.compiled_flops(self._step, self.params,
+                                          self.opt_state, rows)
+
   def scorer(self, mesh, rules, batch_size: int) -> twin_probe.RowScorer:
     """A ``twin_probe.twin_metrics`` scorer of the current parameters over
     pre-embedded tokens (the rows' ``image`` are image tokens), batched and
@@ -178,6 +186,15 @@ def tower_tokens(model: albef.Model, *, mesh, rules, batch_size: int
       batch_size=batch_size, mesh=mesh, rules=rules)
   return lambda images: runner.run(state, len(images), lambda rows: {
       'image': images[list(rows)]})['tokens']
+
+
+def tower_flops(model: albef.Model, resolution: int) -> float | None:
+  """XLA's FLOPs of the tower's forward pass over one image."""
+  graphdef, state = nnx.split(model)
+  fn = jax.jit(lambda s, x: nnx.merge(graphdef, s).embed_image(x)[
+      'image_embeds'])
+  return vision_pretrain.compiled_flops(
+      fn, state, jnp.zeros((1, resolution, resolution, 3), jnp.float32))
 
 
 def embed_twins(model: albef.Model, all_twins: Sequence[twin_probe.Twins],
@@ -278,13 +295,27 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
         for f in dataclasses.fields(train)})
     rng = np.random.default_rng(seed)
     history, losses, accs = [], [], []
+    # Compute spent, for budgets: the tower over both images of every
+    # pair embedded, then each step's XLA count.
+    per_image = tower_flops(model, kw['resolution'])
+    spent = None if per_image is None else per_image * 2 * (pairs + twins)
+    step_flops = None
     start = time.time()
     for step in range(steps + 1):
       if step:
         idx = rng.integers(0, pairs, batch_size)
-        loss, acc = trainer.step(itm_rows(
+        rows = itm_rows(
             train.image_a[idx], train.image_b[idx], train.ids_a[idx],
-            train.mask_a[idx], train.ids_b[idx], train.mask_b[idx]))
+            train.mask_a[idx], train.ids_b[idx], train.mask_b[idx])
+        if step == 1:
+          step_flops = trainer.step_flops(rows)
+          log(f'{(step_flops or 0) / 1e9:.2f} GFLOP a step (XLA), tower '
+              f'{(spent or 0) / 1e12:.2f} TFLOP for the pairs')
+        loss, acc = trainer.step(rows)
+        if spent is not None and step_flops is not None:
+          spent += step_flops
+        else:
+          spent = None
         if not np.isfinite(loss):
           raise FloatingPointError(
               f'twin_fit: ITM loss {loss} at step {step} (lr {lr}); '
@@ -294,6 +325,8 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
       if step % eval_every and step != steps:
         continue
       row = {'step': float(step)}
+      if spent is not None:
+        row['fit_tflop'] = spent / 1e12
       if losses:
         row.update(loss=float(np.mean(losses)),
                    batch_pair_acc=float(np.mean(accs)))
