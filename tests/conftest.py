@@ -17,6 +17,7 @@ from absl import flags  # noqa: E402
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
 
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -26,8 +27,12 @@ import pytest  # noqa: E402
 # single-device reference); a session-wide persistent cache compiles it once.
 # Under pytest-xdist the workers inherit the controller's environment, so
 # they share one cache.
-os.environ.setdefault('VLG_TEST_JAX_CACHE',
-                      tempfile.mkdtemp(prefix='vlg_test_jax_cache_'))
+# The process that makes the cache (the controller, or the only process)
+# removes it when the session ends, so runs do not fill /tmp.
+_OWN_CACHE = 'VLG_TEST_JAX_CACHE' not in os.environ
+if _OWN_CACHE:
+  os.environ['VLG_TEST_JAX_CACHE'] = tempfile.mkdtemp(
+      prefix='vlg_test_jax_cache_')
 # The tests' subprocesses (multi-process jobs, fault-injected runs) read it
 # too: jax takes its config from these variables at import.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
@@ -37,6 +42,14 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 jax.config.update('jax_compilation_cache_dir', os.environ['VLG_TEST_JAX_CACHE'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def pytest_unconfigure(config):
+  """Removes the session's compilation cache where this process made it
+  (never a cache the caller named with VLG_TEST_JAX_CACHE)."""
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ['VLG_TEST_JAX_CACHE'], ignore_errors=True)
 
 
 @pytest.fixture
