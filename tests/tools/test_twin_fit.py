@@ -1,8 +1,10 @@
 """vlg.tools.twin_fit: ITM trained directly on contrast pairs."""
 
+import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -125,9 +127,6 @@ def test_run_fit_passes_flags_and_writes_json_lines(tmp_path, monkeypatch):
   """run_fit (shared with box_fit) hands the named flags to the fit,
   closes the run even when the fit fails, and writes one JSON line per
   evaluation with the run, its step and the label flags."""
-  import json
-  import types
-
   closed = []
   run = types.SimpleNamespace(workdir='/w', step=7,
                               close=lambda: closed.append(True))

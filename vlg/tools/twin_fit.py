@@ -296,9 +296,10 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
     rng = np.random.default_rng(seed)
     history, losses, accs = [], [], []
     # Compute spent, for budgets: the tower over both images of every
-    # pair embedded, then each step's XLA count.
+    # pair embedded, then each step's XLA count (None where XLA has none).
     per_image = tower_flops(model, kw['resolution'])
-    spent = None if per_image is None else per_image * 2 * (pairs + twins)
+    embed_flops = None if per_image is None else per_image * 2 * (
+        pairs + twins)
     step_flops = None
     start = time.time()
     for step in range(steps + 1):
@@ -310,12 +311,8 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
         if step == 1:
           step_flops = trainer.step_flops(rows)
           log(f'{(step_flops or 0) / 1e9:.2f} GFLOP a step (XLA), tower '
-              f'{(spent or 0) / 1e12:.2f} TFLOP for the pairs')
+              f'{(embed_flops or 0) / 1e12:.2f} TFLOP for the pairs')
         loss, acc = trainer.step(rows)
-        if spent is not None and step_flops is not None:
-          spent += step_flops
-        else:
-          spent = None
         if not np.isfinite(loss):
           raise FloatingPointError(
               f'twin_fit: ITM loss {loss} at step {step} (lr {lr}); '
@@ -325,8 +322,8 @@ def fit(run: restore.Run, *, pairs: int = 8000, steps: int = 3000,
       if step % eval_every and step != steps:
         continue
       row = {'step': float(step)}
-      if spent is not None:
-        row['fit_tflop'] = spent / 1e12
+      if embed_flops is not None and (step == 0 or step_flops is not None):
+        row['fit_tflop'] = (embed_flops + step * (step_flops or 0)) / 1e12
       if losses:
         row.update(loss=float(np.mean(losses)),
                    batch_pair_acc=float(np.mean(accs)))
