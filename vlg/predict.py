@@ -46,8 +46,9 @@ def make_predict_fns(graphdef, *, box_head: bool = False
   """
 
   def itm_outputs(model, image_embeds, text_embeds, text_mask):
-    fused = model.fuse(text_embeds, text_mask, image_embeds)
-    logits = model.itm_logits(fused['fused_cls']).astype(jnp.float32)
+    logits = model.itm_logits(
+        model.fuse_cls(text_embeds, text_mask, image_embeds)
+    ).astype(jnp.float32)
     return {'itm_logit': logits[:, 1],
             'itm': jax.nn.softmax(logits, axis=-1)[:, 1]}
 
@@ -85,8 +86,7 @@ def make_predict_fns(graphdef, *, box_head: bool = False
       model = nnx.merge(graphdef, params)
       img = model.embed_image(batch['image'])
       txt = model.embed_text(batch['text_ids'], batch['text_mask'])
-      fused = model.fuse(txt['text_embeds'], batch['text_mask'],
-                         img['image_embeds'])
-      return {'box': model.predict_box(fused['fused_cls'])}
+      return {'box': model.predict_box(model.fuse_cls(
+          txt['text_embeds'], batch['text_mask'], img['image_embeds']))}
     fns['predict_box'] = predict_box
   return fns

@@ -413,3 +413,54 @@ def test_fusion_posemb_adds_the_sincos_table_to_the_fused_tokens(tiny):
   bad.fusion_posemb = 'sincos'
   with pytest.raises(ValueError, match="fusion_posemb='sincos'"):
     random_params(lambda: create_model(bad, nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize('remat', ['none', 'full'])
+def test_fuse_cls_equals_the_full_fusion_cls_in_values_and_gradients(
+    tiny, remat):
+  """``fuse_cls`` computes the last fusion layer's [CLS] row alone; values
+  and parameter gradients must be the full fusion's, with padded texts and
+  a partial image mask (the keys the [CLS] query reads)."""
+  _, graphdef, params, batch, out = tiny
+  text, mask = np.asarray(out['text_embeds']), batch['text_mask']
+  image = np.asarray(out['image_embeds'])
+  image_mask = np.ones(image.shape[:2], bool)
+  image_mask[2, 30:] = False
+  if remat != 'none':
+    with nnx.use_eager_sharding(False):
+      graphdef, _ = nnx.split(nnx.eval_shape(
+          lambda: create_model(sizes.model_config('tiny', remat=remat),
+                               nnx.Rngs(0))), nnx.Param)
+  weights = np.random.RandomState(1).randn(B, text.shape[-1])
+
+  def loss(p, cls_only):
+    model = nnx.merge(graphdef, p)
+    if cls_only:
+      cls = model.fuse_cls(text, mask, image, image_mask)
+    else:
+      cls = model.fuse(text, mask, image, image_mask)['fused_cls']
+    return jnp.sum(cls * weights), cls
+
+  (_, full), g_full = jax.jit(jax.value_and_grad(
+      lambda p: loss(p, False), has_aux=True))(params)
+  (_, cls), g_cls = jax.jit(jax.value_and_grad(
+      lambda p: loss(p, True), has_aux=True))(params)
+  assert cls.shape == (B, text.shape[-1])
+  np.testing.assert_allclose(cls, full, atol=2e-5, rtol=1e-5)
+  flat_full = jax.tree_util.tree_leaves_with_path(g_full)
+  flat_cls = dict(jax.tree_util.tree_leaves_with_path(g_cls))
+  for path, g in flat_full:
+    np.testing.assert_allclose(flat_cls[path], g, atol=2e-5, rtol=1e-4,
+                               err_msg=jax.tree_util.keystr(path))
+  # Not vacuous: the fusion's last-layer MLP gets a non-zero gradient.
+  fusion_grads = [np.abs(g).max() for p, g in flat_full
+                  if 'fusion' in jax.tree_util.keystr(p)]
+  assert fusion_grads and min(fusion_grads) > 0
+
+
+def test_fuse_cls_rejects_return_layers(tiny):
+  _, graphdef, params, batch, out = tiny
+  model = nnx.merge(graphdef, params)
+  with pytest.raises(ValueError, match='cls_only and return_layers'):
+    model.text.fuse(out['text_embeds'], batch['text_mask'],
+                    out['image_embeds'], cls_only=True, return_layers=True)

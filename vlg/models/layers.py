@@ -98,16 +98,17 @@ def check_remat(name: str) -> str:
 
 
 def call_block(block: nnx.Module, *args, remat: str = 'none',
-               rngs: nnx.Rngs | None = None) -> jax.Array:
-  """``block(*args, rngs=rngs)``, rematerialised under policy ``remat``.
+               rngs: nnx.Rngs | None = None, **static) -> jax.Array:
+  """``block(*args, rngs=rngs, **static)``, rematerialised under ``remat``.
 
   With a policy other than 'none' the block's activations are recomputed in
   the backward pass (``nnx.remat``), trading compute for memory; the
-  forward values and gradients are unchanged.
+  forward values and gradients are unchanged. ``static`` keyword arguments
+  (e.g. ``query_rows``) are Python values, not traced.
   """
   if check_remat(remat) == 'none':
-    return block(*args, rngs=rngs)
-  fn = nnx.remat(lambda blk, r, *a: blk(*a, rngs=r),
+    return block(*args, rngs=rngs, **static)
+  fn = nnx.remat(lambda blk, r, *a: blk(*a, rngs=r, **static),
                  policy=REMAT_POLICIES[remat])
   return fn(block, rngs, *args)
 
@@ -348,7 +349,8 @@ class BertLayer(nnx.Module):
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
                context: jax.Array | None = None,
                context_mask: jax.Array | None = None, *,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+               rngs: nnx.Rngs | None = None,
+               query_rows: int | None = None) -> jax.Array:
     """Self-attention over ``x`` with key ``mask``; cross-attends ``context``.
 
     Args:
@@ -358,12 +360,26 @@ class BertLayer(nnx.Module):
         cross-attention.
       context_mask: [B, N] image key mask (None: all visible).
       rngs: dropout randomness (None: deterministic).
+      query_rows: (static) compute only the first ``query_rows`` positions'
+        outputs, their self-attention still reading every key of ``x``.
+        Every position's output depends on the others only through the
+        self-attention's keys and values, so these rows equal the full
+        layer's first rows; a last layer read only at [CLS] (ITM, boxes,
+        MRC) needs ``query_rows=1`` and skips the rest of its work.
 
     Returns:
-      [B, L, D] hidden states in the module's dtype.
+      [B, L, D] hidden states in the module's dtype ([B, query_rows, D]
+      with ``query_rows``).
     """
     r = self.dropout_rate
-    x = self._self_attention(x, mask, rngs)
+    if query_rows is None:
+      x = self._self_attention(x, mask, rngs)
+    else:
+      if mask is not None and mask.ndim == 3:
+        mask = mask[:, :query_rows]
+      q = x[:, :query_rows]
+      x = self.attn_norm(q + dropout(
+          self.attn(q, context=x, mask=mask, rngs=rngs), r, rngs))
     if self.cross is not None:
       if context is None:
         raise ValueError('A fusion layer needs image tokens as context.')

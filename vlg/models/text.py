@@ -118,18 +118,27 @@ class TextEncoder(nnx.Module):
 
   def fuse(self, x: jax.Array, mask: jax.Array, image: jax.Array,
            image_mask: jax.Array | None = None, *,
-           rngs: nnx.Rngs | None = None, return_layers: bool = False
+           rngs: nnx.Rngs | None = None, return_layers: bool = False,
+           cls_only: bool = False
            ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Fusion mode on text-mode states ``x`` with image tokens ``image``.
 
     With ``return_layers`` (static) also returns the stack
     [fusion_layers + 1, B, L, D] of the input and every fusion layer's output.
+    With ``cls_only`` (static) the last layer computes the [CLS] row alone
+    (``BertLayer``'s ``query_rows=1``) and the result is [B, 1, D].
     """
+    if cls_only and return_layers:
+      raise ValueError('fuse: cls_only and return_layers exclude each other')
     states = [x]
-    for layer in self.fusion:
+    last = len(self.fusion) - 1
+    for i, layer in enumerate(self.fusion):
+      rows = 1 if cls_only and i == last else None
       x = layers.call_block(layer, x, mask, image, image_mask,
-                            remat=self.remat, rngs=rngs)
+                            remat=self.remat, rngs=rngs, query_rows=rows)
       states.append(x)
+    if cls_only and last < 0:
+      x = x[:, :1]
     return (x, jnp.stack(states)) if return_layers else x
 
   def mlm_logits(self, x: jax.Array) -> jax.Array:

@@ -72,9 +72,11 @@ def albef_loss(model: nnx.Module, batch: Batch, momentum: dict[str, Any],
   neg_image, neg_text, neg_metrics = itm.sample_hard_negatives(
       rng, aux['sim_i2t'][:, :b], aux['sim_t2i'][:, :b], batch['image_id'])
   image_index, text_index = itm.itm_pairs(neg_image, neg_text)
-  fused = model.fuse(txt['text_embeds'][text_index], mask[text_index],
-                     img['image_embeds'][image_index], rngs=dropout_rngs)
-  loss_itm, itm_metrics = itm.itm_loss(model.itm_logits(fused['fused_cls']),
+  fused_cls = model.fuse_cls(txt['text_embeds'][text_index],
+                             mask[text_index],
+                             img['image_embeds'][image_index],
+                             rngs=dropout_rngs)
+  loss_itm, itm_metrics = itm.itm_loss(model.itm_logits(fused_cls),
                                        itm.itm_labels(b))
 
   mlm_txt = model.embed_text(batch['mlm_ids'], mask, rngs=dropout_rngs)

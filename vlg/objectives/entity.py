@@ -50,9 +50,9 @@ def entity_loss(model, batch: Batch, *, rng, temp, weights, dropout_rngs,
   metrics = {f'box_{k}': v for k, v in metrics.items()}
   # Box regression: the *full* image fused with the box text.
   txt = model.embed_text(ids, mask, rngs=dropout_rngs)
-  fused = model.fuse(txt['text_embeds'], mask, img['image_embeds'][index],
-                     rngs=dropout_rngs)
-  pred = model.predict_box(fused['fused_cls'])
+  pred = model.predict_box(model.fuse_cls(
+      txt['text_embeds'], mask, img['image_embeds'][index],
+      rngs=dropout_rngs))
   loss_bbox, loss_giou, box_metrics = boxes.box_losses(
       pred, flat('box').astype(jnp.float32),
       flat('is_box').astype(jnp.float32))
@@ -72,9 +72,9 @@ def heldout_boxes(model, batch: Batch) -> dict[str, jax.Array]:
   img = model.embed_image(batch['ent_image'])
   ids, mask = flat('text_ids'), flat('text_mask')
   txt = model.embed_text(ids, mask)
-  fused = model.fuse(txt['text_embeds'], mask,
-                     img['image_embeds'][part.pair_index(batch['ent_valid'])])
-  pred = model.predict_box(fused['fused_cls'])
+  pred = model.predict_box(model.fuse_cls(
+      txt['text_embeds'], mask,
+      img['image_embeds'][part.pair_index(batch['ent_valid'])]))
   iou, _ = boxes.box_iou_giou(boxes.cxcywh_to_xyxy(pred),
                               boxes.cxcywh_to_xyxy(flat('box')))
   return {'box_iou': iou, 'box_is_box': flat('is_box')}

@@ -107,9 +107,8 @@ def part_loss(model, batch: Batch, *, rng=None, temp=None, weights,
   concept = concept_out
   ids, mask = both('ids'), both('mask')
   txt = model.embed_text(ids, mask, rngs=dropout_rngs)
-  fused = model.fuse(txt['text_embeds'], mask, concept['concept_embeds'],
-                     concept['concept_mask'], rngs=dropout_rngs)
-  cls = fused['fused_cls']
+  cls = model.fuse_cls(txt['text_embeds'], mask, concept['concept_embeds'],
+                       concept['concept_mask'], rngs=dropout_rngs)
   logits = model.mrc_logits(cls[:p], cls[p:])
   loss, metrics = mrc_loss(logits, part.flat(batch['mrc_label']),
                            part.flat(batch['mrc_valid']).astype(jnp.float32))

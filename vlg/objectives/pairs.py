@@ -252,8 +252,7 @@ def image_text_losses(model, *, image_embeds: jax.Array,
                                        valid, positives)
 
   def fuse_itm(t, tm, i, im):
-    fused = model.fuse(t, tm, i, im, rngs=dropout_rngs)
-    return model.itm_logits(fused['fused_cls'])
+    return model.itm_logits(model.fuse_cls(t, tm, i, im, rngs=dropout_rngs))
 
   loss_itm, itm_metrics = masked_itm(
       fuse_itm, image_embeds, image_mask, txt['text_embeds'], text_mask,

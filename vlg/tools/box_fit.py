@@ -107,7 +107,7 @@ def predict_boxes(model: albef.Model, tokens, ids, mask) -> jax.Array:
   """float32 [B, 4]: the box head's (cx, cy, w, h) for texts fused with
   image tokens."""
   text = model.embed_text(ids, mask)['text_embeds']
-  return model.predict_box(model.fuse(text, mask, tokens)['fused_cls'])
+  return model.predict_box(model.fuse_cls(text, mask, tokens))
 
 
 def box_loss(model: albef.Model, rows) -> tuple[jax.Array, jax.Array]:

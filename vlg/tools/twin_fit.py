@@ -103,7 +103,7 @@ def itm_rows(tokens_a, tokens_b, ids_a, mask_a, ids_b, mask_b):
 def itm_logits(model: albef.Model, tokens, ids, mask) -> jax.Array:
   """float32 [B, 2]: ITM's logits of texts fused with image tokens."""
   text = model.embed_text(ids, mask)['text_embeds']
-  return model.itm_logits(model.fuse(text, mask, tokens)['fused_cls'])
+  return model.itm_logits(model.fuse_cls(text, mask, tokens))
 
 
 def match_scores(model: albef.Model, tokens, ids, mask) -> jax.Array:

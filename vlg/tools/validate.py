@@ -210,11 +210,9 @@ def make_metrics_fn(config: ml_collections.ConfigDict, graphdef
     metrics['itm_sim_t2i'] = sims['sim_t2i']
     image_index, text_index = itm_lib.itm_pairs(negatives['neg_image'],
                                                 negatives['neg_text'])
-    fused = model.fuse(txt['text_embeds'][text_index],
-                       batch['text_mask'][text_index],
-                       img['image_embeds'][image_index])
-    metrics['itm_random_logits'] = model.itm_logits(
-        fused['fused_cls']).astype(jnp.float32)
+    metrics['itm_random_logits'] = model.itm_logits(model.fuse_cls(
+        txt['text_embeds'][text_index], batch['text_mask'][text_index],
+        img['image_embeds'][image_index])).astype(jnp.float32)
     for outputs in heldout:  # Each part's per-example outputs.
       if outputs is not None:
         metrics.update(outputs(model, batch))
