@@ -332,8 +332,8 @@ def test_entity_loss_passes_box_groups(monkeypatch):
     def embed_text(self, ids, mask, rngs=None):
       return {'text_embeds': jnp.zeros(ids.shape + (d,))}
 
-    def fuse(self, t, tm, i, im=None, rngs=None):
-      return {'fused_cls': t[:, 0]}
+    def fuse_cls(self, t, tm, i, im=None, rngs=None):
+      return t[:, 0]
 
     def predict_box(self, cls):
       return jnp.full((cls.shape[0], 4), 0.5)

@@ -64,8 +64,8 @@ def test_box_loss_by_hand():
     def embed_text(self, ids, mask):
       return {'text_embeds': ids}
 
-    def fuse(self, text, mask, tokens):
-      return {'fused_cls': text}
+    def fuse_cls(self, text, mask, tokens):
+      return text
 
     def predict_box(self, cls):
       return cls[:, :4].astype(float) / 10

@@ -18,6 +18,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 from flax import nnx
 from jax.extend import core as jex_core
@@ -100,6 +101,16 @@ def test_block_counts_match_the_traced_layers():
   assert _traced_dots(lambda x, c: fusion(x, None, c), x, image) == (
       flops.attention(5, 5, 8, 8) + flops.attention(5, 7, 8, 12) +
       flops.mlp(5, 8, 16))
+  # The [CLS]-only last layer of Model.fuse_cls.
+  assert _traced_dots(lambda x, c: fusion(x, None, c, query_rows=1),
+                      x, image) == (
+      flops.attention(1, 5, 8, 8) + flops.attention(1, 7, 8, 12) +
+      flops.mlp(1, 8, 16))
+  m = ml_collections.ConfigDict(dict(text_width=8, vision_width=12,
+                                     text_mlp=16, fusion_layers=3))
+  assert flops.fusion_layers_cls(m, 5, 7) == (
+      2 * flops.fusion_layers(m, 5, 7) // 3 + flops.attention(1, 5, 8, 8) +
+      flops.attention(1, 7, 8, 12) + flops.mlp(1, 8, 16))
 
 
 def test_conv_stem_count_matches_the_traced_stem():

@@ -40,8 +40,8 @@ def test_pair_loss_by_hand():
     def embed_text(self, ids, mask):
       return {'text_embeds': ids}
 
-    def fuse(self, text, mask, tokens):
-      return {'fused_cls': text}
+    def fuse_cls(self, text, mask, tokens):
+      return text
 
     def itm_logits(self, cls):
       return jax.numpy.stack([0 * cls[:, 0], cls[:, 0]], -1).astype(float)

@@ -14,7 +14,8 @@ left out, as in the usual MFU convention) of exactly the passes that
 - online model, forward and backward: ViT on B images; text encoder on the
   B captions; ITC similarities against the B + Q momentum features; fusion
   of the 3B ITM pairs (B positives and the 2B hard negatives, each pair
-  computing its own cross-attention keys and values); ITM head; text
+  computing its own cross-attention keys and values; the last fusion
+  layer for the [CLS] row only, ``Model.fuse_cls``); ITM head; text
   encoder on the B masked captions; their fusion; MLM head;
 - ITC targets from the momentum features (forward only).
 
@@ -173,6 +174,20 @@ def fusion_layers(m: ml_collections.ConfigDict, length: int,
   return int(m.fusion_layers) * layer
 
 
+def fusion_layers_cls(m: ml_collections.ConfigDict, length: int,
+                      image_tokens: int) -> int:
+  """One pair through the fusion layers as ``Model.fuse_cls`` runs them:
+  all but the last in full; the last for the [CLS] query only (its keys
+  and values still from every text position and image token)."""
+  if int(m.fusion_layers) < 1:
+    return 0
+  dt, dv = int(m.text_width), int(m.vision_width)
+  last = (attention(1, length, dt, dt) + attention(1, image_tokens, dt, dv) +
+          mlp(1, dt, int(m.text_mlp)))
+  return (fusion_layers(m, length, image_tokens) // int(m.fusion_layers) *
+          (int(m.fusion_layers) - 1) + last)
+
+
 def mlm_head(m: ml_collections.ConfigDict, length: int) -> int:
   """Dense transform plus the tied vocabulary decoder, every position."""
   dt = int(m.text_width)
@@ -226,6 +241,7 @@ def train_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
   text_fwd = text_layers(m, length) + dense(1, dt, e)
   mlm_text_fwd = text_layers(m, length)
   fuse = fusion_layers(m, length, image_tokens)
+  fuse_cls = fusion_layers_cls(m, length, image_tokens)
   mlm = mlm_head(m, length)
   sims = dense(b, e, b + q)  # One [B, E] × [E, B + Q] similarity matrix.
 
@@ -234,7 +250,7 @@ def train_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
       'vit': b * (vision_fwd + vision_train),
       'text': b * (text_fwd + mlm_text_fwd + 3 * (text_fwd + mlm_text_fwd)),
       # momentum MLM fusion; online ITM (3B pairs) and MLM (B) fusion.
-      'fusion': b * fuse + 3 * (3 * b * fuse + b * fuse),
+      'fusion': b * fuse + 3 * (3 * b * fuse_cls + b * fuse),
       'heads': b * mlm + 3 * (3 * b * itm_head(m) + b * mlm),
       # two momentum target matrices (forward), two online ones (×2).
       'itc': 2 * sims + 2 * 2 * sims,
