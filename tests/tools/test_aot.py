@@ -136,7 +136,10 @@ def test_a_batch_too_large_does_not_fit_and_exits_1():
   proc = subprocess.run(
       [sys.executable, '-m', 'vlg.tools.aot',
        '--config=configs/albef.py:tiny', '--topology=v5e:2x2',
-       '--config.batch_size=16384', '--config.queue_size=16384'],
+       # 6,144 examples a chip: about 21 GiB of temporaries (16,384 in
+       # all, 97% of the chip since the ITM fusion's last layer runs for
+       # [CLS] alone, no longer fails reliably).
+       '--config.batch_size=24576', '--config.queue_size=24576'],
       cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 1, proc.stderr[-3000:]
   m = re.search(r'does not fit: needs ([\d.]+) GiB of ([\d.]+) GiB',
