@@ -372,14 +372,7 @@ class BertLayer(nnx.Module):
       with ``query_rows``).
     """
     r = self.dropout_rate
-    if query_rows is None:
-      x = self._self_attention(x, mask, rngs)
-    else:
-      if mask is not None and mask.ndim == 3:
-        mask = mask[:, :query_rows]
-      q = x[:, :query_rows]
-      x = self.attn_norm(q + dropout(
-          self.attn(q, context=x, mask=mask, rngs=rngs), r, rngs))
+    x = self._self_attention(x, mask, rngs, query_rows)
     if self.cross is not None:
       if context is None:
         raise ValueError('A fusion layer needs image tokens as context.')
@@ -389,9 +382,18 @@ class BertLayer(nnx.Module):
     return sharding.constrain(x, ('batch', 'length', 'embed'))
 
   def _self_attention(self, x: jax.Array, mask: jax.Array | None,
-                      rngs: nnx.Rngs | None) -> jax.Array:
-    return self.attn_norm(x + dropout(self.attn(x, mask=mask, rngs=rngs),
-                                      self.dropout_rate, rngs))
+                      rngs: nnx.Rngs | None,
+                      query_rows: int | None = None) -> jax.Array:
+    """LN(q + SelfAttn(q over the keys of x)), q the first ``query_rows``
+    rows of ``x`` (all of them when None)."""
+    q = x
+    if query_rows is not None:
+      q = x[:, :query_rows]
+      if mask is not None and mask.ndim == 3:
+        mask = mask[:, :query_rows]
+    return self.attn_norm(q + dropout(
+        self.attn(q, context=x, mask=mask, rngs=rngs), self.dropout_rate,
+        rngs))
 
   def cross_attention_probs(self, x: jax.Array, mask: jax.Array | None,
                             context: jax.Array,

@@ -163,15 +163,23 @@ def text_layers(m: ml_collections.ConfigDict, length: int) -> int:
   return int(m.text_layers) * layer
 
 
+def fusion_layer(m: ml_collections.ConfigDict, length: int,
+                 image_tokens: int, queries: int | None = None) -> int:
+  """One fusion layer for one (text, image) pair: self-attention of
+  ``queries`` rows (all ``length`` when None) over the text's ``length``
+  keys, cross-attention over the image tokens (keys and values computed
+  from that pair's tokens), MLP on the query rows."""
+  dt, dv = int(m.text_width), int(m.vision_width)
+  rows = length if queries is None else queries
+  return (attention(rows, length, dt, dt) +
+          attention(rows, image_tokens, dt, dv) +
+          mlp(rows, dt, int(m.text_mlp)))
+
+
 def fusion_layers(m: ml_collections.ConfigDict, length: int,
                   image_tokens: int) -> int:
-  """One (text, image) pair through the fusion layers (cross-attention
-  keys and values computed from that pair's image tokens)."""
-  dt, dv = int(m.text_width), int(m.vision_width)
-  layer = (attention(length, length, dt, dt) +
-           attention(length, image_tokens, dt, dv) +
-           mlp(length, dt, int(m.text_mlp)))
-  return int(m.fusion_layers) * layer
+  """One (text, image) pair through the fusion layers."""
+  return int(m.fusion_layers) * fusion_layer(m, length, image_tokens)
 
 
 def fusion_layers_cls(m: ml_collections.ConfigDict, length: int,
@@ -179,13 +187,11 @@ def fusion_layers_cls(m: ml_collections.ConfigDict, length: int,
   """One pair through the fusion layers as ``Model.fuse_cls`` runs them:
   all but the last in full; the last for the [CLS] query only (its keys
   and values still from every text position and image token)."""
-  if int(m.fusion_layers) < 1:
+  n = int(m.fusion_layers)
+  if n < 1:
     return 0
-  dt, dv = int(m.text_width), int(m.vision_width)
-  last = (attention(1, length, dt, dt) + attention(1, image_tokens, dt, dv) +
-          mlp(1, dt, int(m.text_mlp)))
-  return (fusion_layers(m, length, image_tokens) // int(m.fusion_layers) *
-          (int(m.fusion_layers) - 1) + last)
+  return ((n - 1) * fusion_layer(m, length, image_tokens) +
+          fusion_layer(m, length, image_tokens, queries=1))
 
 
 def mlm_head(m: ml_collections.ConfigDict, length: int) -> int:
