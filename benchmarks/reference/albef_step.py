@@ -71,16 +71,16 @@ SHAPES = ('image_size', 'patch_size', 'vision_width', 'vision_depth',
           'max_positions', 'embed_dim', 'batch_size', 'queue_size')
 # Settings with ALBEF's defaults (configs/Pretrain.yaml, configs/
 # config_bert.json, Pretrain.py's 25 text tokens, torch's AdamW betas).
+# The token ids ALBEF.mask reads are BERT's unless given (a vlg tokenizer's,
+# for training on the synthetic world: albef_world.py).
 DEFAULTS = dict(max_text_len=25, momentum=0.995, alpha=0.4,
                 mlm_probability=0.15, temp=0.07, dropout=0.1,
                 text_ln_eps=1e-12, lr=1e-4, weight_decay=0.02, b1=0.9,
-                b2=0.999, eps=1e-8)
+                b2=0.999, eps=1e-8, pad_id=0, cls_id=101, mask_id=103)
 FLOATS = {'momentum', 'alpha', 'mlm_probability', 'temp', 'dropout',
           'text_ln_eps', 'lr', 'weight_decay', 'b1', 'b2', 'eps'}
 # Keys of a shapes JSON that describe it rather than the model.
-META = ('notes',)
-# BERT's [PAD], [CLS] and [MASK] ids; random text ids start after them.
-PAD_ID, CLS_ID, MASK_ID = 0, 101, 103
+META = ('notes', 'image_mean', 'image_std')
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -150,8 +150,8 @@ def check(s: dict) -> None:
   if s['queue_size'] % s['batch_size']:
     problems.append('queue_size must be a multiple of batch_size '
                     '(ALBEF._dequeue_and_enqueue asserts it)')
-  if s['vocab_size'] <= MASK_ID + 1:
-    problems.append(f'vocab_size must exceed {MASK_ID + 1} (BERT\'s '
+  if s['vocab_size'] <= s['mask_id'] + 1:
+    problems.append(f'vocab_size must exceed {s["mask_id"] + 1} (the '
                     'special ids)')
   if s['max_text_len'] > s['max_positions']:
     problems.append('max_text_len must be at most max_positions')
@@ -170,7 +170,7 @@ def bert_config(s: dict) -> dict:
       max_position_embeddings=s['max_positions'],
       num_attention_heads=s['text_heads'],
       num_hidden_layers=s['text_layers'] + s['fusion_layers'],
-      pad_token_id=PAD_ID, type_vocab_size=2, vocab_size=s['vocab_size'],
+      pad_token_id=s['pad_id'], type_vocab_size=2, vocab_size=s['vocab_size'],
       fusion_layer=s['text_layers'], encoder_width=s['vision_width'])
 
 
@@ -229,8 +229,9 @@ def build(albef_dir: str, s: dict, torch):
 
   random_bert = types.SimpleNamespace(
       from_pretrained=lambda name, config: xbert.BertForMaskedLM(config))
-  tokenizer = types.SimpleNamespace(pad_token_id=PAD_ID, cls_token_id=CLS_ID,
-                                    mask_token_id=MASK_ID)
+  tokenizer = types.SimpleNamespace(pad_token_id=s['pad_id'],
+                                    cls_token_id=s['cls_id'],
+                                    mask_token_id=s['mask_id'])
   with tempfile.TemporaryDirectory(prefix='albef_step_') as tmp:
     path = os.path.join(tmp, 'config_bert.json')
     with open(path, 'w') as f:
@@ -300,9 +301,9 @@ def run(args: argparse.Namespace, s: dict) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     image = torch.randn(b, 3, s['image_size'], s['image_size'],
                         generator=g).to(device)
-    ids = torch.randint(MASK_ID + 1, s['vocab_size'], (b, length),
+    ids = torch.randint(s['mask_id'] + 1, s['vocab_size'], (b, length),
                         generator=g)
-    ids[:, 0] = CLS_ID
+    ids[:, 0] = s['cls_id']
     text = types.SimpleNamespace(
         input_ids=ids.to(device),
         attention_mask=torch.ones(b, length, dtype=torch.long,

@@ -116,7 +116,8 @@ def test_albef_step_reads_the_json_vlg_writes(tmp_path):
   path.write_text(json.dumps(shapes))
   args = step.parse_args(['--albef=x', f'--shapes={path}', '--batch_size=8'])
   s = step.settings(args)
-  assert s == dict(TINY, batch_size=8)  # The flag wins over the file.
+  # The flag wins over the file; the token ids default to BERT's.
+  assert s == dict(TINY, batch_size=8, pad_id=0, cls_id=101, mask_id=103)
   bert = step.bert_config(s)
   assert (bert['num_hidden_layers'], bert['fusion_layer'],
           bert['encoder_width'], bert['hidden_dropout_prob']) == (4, 2, 128,

@@ -179,3 +179,56 @@ def test_a_checkpoint_without_momentum_or_queues_converts_online_only(
   assert conv.ema is None and conv.queues is None
   np.testing.assert_array_equal(conv.params['itm_head']['kernel'],
                                 sd['itm_head.weight'].T)
+
+
+def test_to_state_dict_inverts_convert(converted):
+  _, _, _, conv, sd = converted
+  back = albef.to_state_dict(conv.params, conv.ema, sd,
+                             text_layers=converted[1]['text_layers'],
+                             queues=conv.queues)
+  assert sorted(back) == sorted(sd)
+  folded = 0
+  for name, value in sd.items():
+    assert back[name].dtype == value.dtype, name
+    if name.endswith('token_type_embeddings.weight'):
+      # vlg adds row 0 to the positions: it goes back there, and is zero.
+      emb = name[:-len('token_type_embeddings.weight')]
+      np.testing.assert_array_equal(back[name][0], 0)
+      np.testing.assert_array_equal(back[name][1:], value[1:])
+      np.testing.assert_allclose(
+          back[emb + 'position_embeddings.weight'],
+          sd[emb + 'position_embeddings.weight'] + value[0], rtol=1e-6)
+      folded += 1
+    elif not name.endswith('position_embeddings.weight'):
+      np.testing.assert_array_equal(back[name], value, err_msg=name)
+  assert folded == 2  # Online and momentum.
+
+
+def test_to_state_dict_writes_the_vlg_values_where_convert_reads_them(
+    converted):
+  # Changed values travel: the state dict of perturbed trees converts back
+  # to exactly those trees (online and momentum apart).
+  _, sizes, _, conv, sd = converted
+  rng = np.random.default_rng(0)
+  noisy = lambda t: jax.tree.map(
+      lambda x: (np.asarray(x) + rng.normal(size=np.shape(x))).astype(
+          np.asarray(x).dtype), t)
+  params, ema = noisy(conv.params), noisy(conv.ema)
+  back = albef.to_state_dict(params, ema, sd,
+                             text_layers=sizes['text_layers'])
+  # ALBEF has no momentum ITM head or temperature: the online ones go back.
+  again = albef.convert(back, params, grid=int(
+      round((sd['visual_encoder.pos_embed'].shape[1] - 1) ** 0.5)),
+                        text_layers=sizes['text_layers'])
+  jax.tree.map(np.testing.assert_array_equal, again.params, params)
+  ema_expected = dict(ema, itm_head=params['itm_head'], temp=params['temp'])
+  jax.tree.map(np.testing.assert_array_equal, again.ema, ema_expected)
+  # The queues were not given: the template's stay.
+  np.testing.assert_array_equal(back['image_queue'], sd['image_queue'])
+
+
+def test_to_state_dict_without_ema_names_the_momentum_keys(converted):
+  _, sizes, _, conv, sd = converted
+  with pytest.raises(common.WeightsError, match='visual_encoder_m'):
+    albef.to_state_dict(conv.params, None, sd,
+                        text_layers=sizes['text_layers'])

@@ -188,30 +188,44 @@ def convert_albef(src: str, out: str, tokenizer_path: str,
     queues = {'image': np.zeros((0, dim), np.float32),
               'text': np.zeros((0, dim), np.float32), 'ptr': 0}
   config.queue_size = int(queues['image'].shape[0])
-  rest = {'queues': {'image': queues['image'], 'text': queues['text'],
-                     'ptr': np.asarray(queues['ptr'], np.int32)},
-          'step': np.zeros((), np.int32)}
   tokenizer.save(os.path.join(out, 'tokenizer'))
   meta = {
-      'step': 0, 'workdir': os.path.abspath(out),
-      'tokenizer_fingerprint': tokenizer.fingerprint,
-      'tokenizer_vocab_size': tokenizer.vocab_size,
-      'image_resolution': int(config.input.resolution),
       'source_resolution': int(source_resolution),
-      'image_mean': list(config.model.image_mean),
-      'image_std': list(config.model.image_std),
-      'jax_version': jax.__version__, 'process_count': 1,
       'converted_from': os.path.abspath(src), 'format': 'albef',
       'loaded': len(conv.summary.loaded),
       'skipped': conv.summary.skipped,
   }
+  return save_step(out, 0, config, conv.params, ema, queues, tokenizer, meta)
+
+
+def save_step(out: str, step: int, config: ml_collections.ConfigDict,
+              params: dict, ema: dict, queues: dict,
+              tokenizer, extra_meta: dict) -> dict:
+  """Writes ``OUT/checkpoints/<step>/`` (orbax, the layout ``vlg.train``
+  saves, without data-iterator state) and ``OUT/config.json``; returns the
+  metadata. ``queues``: ``{'image': [Q, E], 'text': [Q, E], 'ptr'}``."""
+  rest = {'queues': {'image': np.asarray(queues['image'], np.float32),
+                     'text': np.asarray(queues['text'], np.float32),
+                     'ptr': np.asarray(queues['ptr'], np.int32)},
+          'step': np.asarray(step, np.int32)}
+  meta = {
+      'step': int(step), 'workdir': os.path.abspath(out),
+      'tokenizer_fingerprint': tokenizer.fingerprint,
+      'tokenizer_vocab_size': tokenizer.vocab_size,
+      'image_resolution': int(config.input.resolution),
+      'image_mean': list(config.model.image_mean),
+      'image_std': list(config.model.image_std),
+      'jax_version': jax.__version__, 'process_count': 1,
+      **extra_meta,
+  }
   manager = ocp.CheckpointManager(
-      ckpt_dir, options=ocp.CheckpointManagerOptions(
-          enable_async_checkpointing=False),
+      checkpointing.checkpoint_dir(out),
+      options=ocp.CheckpointManagerOptions(
+          enable_async_checkpointing=False, max_to_keep=None),
       item_names=checkpointing.ITEMS)
   try:
-    manager.save(0, args=ocp.args.Composite(
-        params=ocp.args.StandardSave({'params': conv.params, 'ema': ema}),
+    manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave({'params': params, 'ema': ema}),
         train_state=ocp.args.StandardSave(rest),
         config=ocp.args.JsonSave({
             'config': json.loads(config.to_json_best_effort()),

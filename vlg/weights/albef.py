@@ -21,6 +21,11 @@ An ALBEF pretraining checkpoint is ``{'model': state_dict, 'optimizer',
 
 Fine-tuning checkpoints (retrieval, VQA, ...) have other heads and no
 queues; this module refuses their extra keys by name rather than guess.
+
+:func:`to_state_dict` goes the other way, vlg trees → ALBEF's state dict
+(to start ALBEF's own code from a vlg model's weights, as
+``benchmarks/reference/albef_world.py`` does); it is :func:`convert` run
+backwards, traced element by element, so the two can never disagree.
 The equivalence with ALBEF's own PyTorch model at the same weights is
 tested on a small random model (``tests/weights/test_albef.py``, fixtures
 from ``tests/testdata/weights/make_fixtures.py``).
@@ -31,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import numpy as np
 
 from vlg.weights import bert
@@ -135,3 +141,136 @@ def convert(arrays: dict[str, np.ndarray], target: dict, *, grid: int,
       flat_m[k] = flat[k]
     ema, _ = common.merge(target, flat_m, what=what + ' (momentum)')
   return Converted(params=params, ema=ema, queues=queues, summary=summary)
+
+
+# BERT's MLM decoder is tied to the word embeddings (and its bias to the
+# head's): a state dict lists both names for one tensor.
+_TIED = (('cls.predictions.decoder.weight',
+          'bert.embeddings.word_embeddings.weight'),
+         ('cls.predictions.decoder.bias', 'cls.predictions.bias'))
+_QUEUES = ('image_queue', 'text_queue', 'queue_ptr')
+# vlg folds row 0 of BERT's token-type table into the position table
+# (bert.py); going back, the positions carry it and row 0 is zero.
+_TOKEN_TYPES = 'embeddings.token_type_embeddings.weight'
+
+
+def _tied_source(name: str) -> str | None:
+  for suffix, source in _TIED:
+    if name.endswith(suffix):
+      return name[:-len(suffix)] + source
+  return None
+
+
+def to_state_dict(params: dict, ema: dict | None,
+                  template: dict[str, np.ndarray], *, text_layers: int,
+                  queues: dict[str, Any] | None = None
+                  ) -> dict[str, np.ndarray]:
+  """vlg's ``params`` (and ``ema``) → an ALBEF state dict like ``template``.
+
+  The inverse of :func:`convert`, found by running it: every element of
+  ``template`` (ALBEF's own state dict at the model's sizes, e.g. a freshly
+  built ``models.model_pretrain.ALBEF``'s) gets a distinct float64 id,
+  :func:`convert` places the ids into vlg's trees, and each vlg value is
+  then written back to the element whose id landed at its place. Online
+  names take ``params``; the momentum copies (``*_m.``) take ``ema``.
+
+  Keys :func:`convert` deliberately skips (BERT's ``position_ids``, the
+  pooler) keep the template's values; so do the queues unless ``queues``
+  (``{'image': [Q, E], 'text': [Q, E], 'ptr'}``, vlg's layout) is given.
+  The tied MLM decoder gets the word embeddings (and the head's bias); the
+  token-type table's row 0, which :func:`convert` adds to the positions,
+  is zero. The result is checked by converting it again: it must give
+  ``params`` and ``ema`` back exactly.
+
+  Raises:
+    common.WeightsError: the template does not fit the trees (named by
+      :func:`convert`), an element of it received no value, or the check
+      failed.
+  """
+  names = list(template)
+  ids, offset = {}, 0
+  for name in names:
+    if name.endswith(_TOKEN_TYPES):
+      ids[name] = np.zeros(np.shape(template[name]), np.float64)
+      continue
+    if _tied_source(name) is not None:
+      continue
+    size = int(np.size(template[name]))
+    ids[name] = (offset + np.arange(size, dtype=np.float64)).reshape(
+        np.shape(template[name]))
+    offset += size
+  for name in names:
+    source = _tied_source(name)
+    if source is not None:
+      ids[name] = ids[source]
+  # float64 stand-ins for the leaves (merge reads shape and dtype only; a
+  # jax.ShapeDtypeStruct would turn float64 into float32 without x64).
+  target = jax.tree.map(
+      lambda x: np.broadcast_to(np.zeros((), np.float64), np.shape(x)),
+      params)
+  grid_rows = ids['visual_encoder.pos_embed'].shape[-2] - 1
+  traced = convert(ids, target, grid=int(round(grid_rows ** 0.5)),
+                   text_layers=text_layers, what='ALBEF state-dict template')
+  values = np.full(offset, np.nan)
+  trees = [(traced.params, params)]
+  if ema is not None and traced.ema is not None:
+    # The EMA first: ALBEF's online ITM head and temperature, which vlg's
+    # EMA tree repeats, then take the online values.
+    trees.insert(0, (traced.ema, ema))
+  for id_tree, value_tree in trees:
+    flat_values = common.flatten(value_tree)
+    for path, where in common.flatten(id_tree).items():
+      where = np.asarray(where).ravel()
+      index = where.astype(np.int64)
+      if not np.array_equal(index, where):  # convert() only moves values.
+        raise common.WeightsError(f'{path}: convert() computes this array '
+                                  'from several elements; it has no inverse')
+      values[index] = np.asarray(flat_values[path], np.float64).ravel()
+  skipped = set(bert.skipped_keys(common.Source(template, 'template')))
+  out = {}
+  for name in names:
+    if name in skipped or name in _QUEUES:
+      out[name] = np.array(template[name])
+      continue
+    if name.endswith(_TOKEN_TYPES):
+      out[name] = np.array(template[name])
+      out[name][0] = 0
+      continue
+    got = values[ids[name].astype(np.int64)]
+    if np.isnan(got).any():
+      raise common.WeightsError(
+          f'{name}: {int(np.isnan(got).sum())} elements got no value from '
+          'the vlg trees (is a momentum copy asked for without ema?)')
+    out[name] = got.astype(np.asarray(template[name]).dtype)
+  if queues is not None:
+    out['image_queue'] = np.ascontiguousarray(
+        np.asarray(queues['image'], np.float32).T)
+    out['text_queue'] = np.ascontiguousarray(
+        np.asarray(queues['text'], np.float32).T)
+    ptr = np.asarray(template.get('queue_ptr', np.zeros(1, np.int64)))
+    out['queue_ptr'] = np.full_like(ptr, int(np.asarray(queues['ptr'])))
+  _check_inverse(out, params, ema, text_layers)
+  return out
+
+
+def _check_inverse(state_dict: dict[str, np.ndarray], params: dict,
+                   ema: dict | None, text_layers: int) -> None:
+  """Raises WeightsError unless :func:`convert` maps ``state_dict`` back
+  onto ``params`` (and ``ema``, whose ITM head and temperature ALBEF does
+  not keep) exactly."""
+  grid = int(round((state_dict['visual_encoder.pos_embed'].shape[-2] - 1)
+                   ** 0.5))
+  again = convert(state_dict, params, grid=grid, text_layers=text_layers,
+                  what='the exported state dict')
+  pairs = [('', again.params, params)]
+  if ema is not None and again.ema is not None:
+    ema = {**ema, 'itm_head': params['itm_head'], 'temp': params['temp']}
+    pairs.append(('momentum ', again.ema, ema))
+  for kind, got, want in pairs:
+    want = common.flatten(want)
+    for path, value in common.flatten(got).items():
+      if not np.array_equal(np.asarray(value),
+                            np.asarray(want[path], np.asarray(value).dtype)):
+        raise common.WeightsError(
+            f'{kind}{path}: the exported state dict does not convert back '
+            'to the given value')
