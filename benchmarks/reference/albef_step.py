@@ -345,13 +345,19 @@ def run(args: argparse.Namespace, s: dict) -> dict:
               matmul_flops=matmul)
 
 
+def clone_problem(albef_dir: str) -> str:
+  """What is wrong with ``--albef`` as a clone of ALBEF ('' if nothing)."""
+  if os.path.isfile(os.path.join(albef_dir, 'models', 'model_pretrain.py')):
+    return ''
+  return (f'--albef={albef_dir}: no models/model_pretrain.py there; clone '
+          'salesforce/ALBEF (benchmarks/reference/README.md)')
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
-  if not os.path.isfile(os.path.join(args.albef, 'models',
-                                     'model_pretrain.py')):
-    print(f'--albef={args.albef}: no models/model_pretrain.py there; clone '
-          'salesforce/ALBEF (benchmarks/reference/README.md)',
-          file=sys.stderr)
+  problem = clone_problem(args.albef)
+  if problem:
+    print(problem, file=sys.stderr)
     return 2
   try:
     s = settings(args)

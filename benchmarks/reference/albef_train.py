@@ -170,11 +170,9 @@ def _save(model, directory: str, step: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
-  if not os.path.isfile(os.path.join(args.albef, 'models',
-                                     'model_pretrain.py')):
-    print(f'--albef={args.albef}: no models/model_pretrain.py there; clone '
-          'salesforce/ALBEF (benchmarks/reference/README.md)',
-          file=sys.stderr)
+  problem = albef_step.clone_problem(args.albef)
+  if problem:
+    print(problem, file=sys.stderr)
     return 2
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)

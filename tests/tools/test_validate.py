@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 from vlg import recipes
 from vlg import restore
 from vlg import sharding
+from vlg import train_state
 from vlg.data import pipeline
 from vlg.evaluators import common as eval_common
 from vlg.synthetic import contrast
@@ -29,8 +31,10 @@ from vlg.synthetic import world
 from vlg.tools import itm_probe
 from vlg.tools import validate
 from vlg.tools import word_probe
+from vlg.weights import common as weights_common
 
 from test_restore import trained_run
+from test_train import tiny_test_config
 
 REPO = os.path.join(os.path.dirname(__file__), '..', '..')
 
@@ -339,3 +343,31 @@ def test_hard_neg_twin_is_the_sampling_weight_on_the_twin():
   # Without contrast pairs there is no twin figure.
   got = itm_probe.itm_probe_metrics(per_batch, [_probe([1, 2, 3], _TRUTH)])
   assert 'hard_neg_twin' not in got and 'twin_in_batch' not in got
+
+
+def test_step_zero_is_the_runs_start_with_its_pretrained_tower(tmp_path):
+  """Step 0 of a run that starts from a pretrained tower (the labelled
+  stage's) has that tower, not a fresh one; a kept checkpoint 0 wins."""
+  config = tiny_test_config()
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  rules = [tuple(r) for r in config.sharding_rules]
+  _, _, specs = train_state.abstract_model(config.model, rules)
+  other = train_state.init_params(config.model, 123,
+                                  sharding.named(mesh, specs))
+  tower = {k: np.asarray(v) for k, v in weights_common.flatten(
+      jax.device_get(other)).items() if k.startswith('vision/')}
+  np.savez(tmp_path / 'tower.npz', **tower)
+  config.model.init.vision = str(tmp_path / 'tower.npz')
+  run = types.SimpleNamespace(config=config, rules=rules, mesh=mesh,
+                              kept_steps=[6], at_step=None)
+  got = weights_common.flatten(jax.device_get(validate._params_at(run, 0)))
+  fresh = weights_common.flatten(jax.device_get(train_state.init_params(
+      config.model, int(config.seed), sharding.named(mesh, specs))))
+  for k, v in got.items():
+    want = tower[k] if k in tower else fresh[k]
+    np.testing.assert_array_equal(v, want, err_msg=k)
+  assert any(not np.array_equal(tower[k], fresh[k]) for k in tower)
+  kept = types.SimpleNamespace(params='checkpoint 0')
+  run = types.SimpleNamespace(config=config, kept_steps=[0, 6],
+                              at_step=lambda step: kept)
+  assert validate._params_at(run, 0) == 'checkpoint 0'

@@ -10,7 +10,8 @@ holds 16 triplets). This tool builds the run's own input mixture (caption
 batch and every enabled typed part) from the synthetic world's ``val``
 split, which shares no scene with ``train``, with augmentation off, and
 computes on the same batches, for every kept checkpoint (or ``--steps``;
-``0`` is the model at initialisation, drawn again from the run's seed):
+``0`` is the model at initialisation, drawn again from the run's seed
+with its pretrained towers, or its checkpoint 0 where one is kept):
 
 * every metric of the training loss (``vlg.objectives.pretrain``): the
   caption, entity (box concepts and box regression), VSG and MRC losses
@@ -122,6 +123,7 @@ from vlg.objectives import pretrain
 from vlg.tools import itm_probe
 from vlg.tools import twin_probe
 from vlg.tools import word_probe
+from vlg.weights import init as weights_init
 
 PREFIX = 'heldout'
 _FLAGS = {}
@@ -418,12 +420,19 @@ def _mlm_rows(predict):
 
 
 def _params_at(run: restore.Run, step: int):
-  """The run's params at a kept ``step``; at 0, drawn from its seed."""
-  if step != 0:
+  """The run's params at a kept ``step``. At 0 without a checkpoint there,
+  the run's start: drawn from its seed, with the pretrained towers its
+  ``model.init`` names (the labelled stage's), as ``vlg.train`` starts."""
+  if step != 0 or 0 in run.kept_steps:
     return run.at_step(step).params
   _, _, specs = train_state.abstract_model(run.config.model, run.rules)
-  return train_state.init_params(run.config.model, int(run.config.seed),
-                                 sharding.named(run.mesh, specs))
+  shardings = sharding.named(run.mesh, specs)
+  params = train_state.init_params(run.config.model, int(run.config.seed),
+                                   shardings)
+  if weights_init.requested(run.config.model):
+    params = weights_init.to_shardings(
+        weights_init.load(run.config.model, params)[0], shardings)
+  return params
 
 
 def main(argv: Sequence[str]) -> None:
