@@ -47,7 +47,6 @@ from vlg.objectives import pretrain
 from vlg.weights import init as weights_init
 
 
-
 class NonFiniteLossError(RuntimeError):
   """Raised when the loss or gradients become NaN/Inf."""
 
@@ -247,8 +246,6 @@ def build_step(config, mesh, rules) -> dict[str, Any]:
   return dict(graphdef=graphdef, tx=tx, schedule=schedule,
               shardings=shardings, abstract_state=abstract_state,
               init_fn=init_fn, train_step=train_step, num_params=n_params)
-
-
 
 
 # The loop
