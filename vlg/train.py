@@ -228,13 +228,10 @@ def build_step(config, mesh, rules) -> dict[str, Any]:
                n_params / 1e6)
 
   def init_fn():
-    params = train_state.init_params(config.model, config.seed,
-                                     param_shardings)
-    if weights_init.requested(config.model):
-      # Pretrained towers (model.init, docs/weights.md) replace the fresh
-      # ones; the EMA below starts equal to the result.
-      params = weights_init.to_shardings(
-          weights_init.load(config.model, params)[0], param_shardings)
+    # Pretrained towers (model.init) replace the fresh ones; the EMA below
+    # starts equal to the result.
+    params = train_state.start_params(config.model, config.seed,
+                                      param_shardings)
     return jax.jit(lambda p: train_state.init_state(config, p, tx),
                    out_shardings=shardings)(params)
 

@@ -24,6 +24,7 @@ from flax import nnx
 from vlg import sharding
 from vlg.models import create_model
 from vlg.objectives import itc
+from vlg.weights import init as weights_init
 
 PyTree = Any
 
@@ -64,6 +65,17 @@ def init_params(model_cfg, seed: int, shardings) -> PyTree:
       model = create_model(model_cfg, nnx.Rngs(key))
     return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+
+
+def start_params(model_cfg, seed: int, shardings) -> PyTree:
+  """A run's parameters before its first step: :func:`init_params`, with
+  the pretrained towers ``model.init`` names (docs/weights.md; the
+  labelled stage's tower) in place of the fresh ones."""
+  params = init_params(model_cfg, seed, shardings)
+  if weights_init.requested(model_cfg):
+    params = weights_init.to_shardings(
+        weights_init.load(model_cfg, params)[0], shardings)
+  return params
 
 
 def state_shardings(mesh, param_shardings, abstract_state, tx) -> PyTree:

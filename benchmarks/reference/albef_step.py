@@ -72,7 +72,7 @@ SHAPES = ('image_size', 'patch_size', 'vision_width', 'vision_depth',
 # Settings with ALBEF's defaults (configs/Pretrain.yaml, configs/
 # config_bert.json, Pretrain.py's 25 text tokens, torch's AdamW betas).
 # The token ids ALBEF.mask reads are BERT's unless given (a vlg tokenizer's,
-# for training on the synthetic world: albef_world.py).
+# for training on the synthetic world: albef_train.py).
 DEFAULTS = dict(max_text_len=25, momentum=0.995, alpha=0.4,
                 mlm_probability=0.15, temp=0.07, dropout=0.1,
                 text_ln_eps=1e-12, lr=1e-4, weight_decay=0.02, b1=0.9,

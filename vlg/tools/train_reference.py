@@ -11,7 +11,7 @@ then train vlg on the same run and evaluate both with vlg's evaluators::
 
   python -m vlg.main --config=<the same config and overrides> \
       --workdir=DIR/vlg
-  python -m vlg.tools.eval --workdir=DIR/reference --steps=all
+  python -m vlg.tools.eval --workdir=DIR/reference
   python -m vlg.tools.validate --workdir=DIR/reference
 
 What it does:
@@ -30,8 +30,8 @@ What it does:
    then trains ALBEF's code on those batches: its losses, queues
    (random initial rows unless ``--queues=vlg``), masking, negatives and
    AdamW, at the recipe's schedule.
-4. Converts the saved states (``--save_steps``, default the config's
-   evaluation steps) into ``DIR/reference``, a vlg run directory that
+4. Converts the saved states (``--save_steps``, default 0, the config's
+   evaluation steps and the last) into ``DIR/reference``, a vlg run directory that
    ``vlg.tools.eval``, ``vlg.tools.validate`` and the Colab read like any
    other.
 
@@ -80,7 +80,7 @@ def define_flags() -> None:
       'config\'s evaluation steps, and the last).')
   _F['queues'] = flags.DEFINE_enum(
       'queues', 'albef', ['albef', 'vlg'], 'Initial ITC queues of the '
-      'reference: ALBEF\'s random rows, or vlg\'s (zeros).')
+      'reference: ALBEF\'s random rows, or vlg\'s initial rows.')
   _F['threads'] = flags.DEFINE_integer('threads', 2, 'torch threads.')
   _F['device'] = flags.DEFINE_string('device', 'cpu', 'torch device.')
   _F['torch_seed'] = flags.DEFINE_integer(

@@ -123,7 +123,6 @@ from vlg.objectives import pretrain
 from vlg.tools import itm_probe
 from vlg.tools import twin_probe
 from vlg.tools import word_probe
-from vlg.weights import init as weights_init
 
 PREFIX = 'heldout'
 _FLAGS = {}
@@ -426,13 +425,8 @@ def _params_at(run: restore.Run, step: int):
   if step != 0 or 0 in run.kept_steps:
     return run.at_step(step).params
   _, _, specs = train_state.abstract_model(run.config.model, run.rules)
-  shardings = sharding.named(run.mesh, specs)
-  params = train_state.init_params(run.config.model, int(run.config.seed),
-                                   shardings)
-  if weights_init.requested(run.config.model):
-    params = weights_init.to_shardings(
-        weights_init.load(run.config.model, params)[0], shardings)
-  return params
+  return train_state.start_params(run.config.model, int(run.config.seed),
+                                  sharding.named(run.mesh, specs))
 
 
 def main(argv: Sequence[str]) -> None:
