@@ -3,7 +3,7 @@ references.
 
 Kendall τ-b is checked against a float64 O(n²) re-derivation of the
 formula; the COCO taxonomy against the published id gaps and group sizes;
-the RCM map, the mean-box baseline and the tables against hand counts.
+the RCM map and the mean-box baseline against hand counts.
 """
 
 import itertools
@@ -16,6 +16,7 @@ import pytest
 from vlg import benchmarks
 from vlg.projects.probing import analysis as probing
 from vlg.projects.probing import plots as probing_plots
+from vlg.projects.probing import seed_tables
 
 VSR_CATEGORIES = os.path.join(os.path.dirname(__file__), '..', '..',
                               'testdata', 'real_benchmarks', 'vsr',
@@ -199,53 +200,6 @@ def test_rcm_confusion_hand_example():
     probing.rcm_confusion([9], [0], [1])
 
 
-def test_results_table_layout_mean_and_std_over_seeds():
-  rows = [dict(model='qformer', tap='resampler_queries', regime='frozen',
-               head='linear', task='refcocog', value=v, seed=s)
-          for s, v in enumerate((0.30, 0.32))]
-  rows += [dict(model='qformer', tap='resampler_queries', regime='frozen',
-                head='linear', task='vsr', value=0.65, seed=0),
-           dict(model='qformer', tap='resampler_queries', regime='unfrozen',
-                head='swiglu2', task='rcm', value=0.8135, seed=0)]
-  table = probing.results_table(rows, mean_box_accuracy=0.1234)
-  assert table.splitlines() == [
-      '| model | tap | regime | head | RefCOCOg Acc@0.5 | VSR acc | '
-      'RCM acc | seeds |',
-      '| --- | --- | --- | --- | --- | --- | --- | --- |',
-      '| chance | – | – | – | – | 50.00 | 50.00 | – |',
-      '| mean box (train) | – | – | – | 12.34 | – | – | – |',
-      # std of (30, 32) with ddof 1 is sqrt(2) = 1.41.
-      '| qformer | resampler_queries | frozen | linear | 31.00 ± 1.41 | '
-      '65.00 | – | 2/1/0 |',
-      '| qformer | resampler_queries | unfrozen | swiglu2 | – | – | 81.35 | '
-      '0/0/1 |']
-  with pytest.raises(ValueError, match='seed 1 appears twice'):
-    probing.results_table(rows + [rows[1]])
-  with pytest.raises(ValueError, match='fraction'):
-    probing.results_table([dict(rows[0], value=31.0)])
-  with pytest.raises(ValueError, match='task must be one of'):
-    probing.results_table([dict(rows[0], task='gqa')])
-
-
-def test_layer_curves_from_taps_and_layer_keys():
-  rows = [dict(task='vsr', model='qformer', regime='frozen', head='linear',
-               tap=f'resampler_layer:{k}', seed=s, value=0.5 + 0.01 * k + s)
-          for k in (1, 2, 3) for s in (0, 0.02)]
-  rows += [dict(task='rcm', model='albef', layer=k, value=0.6, seed=0)
-           for k in (2, 1)]
-  curves = probing.layer_curves(rows)
-  assert set(curves) == {'vsr qformer frozen linear resampler_layer',
-                         'rcm albef'}
-  vsr = curves['vsr qformer frozen linear resampler_layer']
-  assert list(vsr) == [1, 2, 3]
-  assert vsr[2].mean == pytest.approx(0.53) and vsr[2].n == 2
-  assert vsr[2].std == pytest.approx(math.sqrt(2 * 0.01 ** 2))
-  assert list(curves['rcm albef']) == [1, 2]
-  assert math.isnan(curves['rcm albef'][1].std)
-  with pytest.raises(ValueError, match='no layer'):
-    probing.layer_curves([dict(task='vsr', tap='fused_cls', value=0.5)])
-
-
 def test_plots_render_to_png(tmp_path):
   conf = probing.rcm_confusion([0, 4, 8, 8], [0, 4, 8, 0], [1, 1, 0, 0])
   fig = probing_plots.plot_rcm_confusion(conf, cell_names=('a',) * 9)
@@ -254,8 +208,8 @@ def test_plots_render_to_png(tmp_path):
   np.testing.assert_array_equal(fig.axes[2].images[0].get_array(),
                                 conf.match_rate())
   stats = probing.grouped_accuracy([1, 0, 1], ['x', 'y', 'y'])
-  curves = {'vsr': {1: probing.mean_std([0.6, 0.62]),
-                    2: probing.mean_std([0.7])}}
+  curves = {'vsr': {1: seed_tables.mean_std([0.6, 0.62]),
+                    2: seed_tables.mean_std([0.7])}}
   for name, figure in (
       ('rcm', fig),
       ('groups', probing_plots.plot_group_accuracy({'frozen': stats}, 'VSR')),

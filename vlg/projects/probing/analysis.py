@@ -9,8 +9,8 @@ always answer the training set's mean box). Breakdowns:
 :func:`refcocog_breakdown` (e.g. the 12 COCO super-categories of
 :data:`COCO_CATEGORIES`); Kendall τ-b (``scipy.stats.kendalltau``) per group
 (:func:`group_correlations`, the paper's Table 5) and per example;
-:func:`rcm_confusion` (true × claimed cell); :func:`layer_curves`;
-:func:`results_table` (Tables 1-3 in markdown). Plots are matplotlib
+:func:`rcm_confusion` (true × claimed cell). Seed means, layer curves and
+Tables 1-3: :mod:`vlg.projects.probing.seed_tables`. Plots are matplotlib
 ``Figure`` objects without pyplot state, in
 :mod:`vlg.projects.probing.plots`: ``fig.savefig('x.png')`` renders them
 with Agg.
@@ -191,10 +191,12 @@ def grouped_accuracy(correct: Sequence[Any], groups: Sequence[Any],
   if len(groups) != len(correct):
     raise ValueError(f'{len(correct)} results for {len(groups)} groups')
   base = np.broadcast_to(np.asarray(baseline, np.float64), correct.shape)
-  out = {ALL: GroupStat(len(correct), _mean(correct), _mean(base))}
+  out = {ALL: GroupStat(len(correct), mean_or_nan(correct),
+                        mean_or_nan(base))}
   for g in sorted(set(groups)):
     idx = groups == g
-    out[g] = GroupStat(int(idx.sum()), _mean(correct[idx]), _mean(base[idx]))
+    out[g] = GroupStat(int(idx.sum()), mean_or_nan(correct[idx]),
+                       mean_or_nan(base[idx]))
   return out
 
 
@@ -212,7 +214,8 @@ def refcocog_breakdown(correct: Sequence[Any], examples: Sequence[Any],
                           mean_box_correct(train_examples, examples, iou_fn))
 
 
-def _mean(x: np.ndarray) -> float:
+def mean_or_nan(x: np.ndarray) -> float:
+  """The mean of ``x``, NaN when it is empty (a group with no examples)."""
   return float(np.mean(x)) if len(x) else math.nan
 
 
@@ -251,12 +254,13 @@ def breakdown_markdown(runs: Mapping[str, Mapping[str, GroupStat]],
         s.baseline, stats[0].baseline, abs_tol=1e-12) for s in stats):
       raise ValueError(f'group {g!r}: runs have different counts or '
                        'baselines; compare runs on the same examples')
-    table.append([g, stats[0].count, _pct(stats[0].baseline)] + [
-        _pct(s[g].accuracy) if g in s else '–' for s in runs.values()])
+    table.append([g, stats[0].count, percent(stats[0].baseline)] + [
+        percent(s[g].accuracy) if g in s else '–' for s in runs.values()])
   return curves_lib.markdown_table(['group', 'n', baseline_name, *runs], table)
 
 
-def _pct(value: float) -> str:
+def percent(value: float | None) -> str:
+  """A fraction as a percentage with 2 decimals; '–' for None or NaN."""
   return '–' if value is None or math.isnan(value) else f'{100 * value:.2f}'
 
 
@@ -388,116 +392,3 @@ def rcm_confusion(true_cells: Sequence[int], claimed_cells: Sequence[int],
   np.add.at(said_match, (true, claimed), said)
   np.add.at(correct, (true, claimed), said == (true == claimed))
   return RcmConfusion(counts, said_match, correct)
-
-
-# ---------------------------------------------- seeds, layers and tables
-
-
-@dataclasses.dataclass(frozen=True)
-class MeanStd:
-  """Mean and sample standard deviation (NaN for one seed) over ``n``."""
-  mean: float
-  std: float
-  n: int
-
-  def __str__(self) -> str:
-    if self.n > 1:
-      return f'{100 * self.mean:.2f} ± {100 * self.std:.2f}'
-    return _pct(self.mean)
-
-
-def mean_std(values: Sequence[float]) -> MeanStd:
-  """:class:`MeanStd` of seed results."""
-  v = np.asarray(values, np.float64)
-  return MeanStd(_mean(v), float(np.std(v, ddof=1)) if len(v) > 1
-                 else math.nan, len(v))
-
-
-_LAYER = re.compile(r':(-?\d+)$')
-
-
-def _value(row: Mapping[str, Any]) -> float:
-  value = row.get('value')
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-      0 <= value <= 1):
-    raise ValueError(f'row {dict(row)}: value must be a fraction in [0, 1] '
-                     '(tables print percentages)')
-  return float(value)
-
-
-def _seeded(rows: Iterable[Mapping[str, Any]], key: Callable[[Any], tuple]
-            ) -> dict[tuple, MeanStd]:
-  values: dict[tuple, dict[Any, float]] = collections.defaultdict(dict)
-  for row in rows:
-    k, seed = key(row), row.get('seed', 0)
-    if seed in values[k]:
-      raise ValueError(f'row {dict(row)}: seed {seed} appears twice for '
-                       f'{k}; pass one split and one result per seed')
-    values[k][seed] = _value(row)
-  return {k: mean_std(list(v.values())) for k, v in values.items()}
-
-
-def _layer_of(row: Mapping[str, Any]) -> int:
-  if row.get('layer') is not None:
-    return int(row['layer'])
-  match = _LAYER.search(str(row.get('tap', '')))
-  if match is None:
-    raise ValueError(f'row {dict(row)} has no layer and its tap has no :k')
-  return int(match.group(1))
-
-
-def layer_curves(rows: Iterable[Mapping[str, Any]]
-                 ) -> dict[str, dict[int, MeanStd]]:
-  """Per series, layer -> mean ± std over seeds.
-
-  Args:
-    rows: one per (series, layer, seed): ``task``, ``value`` (a fraction),
-      ``seed``, and ``layer`` or a tap like ``resampler_layer:6``; the
-      series is ``task model regime head tap-family`` (missing keys left
-      out).
-  """
-  def key(row):
-    family = _LAYER.sub('', str(row.get('tap', '')))
-    label = ' '.join(str(row[k]) for k in ('task', 'model', 'regime', 'head')
-                     if row.get(k) is not None)
-    return (f'{label} {family}'.strip(), _layer_of(row))
-  out: dict[str, dict[int, MeanStd]] = collections.defaultdict(dict)
-  for (series, layer), stat in sorted(_seeded(rows, key).items()):
-    out[series][layer] = stat
-  return dict(out)
-
-
-def results_table(rows: Iterable[Mapping[str, Any]],
-                  mean_box_accuracy: float | None = None) -> str:
-  """Tables 1-3 of the paper as markdown, mean ± std over seeds (%).
-
-  Args:
-    rows: one per (model, tap, regime, head, task, seed) of one split:
-      ``model``, ``tap``, ``regime`` ('frozen'/'unfrozen'), ``head``,
-      ``task`` (``refcocog``, ``vsr`` or ``rcm``), ``value`` (a fraction)
-      and ``seed``.
-    mean_box_accuracy: the mean-box Acc@0.5 on the same RefCOCOg split.
-
-  Returns:
-    Baseline rows (chance; mean box) then one row per (model, tap, regime,
-    head) in first-seen order; a ``seeds`` column gives n per task.
-  """
-  rows = list(rows)
-  tasks = [t for t, _ in TASK_COLUMNS]
-  for row in rows:
-    if row.get('task') not in tasks:
-      raise ValueError(f'row {dict(row)}: task must be one of {tasks}')
-  setting = ('model', 'tap', 'regime', 'head')
-  stats = _seeded(rows, lambda r: tuple(str(r.get(k, '')) for k in setting)
-                  + (r['task'],))
-  header = [*setting, *(name for _, name in TASK_COLUMNS), 'seeds']
-  table = [['chance', '–', '–', '–'] + [
-      _pct(CHANCE[t]) if t in CHANCE else '–' for t in tasks] + ['–']]
-  if mean_box_accuracy is not None:
-    table.append(['mean box (train)', '–', '–', '–',
-                  _pct(mean_box_accuracy), '–', '–', '–'])
-  for s in dict.fromkeys(k[:-1] for k in stats):
-    found = [stats.get((*s, t)) for t in tasks]
-    table.append([*s, *(str(f) if f is not None else '–' for f in found),
-                  '/'.join(str(f.n if f is not None else 0) for f in found)])
-  return curves_lib.markdown_table(header, table)

@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vlg.projects.probing.analysis import GroupStat
-from vlg.projects.probing.analysis import MeanStd
 from vlg.projects.probing.analysis import RcmConfusion
+from vlg.projects.probing.seed_tables import MeanStd
 
 
 

@@ -63,6 +63,7 @@ from vlg.evaluators import common as eval_common
 from vlg.projects.probing import analysis
 from vlg.projects.probing import hpo
 from vlg.projects.probing import rcm
+from vlg.projects.probing import seed_tables
 from vlg.projects.probing import stage1
 from vlg.projects.probing import taps
 from vlg.projects.probing import tasks as tasks_lib
@@ -228,7 +229,7 @@ def run_cell(encoder, spec, task, splits, inputs, config, hp, *, regime, name,
 
 
 def results_markdown(cells: Sequence[dict[str, Any]]) -> str:
-  """Tables 1–3 per split (``vlg.projects.probing.analysis.results_table``)
+  """Tables 1–3 per split (``vlg.projects.probing.seed_tables.results_table``)
   and the VSR per-category table (Table 2), mean ± std over seeds."""
   parts = []
   for split in ('val', 'test'):
@@ -242,14 +243,14 @@ def results_markdown(cells: Sequence[dict[str, Any]]) -> str:
                      'value': m[f'{split}/{task.headline}']})
         mean_box = m.get(f'{split}/mean_box/acc@0.5', mean_box)
     if rows:
-      parts.append(f'## {split}\n\n' + analysis.results_table(rows, mean_box))
+      parts.append(f'## {split}\n\n' + seed_tables.results_table(rows, mean_box))
   vsr = [c for c in cells if c['task'] == 'vsr']
   names = sorted({k.split('/', 2)[2] for c in vsr for k in c['summary']
                   if k.startswith('test/category/')})
   if names:
     table = [[c['model'], c['tap'], c['regime'], c['head']] + [
-        str(analysis.mean_std([m.get(f'test/category/{n}', np.nan)
-                               for m in c['seeds'].values()]))
+        str(seed_tables.mean_std([m.get(f'test/category/{n}', np.nan)
+                                  for m in c['seeds'].values()]))
         for n in names] for c in vsr]
     parts.append('## VSR test accuracy per category\n\n' +
                  curves_lib.markdown_table(
