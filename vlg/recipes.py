@@ -260,9 +260,9 @@ def _parts(variant: str, patch_size: int, names: tuple[str, ...]
 
 # Tiny steps of each family within ~40 TFLOP of training compute (XLA's
 # count per step at batch 16, ``python -m vlg.tools.bench``): the labelled
-# vision stage's ~10.7 TFLOP (its ``tower.json`` records them), then ALBEF
-# at 20.1 GFLOP a step, X-VLM 29.8, ReALBEF 42.9, ReX-VLM 52.7 (~29 TFLOP
-# each).
+# vision stage's ~10.6 TFLOP (its ``tower.json`` records them), then ALBEF
+# at 18.5 GFLOP a step, X-VLM 26.1, ReALBEF 38.9, ReX-VLM 46.5 (~26 TFLOP
+# each; docs/results.md).
 TINY_STEPS = dict(albef=1_460, xvlm=980, realbef=680, rexvlm=550)
 # Steps of the tiny recipes' labelled vision stage (vlg/vision_pretrain.py).
 TINY_PRETRAIN_STEPS = 1_500
