@@ -31,9 +31,9 @@ What it does:
    (random initial rows unless ``--queues=vlg``), masking, negatives and
    AdamW, at the recipe's schedule.
 4. Converts the saved states (``--save_steps``, default 0, the config's
-   evaluation steps and the last) into ``DIR/reference``, a vlg run directory that
-   ``vlg.tools.eval``, ``vlg.tools.validate`` and the Colab read like any
-   other.
+   evaluation steps and the last) into ``DIR/reference``, a vlg run
+   directory that ``vlg.tools.eval``, ``vlg.tools.validate`` and the Colab
+   read like any other.
 
 So the two runs differ only in the training code: a gap between them is
 vlg's to explain. The config must be one ALBEF's model can express

@@ -243,7 +243,8 @@ def results_markdown(cells: Sequence[dict[str, Any]]) -> str:
                      'value': m[f'{split}/{task.headline}']})
         mean_box = m.get(f'{split}/mean_box/acc@0.5', mean_box)
     if rows:
-      parts.append(f'## {split}\n\n' + seed_tables.results_table(rows, mean_box))
+      parts.append(f'## {split}\n\n'
+                   + seed_tables.results_table(rows, mean_box))
   vsr = [c for c in cells if c['task'] == 'vsr']
   names = sorted({k.split('/', 2)[2] for c in vsr for k in c['summary']
                   if k.startswith('test/category/')})
