@@ -245,15 +245,16 @@ def _parts(variant: str, patch_size: int, names: tuple[str, ...]
                   max_pairs=4,
                   ratio=0.75, objects=True, regions=True,
                   whole_image_caption=True, group_by_box=True,
-                  patch_size=patch_size, data={}),
+                  patch_size=patch_size, flagged_only=False, data={}),
       mrc=dict(enabled=True, batch_size=64 if base else 8 // scale,
                num_relations=2,
                ratio=0.5, max_text_len=12, vocab='',
-               patch_size=patch_size,
+               patch_size=patch_size, flagged_only=False,
                data={}),
       vsg=dict(enabled=True, batch_size=128 if base else 16 // scale, k=8,
                sort=True,
-               max_text_len=112 if base else 64, ratio=0.5, data={}),
+               max_text_len=112 if base else 64, ratio=0.5,
+               flagged_only=False, data={}),
   )
   return ml_collections.ConfigDict({k: all_parts[k] for k in names})
 

@@ -247,3 +247,83 @@ def test_part_bad_examples_raise_naming_the_record(tok):
   with pytest.raises(ops.BadExampleError,
                      match=r"source 'vg' index 1 image_id 11\].*box"):
     t.random_map(src[1], np.random.default_rng(0))
+
+
+class _FlaggedRecords:
+  """Records 0..n-1 with relations where ``i % 3 != 2`` and has_graph where
+  ``i % 4 == 3``; counts the records read and, with ``peek``, tells the
+  flags without reading (as the synthetic source does)."""
+
+  def __init__(self, n, peek):
+    self.n, self.reads = n, []
+    if peek:
+      self.annotation_flags = lambda i: {'has_graph': i % 4 == 3}
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    self.reads.append(i)
+    return {'image_id': i, 'relations': [{'predicate': 'near'}] * (i % 3 != 2),
+            'has_graph': i % 4 == 3}
+
+
+@pytest.mark.parametrize('peek', [True, False])
+def test_records_with_flag_reads_only_flagged_records(peek):
+  src = _FlaggedRecords(24, peek)
+  flagged = parts_common.RecordsWith(src, ('relations',), flag='has_graph')
+  plain = parts_common.RecordsWith(src, ('relations',))
+  # Flagged 3, 7, 11, ...; 11 and 23 have no relations (i % 3 == 2).
+  assert [flagged[i]['image_id'] for i in (0, 3, 4, 8, 9, 20)] == [
+      3, 3, 7, 15, 15, 3]
+  assert [plain[i]['image_id'] for i in (0, 2, 5)] == [0, 3, 6]
+  src.reads.clear()
+  assert flagged[8]['image_id'] == 15
+  # With a cheap look at the flags only the flagged records are read.
+  assert src.reads == ([11, 15] if peek else list(range(8, 16)))
+
+
+def test_records_with_flag_fails_clearly_when_none_is_flagged():
+  records = [{'relations': [{'predicate': 'near'}], 'has_graph': False}] * 5
+  view = parts_common.RecordsWith(records, ('relations',), flag='has_graph')
+  with pytest.raises(ops.BadExampleError,
+                     match='relations flagged has_graph.*flagged_only=False'):
+    view[0]
+
+
+def test_synthetic_annotation_flags_are_the_records_flags():
+  from vlg.data import sources  # pylint: disable=g-import-not-at-top
+  src = synth_source.SyntheticSource('train', num_examples=40)
+  checked = sources.CheckedSource(src, 'synthetic', skip_bad=False)
+  for i in range(40):
+    rec = src[i]
+    want = {'has_graph': rec['has_graph'], 'has_boxes': rec['has_boxes']}
+    assert src.annotation_flags(i) == want == checked.annotation_flags(i)
+  assert sources.CheckedSource([{}], 'list', False).annotation_flags(0) is None
+
+
+def test_flagged_only_parts_draw_flagged_records_only():
+  """MRC and VSG read has_graph, entity has_boxes, with flagged_only; by
+  default (the recipes) every record with the annotation, mostly unflagged
+  at the world's 0.15 rates."""
+  c = _input_cfg()
+  c.data.synthetic.num_examples = 400
+  assert all(pipeline.part_flag(n, p) is None for n, p in c.parts.items())
+  for name, flag in (('mrc', 'has_graph'), ('vsg', 'has_graph'),
+                     ('entity', 'has_boxes')):
+    part = c.parts[name]
+    part.flagged_only = True
+    assert pipeline.part_flag(name, part) == flag
+    requires = pipeline.parts_lib.part_module(name).Transform.requires
+    ds, _ = pipeline._mixture(c, None, 5, 0, 1, requires, flag)
+    assert all(ds[i][flag] for i in range(30)), name
+    ds, _ = pipeline._mixture(c, None, 5, 0, 1, requires)
+    assert sum(ds[i][flag] for i in range(30)) < 15, name
+
+
+def test_flagged_only_fails_clearly_for_a_part_without_a_flag(monkeypatch):
+  from vlg.data.parts import vsg as vsg_part  # pylint: disable=g-import-not-at-top
+  monkeypatch.delattr(vsg_part.Transform, 'flag')
+  with pytest.raises(ValueError, match='vsg.*names no annotation flag'):
+    pipeline.part_flag('vsg', ml_collections.ConfigDict(
+        dict(flagged_only=True)))

@@ -196,6 +196,20 @@ def enabled_parts(input_cfg: ml_collections.ConfigDict
   return {k: v for k, v in sorted(parts.items()) if v.get('enabled', True)}
 
 
+def part_flag(name: str, part_cfg: ml_collections.ConfigDict) -> str | None:
+  """The annotation flag part ``name`` reads its records by
+  (``input.parts.<name>.flagged_only``: ``has_graph`` for MRC and VSG,
+  ``has_boxes`` for entity), or None when it reads every record that has
+  its annotation (the default)."""
+  if not part_cfg.get('flagged_only', False):
+    return None
+  flag = getattr(parts_lib.part_module(name).Transform, 'flag', None)
+  if flag is None:
+    raise ValueError(f'input.parts.{name}.flagged_only=True, but part '
+                     f'{name!r} names no annotation flag to read by')
+  return flag
+
+
 def stream_batch_sizes(input_cfg: ml_collections.ConfigDict,
                        global_batch: int) -> dict[str, int]:
   """Global batch size of each stream a step zips: ``caption`` (the
@@ -250,17 +264,19 @@ def _shuffled(source, seed: int, process_index: int, process_count: int
 
 
 def _mixture(input_cfg, data_cfg, seed: int, process_index: int,
-             process_count: int, requires: tuple[str, ...] = ()
+             process_count: int, requires: tuple[str, ...] = (),
+             flag: str | None = None
              ) -> tuple[grain.MapDataset, dict[str, Any]]:
   """This process's infinite, shuffled, weighted mixture of sources (of the
-  records having one of the ``requires`` fields, if given), and the sources
-  it reads by name (what :class:`sources_lib.CheckedTransform` reads a
-  replacement of a bad record from)."""
+  records having one of the ``requires`` fields, and the ``flag`` where
+  given), and the sources it reads by name (what
+  :class:`sources_lib.CheckedTransform` reads a replacement of a bad record
+  from)."""
   parts, weights, views = [], [], {}
   for k, (name, (source, weight)) in enumerate(
       sorted(build_sources(input_cfg, data_cfg).items())):
     if requires:
-      source = parts_common.RecordsWith(source, requires)
+      source = parts_common.RecordsWith(source, requires, flag=flag)
     views[name] = source
     ds = _shuffled(source, seed + 1000 * k, process_index, process_count)
     if len(ds) == 0:
@@ -310,7 +326,8 @@ def make_dataset(input_cfg: ml_collections.ConfigDict,
     part_seed = seed + 7919 * (i + 1)
     transform_cls = parts_lib.part_module(name).Transform
     ds, views = _mixture(input_cfg, part_cfg.get('data') or None, part_seed,
-                         process_index, process_count, transform_cls.requires)
+                         process_index, process_count, transform_cls.requires,
+                         part_flag(name, part_cfg))
     transform = sources_lib.CheckedTransform(
         transform_cls(tokenizer, input_cfg, part_cfg), views, skip_bad)
     streams.append(ds.random_map(transform, seed=part_seed).batch(

@@ -145,6 +145,13 @@ class CheckedSource:
         f'[source {self.name!r}] {self.max_tries} bad examples in a row from '
         f'index {index}; the data looks broken (the last: {last})')
 
+  def annotation_flags(self, index: int) -> dict[str, bool] | None:
+    """The wrapped source's cheap look at record ``index``'s annotation
+    flags (``SyntheticSource.annotation_flags``), or None where it has
+    none and the record must be read."""
+    peek = getattr(self.source, 'annotation_flags', None)
+    return None if peek is None else peek(index % len(self.source))
+
   def __repr__(self) -> str:
     return f'CheckedSource({self.source!r}, skip_bad={self.skip_bad})'
 

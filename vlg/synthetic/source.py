@@ -84,18 +84,29 @@ def make_record(split: str, index: int,
 
   ``mirror`` is the pipeline's flip decided once for both images of a
   contrast pair (``contrast.pair_mirrored``). ``has_graph`` / ``has_boxes``
-  flag the images whose scene graph / boxes the pipeline may use (fractions
-  ``graph_rate`` / ``box_rate``); the fields are filled for every image, so
-  evaluators can always read them.
+  flag the images whose scene graph / boxes count as annotated (fractions
+  ``graph_rate`` / ``box_rate``): a typed part with ``flagged_only`` reads
+  only those (``vlg/data/parts/common.py``); the fields are filled for
+  every image, so evaluators and the other parts can always read them.
   """
   scene, texts = scene_and_record(split, index, cfg)
   record = {'image': render.render_scene(scene, cfg),
             'image_id': world.image_id(split, index)}
   record.update(texts)
-  flags = world.scene_rng(split, index, cfg, stream=2).random(2)
-  record['has_graph'] = bool(flags[0] < cfg.graph_rate)
-  record['has_boxes'] = bool(flags[1] < cfg.box_rate)
+  record.update(annotation_flags(split, index, cfg))
   return record
+
+
+def annotation_flags(split: str, index: int,
+                     cfg: world.WorldConfig = world.WorldConfig()
+                     ) -> dict[str, bool]:
+  """``has_graph`` and ``has_boxes`` of image ``index``, as
+  :func:`make_record` sets them, without drawing the scene: a part that
+  reads only flagged images (``input.parts.<name>.flagged_only``) skips the
+  others without rendering them."""
+  flags = world.scene_rng(split, index, cfg, stream=2).random(2)
+  return {'has_graph': bool(flags[0] < cfg.graph_rate),
+          'has_boxes': bool(flags[1] < cfg.box_rate)}
 
 
 class SyntheticSource:
@@ -125,6 +136,10 @@ class SyntheticSource:
     if not 0 <= index < self.num_examples:
       raise IndexError(f'index {index} out of range for {self.describe()}')
     return make_record(self.split, index, self.cfg)
+
+  def annotation_flags(self, index: int) -> dict[str, bool]:
+    """Record ``index``'s ``has_graph`` / ``has_boxes`` without making it."""
+    return annotation_flags(self.split, operator.index(index), self.cfg)
 
   def describe(self) -> str:
     """A short description for logs."""

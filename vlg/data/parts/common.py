@@ -27,26 +27,54 @@ class RecordsWith:
   """A random-access view of a source whose record ``i`` is the first record
   at or after ``i`` (cyclically) that has the annotation a part needs —
   e.g. VSG needs a scene graph, and ~1 in 5 synthetic scenes has none.
-  Deterministic per index, so grain's shuffling and checkpointing hold."""
+  With ``flag`` (``has_graph``, ``has_boxes``) the record must also be
+  flagged as annotated: the part then learns only from the share of images
+  a corpus annotates (the world's ``graph_rate`` / ``box_rate``), as in
+  web data where only some images come from Visual Genome; records whose
+  source tells their flags cheaply (``annotation_flags``) are skipped
+  without being read. Deterministic per index, so grain's shuffling and
+  checkpointing hold."""
 
-  def __init__(self, source, fields: tuple[str, ...], max_skip: int = 1000):
+  def __init__(self, source, fields: tuple[str, ...], max_skip: int = 1000,
+               flag: str | None = None):
     self.source, self.fields, self.max_skip = source, fields, max_skip
+    self.flag = flag
+    self._peek = (getattr(source, 'annotation_flags', None) if flag
+                  else None)
 
   def __len__(self) -> int:
     return len(self.source)
 
+  def _flagged(self, index: int) -> bool:
+    """False only where the source tells cheaply that ``index`` is not
+    flagged; the record read is checked too."""
+    flags = self._peek(index) if self._peek is not None else None
+    return flags is None or bool(flags.get(self.flag))
+
   def __getitem__(self, index: int):
     n = len(self.source)
     for j in range(min(self.max_skip, n)):
-      record = self.source[(index + j) % n]
+      i = (index + j) % n
+      if self.flag and not self._flagged(i):
+        continue
+      record = self.source[i]
+      if self.flag and not record.get(self.flag):
+        continue
       if any(record.get(f) for f in self.fields):
         return record
+    wanted = ' or '.join(self.fields)
+    if self.flag:
+      wanted += f' flagged {self.flag}'
     raise ops.BadExampleError(
-        f'no record with {" or ".join(self.fields)} in {self.max_skip} '
-        f'records from index {index} of {self.source!r}')
+        f'no record with {wanted} in {self.max_skip} records from index '
+        f'{index} of {self.source!r}'
+        + ('; the source flags too few records (the synthetic world\'s '
+           'graph_rate / box_rate), or set the part\'s flagged_only=False'
+           if self.flag else ''))
 
   def __repr__(self) -> str:
-    return f'RecordsWith({self.source!r}, {self.fields})'
+    flag = f', flag={self.flag!r}' if self.flag else ''
+    return f'RecordsWith({self.source!r}, {self.fields}{flag})'
 
 
 def strings(texts: list[Any], what: str) -> list[str]:

@@ -58,6 +58,8 @@ class Transform(grain.transforms.RandomMap):
 
   prefix = 'ent_'
   requires = ('objects', 'regions')
+  # With flagged_only, only records flagged as carrying a boxes.
+  flag = 'has_boxes'
 
   def __init__(self, tokenizer, input_cfg, part_cfg):
     self.aug = common.BoxAugment(input_cfg)

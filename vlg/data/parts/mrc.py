@@ -56,6 +56,8 @@ class Transform(grain.transforms.RandomMap):
 
   prefix = 'mrc_'
   requires = ('relations',)
+  # With flagged_only, only records flagged as carrying a scene graph.
+  flag = 'has_graph'
 
   def __init__(self, tokenizer, input_cfg, part_cfg, vocab=None):
     self.aug = common.BoxAugment(input_cfg)

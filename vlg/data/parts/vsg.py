@@ -24,6 +24,8 @@ class Transform(grain.transforms.RandomMap):
 
   prefix = 'vsg_'
   requires = ('relations',)
+  # With flagged_only, only records flagged as carrying a scene graph.
+  flag = 'has_graph'
 
   def __init__(self, tokenizer, input_cfg, part_cfg):
     self.resolution = int(input_cfg.resolution)
