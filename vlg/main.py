@@ -22,6 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vlg import config_lib
+from vlg import huge_pages
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file and argument, e.g. configs/albef.py:tiny.',
@@ -91,4 +92,5 @@ def _exit_now(process_index: int) -> None:
 
 
 if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()
   app.run(main, flags_parser=config_lib.parse_flags)

@@ -34,6 +34,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vlg import config_lib
+from vlg import huge_pages
 from vlg.tools import flops as flops_lib
 
 _CONFIG = None
@@ -213,5 +214,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()
   define_flags()
   app.run(main, flags_parser=config_lib.parse_flags)

@@ -71,6 +71,7 @@ import os
 from absl import app
 from absl import flags
 
+from vlg import huge_pages
 from vlg.projects.study import results as results_lib
 from vlg.projects.study import runs
 
@@ -136,5 +137,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()
   define_flags()
   app.run(main)
