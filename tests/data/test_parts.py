@@ -10,6 +10,7 @@ from vlg.data import ops
 from vlg.data.parts import common as parts_common
 from vlg.data.parts import entity as entity_part
 from vlg.data.parts import mrc as mrc_part
+from vlg.data.parts import vsg as vsg_part
 from vlg.data import pipeline
 from vlg.data import tokenizer as tok_lib
 from vlg.synthetic import source as synth_source
@@ -322,7 +323,6 @@ def test_flagged_only_parts_draw_flagged_records_only():
 
 
 def test_flagged_only_fails_clearly_for_a_part_without_a_flag(monkeypatch):
-  from vlg.data.parts import vsg as vsg_part  # pylint: disable=g-import-not-at-top
   monkeypatch.delattr(vsg_part.Transform, 'flag')
   with pytest.raises(ValueError, match='vsg.*names no annotation flag'):
     pipeline.part_flag('vsg', ml_collections.ConfigDict(

@@ -17,7 +17,8 @@ A part named ``X`` is a plug-in found by its name (docs/architecture.md,
   slots prefixed by the part (``prefix``, e.g. ``ent_``; docs/data.md §4),
   drawing only records that have one of its ``requires`` fields (and,
   where the part's config sets ``flagged_only``, its annotation ``flag``,
-  e.g. ``has_graph``), and whose classmethod ``example_spec(input_cfg, part_cfg)`` declares those
+  e.g. ``has_graph``), and whose classmethod
+  ``example_spec(input_cfg, part_cfg)`` declares those
   slots' (shape, dtype) (``vlg/data/batch_spec.py``); and, optionally,
   ``check_model(model_cfg, part_cfg)``, which fails early when the model
   cannot take the part;
