@@ -73,11 +73,19 @@ def test_a_program_restarts_once_with_its_arguments(tmp_path, opt_out):
   out = subprocess.run([sys.executable, str(script), '--flag=1'], env=env,
                        capture_output=True, text=True, check=True)
   lines = out.stdout.splitlines()
+  assert not out.stderr  # Silent: a command's own output stays as it is.
   if opt_out:
     assert lines == ["start  ['--flag=1']", 'running ']
-    assert not out.stderr
   else:
     assert lines == ["start  ['--flag=1']",
                      "start glibc.malloc.hugetlb=1 ['--flag=1']",
                      'running glibc.malloc.hugetlb=1']
-    assert 'VLG_HUGE_PAGES=0 turns this off' in out.stderr
+
+
+def test_describe_says_on_or_off():
+  on = huge_pages.describe({'GLIBC_TUNABLES': 'a=1:glibc.malloc.hugetlb=1'})
+  assert on.startswith('on (GLIBC_TUNABLES=a=1:glibc.malloc.hugetlb=1')
+  assert huge_pages.describe({}) == 'off'
+  assert huge_pages.describe({'VLG_HUGE_PAGES': '0'}) == 'off (VLG_HUGE_PAGES=0)'
+  assert huge_pages.describe(
+      {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}) == 'off'

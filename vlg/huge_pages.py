@@ -17,7 +17,8 @@ made from Python in a running process: :func:`restart_with_huge_pages`
 re-executes the program (same interpreter, arguments and environment, plus
 the tunable) where it would help — Linux with glibc, the kernel's
 transparent huge pages not ``never``, the tunable not yet set — and does
-nothing otherwise. Entry points call it first thing when run as programs
+nothing otherwise; the restart prints nothing (``vlg.tools.bench`` prints
+the mode it measured under). Entry points call it first thing when run as programs
 (``vlg.main``, ``vlg.tools.study``, ``vlg.tools.bench``); importing vlg
 never restarts anything. ``VLG_HUGE_PAGES=0`` turns it off.
 """
@@ -74,7 +75,17 @@ def restart_with_huge_pages() -> None:
   if env is None:
     return
   argv = [sys.executable] + list(getattr(sys, 'orig_argv', sys.argv)[1:])
-  print(f'vlg: restarting with GLIBC_TUNABLES={env["GLIBC_TUNABLES"]} '
-        '(huge pages for XLA buffers, vlg/huge_pages.py; '
-        f'{OPT_OUT}=0 turns this off)', file=sys.stderr, flush=True)
+  # Silent: a command's output (one-line config errors, --help) stays as
+  # it is; describe() tells which mode a process runs in.
   os.execve(sys.executable, argv, env)
+
+
+def describe(environ: Mapping[str, str] | None = None) -> str:
+  """'on' or 'off' and why, for tools that print what they measured
+  under (``vlg.tools.bench``)."""
+  environ = os.environ if environ is None else environ
+  tunables = environ.get('GLIBC_TUNABLES', '')
+  if SETTING in tunables.split(':'):
+    return f'on (GLIBC_TUNABLES={tunables}; {OPT_OUT}=0 turns it off)'
+  return 'off' + (f' ({OPT_OUT}=0)' if environ.get(OPT_OUT, '').strip() == '0'
+                  else '')

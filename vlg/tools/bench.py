@@ -174,7 +174,8 @@ def report(config, r: dict, steps: int, matmul_size: int,
         f'outputs {r["out_bytes"] / 2**20:.1f} MiB, temporaries '
         f'{r["temp_bytes"] / 2**20:.1f} MiB')
   lines += [
-      f'step time (median of {steps}): {r["step_s"] * 1e3:.1f} ms',
+      f'step time (median of {steps}): {r["step_s"] * 1e3:.1f} ms '
+      f'(host huge pages {huge_pages.describe()})',
       f'train examples/s: {r["examples_per_s"]:.1f}',
       f'FLOPs per step (XLA cost analysis): {r["flops_per_step"] / 1e9:.2f} '
       'GFLOP',
