@@ -58,7 +58,7 @@ class Transform(grain.transforms.RandomMap):
 
   prefix = 'ent_'
   requires = ('objects', 'regions')
-  # With flagged_only, only records flagged as carrying a boxes.
+  # With flagged_only, only records flagged as carrying boxes.
   flag = 'has_boxes'
 
   def __init__(self, tokenizer, input_cfg, part_cfg):
