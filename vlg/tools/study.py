@@ -12,8 +12,9 @@ end, then writes ``DIR/results.md``, ``DIR/results.json`` and
 
 Presets. ``budget`` (the default) compares the families at equal training
 compute: each trains its tiny recipe (the labelled vision stage, then its
-own ``recipes.TINY_STEPS``; about 40 TFLOP a run by XLA's count, so 4
-models x 3 seeds spend ~480 TFLOP), with the evaluation settings of
+own ``recipes.TINY_STEPS``; about 37 TFLOP a run by XLA's count, stage
+included; the stage is trained once per seed for all four families, so 4
+models x 3 seeds spend ~346 TFLOP), with the evaluation settings of
 ``hour`` below. ``tiny`` and ``small`` are the recipes' variants as they
 are, every family for the same steps (``tiny``: 600 steps unless
 ``--steps``). ``hour`` is
