@@ -7,6 +7,8 @@ of a real batch of ``pipeline.make_dataset``, with the same shapes and
 dtypes; on a mesh, with the shardings ``pipeline.to_global`` gives them.
 """
 
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -86,3 +88,29 @@ def test_check_divisible_names_the_batch_that_does_not_split():
     batch_spec.check_divisible(config, mesh)
   config.grad_accum_steps = 1
   batch_spec.check_divisible(config, mesh)  # 16, 8, 8, 8 over 8 shards.
+
+
+def test_check_divisible_says_which_mesh_or_batch_would_split():
+  # ReALBEF base on a v5e-256: MRC's 64 does not split 256 ways; 64 data
+  # shards with tensor 4 would, as would an MRC batch of 256.
+  config = _config('realbef')
+  config.batch_size, config.input.parts.mrc.batch_size = 512, 64
+  config.input.parts.vsg.batch_size = 128
+  mesh = types.SimpleNamespace(shape={'data': 256, 'fsdp': 1, 'tensor': 1},
+                               size=256)
+  with pytest.raises(ValueError) as e:
+    batch_spec.check_divisible(config, mesh)
+  assert 'input.parts.mrc.batch_size=64' in str(e.value)
+  assert 'at most 64 data shards divide every batch' in str(e.value)
+  assert '--config.mesh=64,1,4' in str(e.value)
+  assert 'set input.parts.mrc.batch_size to a multiple of 256' in str(e.value)
+  # Only one data shard over 8 devices splits a batch of 3: the hint names
+  # the batch size alone.
+  config = _config('albef')
+  config.batch_size = 3
+  mesh = types.SimpleNamespace(shape={'data': 8, 'fsdp': 1, 'tensor': 1},
+                               size=8)
+  with pytest.raises(ValueError) as e:
+    batch_spec.check_divisible(config, mesh)
+  assert '--config.mesh' not in str(e.value)
+  assert 'set batch_size to a multiple of 8' in str(e.value)

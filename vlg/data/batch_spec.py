@@ -22,6 +22,7 @@ training loop runs.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -87,4 +88,22 @@ def check_divisible(config: ml_collections.ConfigDict, mesh) -> None:
     if size % (data_shards * accum):
       raise ValueError(
           f'{name}={size} does not divide over the {data_shards} data shards '
-          f'of mesh {dict(mesh.shape)} times grad_accum_steps={accum}')
+          f'of mesh {dict(mesh.shape)} times grad_accum_steps={accum}; '
+          + _divisible_hint(batch_sizes.values(), accum, mesh.size, name,
+                            data_shards))
+
+
+def _divisible_hint(sizes, accum: int, devices: int, name: str,
+                    data_shards: int) -> str:
+  """What would split: the most data shards (``data`` x ``fsdp``) that
+  divide every batch over the same devices, the rest on ``tensor``; or the
+  batch size that would split over these shards."""
+  common = math.gcd(*sizes)
+  d = max((d for d in range(1, devices + 1)
+           if devices % d == 0 and common % (d * accum) == 0), default=1)
+  hint = f'set {name} to a multiple of {data_shards * accum}'
+  if 1 < d < devices:
+    hint = (f'at most {d} data shards divide every batch: e.g. '
+            f'--config.mesh={d},1,{devices // d} (the rest on tensor), '
+            f'or {hint}')
+  return hint
