@@ -17,7 +17,9 @@ the round by each framework, the machine's speed at that moment; the end
 prints the ratio's min, median and max over the rounds.
 
 PyTorch is needed only in the reference's environment, never by vlg: the
-reference is a subprocess. Setting up that environment and the clone, and
+reference is a subprocess. It inherits this process's environment, so
+both sides run under the same huge-page setting (``vlg/huge_pages.py``;
+``VLG_HUGE_PAGES=0`` turns it off for both). Setting up that environment and the clone, and
 the shapes ALBEF's code cannot take: benchmarks/reference/README.md.
 """
 
@@ -38,6 +40,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vlg import config_lib
+from vlg import huge_pages
 
 # benchmarks/reference/albef_step.py of the checkout this module is in.
 DEFAULT_SCRIPT = str(pathlib.Path(__file__).resolve().parents[2] /
@@ -372,5 +375,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()
   define_flags()
   app.run(main, flags_parser=config_lib.parse_flags)
