@@ -19,8 +19,9 @@ the tunable) where it would help — Linux with glibc, the kernel's
 transparent huge pages not ``never``, the tunable not yet set — and does
 nothing otherwise; the restart prints nothing (``vlg.tools.bench`` prints
 the mode it measured under). Entry points call it first thing when run as
-programs (``vlg.main``, ``vlg.tools.study``, ``vlg.tools.bench``);
-importing vlg never restarts anything. ``VLG_HUGE_PAGES=0`` turns it off.
+programs (``vlg.main``, ``vlg.tools.study``, ``vlg.tools.bench``,
+``vlg.tools.bench_reference``); importing vlg never restarts anything.
+``VLG_HUGE_PAGES=0`` turns it off.
 """
 
 from __future__ import annotations

@@ -99,8 +99,8 @@ def _divisible_hint(sizes, accum: int, devices: int, name: str,
   divide every batch over the same devices, the rest on ``tensor``; or the
   batch size that would split over these shards."""
   common = math.gcd(*sizes)
-  d = max((d for d in range(1, devices + 1)
-           if devices % d == 0 and common % (d * accum) == 0), default=1)
+  d = max((k for k in range(1, devices + 1)
+           if devices % k == 0 and common % (k * accum) == 0), default=1)
   hint = f'set {name} to a multiple of {data_shards * accum}'
   if 1 < d < devices:
     hint = (f'at most {d} data shards divide every batch: e.g. '

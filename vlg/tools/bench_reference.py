@@ -19,8 +19,9 @@ prints the ratio's min, median and max over the rounds.
 PyTorch is needed only in the reference's environment, never by vlg: the
 reference is a subprocess. It inherits this process's environment, so
 both sides run under the same huge-page setting (``vlg/huge_pages.py``;
-``VLG_HUGE_PAGES=0`` turns it off for both). Setting up that environment and the clone, and
-the shapes ALBEF's code cannot take: benchmarks/reference/README.md.
+``VLG_HUGE_PAGES=0`` turns it off for both). Setting up that environment
+and the clone, and the shapes ALBEF's code cannot take:
+benchmarks/reference/README.md.
 """
 
 from __future__ import annotations
