@@ -159,3 +159,20 @@ def test_bad_topology_on_the_command_line_is_one_clear_error():
   assert proc.returncode == 2
   assert "FATAL --topology='v5e-3'" in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+@needs_libtpu
+@pytest.mark.parametrize('override, expected', [
+    ('--config.batch_size=6',
+     'FATAL batch_size=6 does not divide over the 4 data shards'),
+    ('--config.mesh=3,1,1', 'FATAL Mesh [3, 1, 1] needs 3 devices but 4 are'),
+])
+def test_a_mesh_or_batch_the_slice_cannot_take_is_one_clear_error(
+    override, expected):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vlg.tools.aot',
+       '--config=configs/albef.py:tiny', '--topology=v5e:2x2', override],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert expected in proc.stderr, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr

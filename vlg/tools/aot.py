@@ -23,7 +23,8 @@ beyond that utilisation is not modelled).
 A program too large for HBM fails to compile; the tool reports
 ``does not fit: needs X GiB of Y GiB`` with XLA's own figures (the HBM it
 states as available, a little under the chip's nominal size) and exits
-with status 1 (a bad ``--topology`` or a missing libtpu: status 2).
+with status 1 (a bad ``--topology``, a missing libtpu, or a mesh or batch
+that does not split over the slice's chips: one ``FATAL`` line, status 2).
 ``--suggest`` also compiles a few alternatives (all-data and
 FSDP meshes, ``model.remat=full``, ``grad_accum_steps`` 2 and 4), prints
 which fit, their memory and projected step time, and names the best: the
@@ -121,6 +122,24 @@ def xla_flops(compiled) -> float:
   return float((cost or {}).get('flops', 0.0))
 
 
+def target_mesh(config, topology: tpu_topology.Topology,
+                num_slices: int = 1):
+  """``config.mesh`` over the topology's compile-only devices, every batch
+  checked to split over its data shards (cheap: nothing compiles).
+
+  Raises:
+    ValueError: the mesh does not fit the devices, or a batch does not
+      split (``vlg.data.batch_spec.check_divisible``, naming the mesh or
+      batch size that would).
+  """
+  from vlg import sharding  # pylint: disable=g-import-not-at-top
+  from vlg.data import batch_spec  # pylint: disable=g-import-not-at-top
+  devices = tpu_topology.compile_only_devices(topology, num_slices)
+  mesh = sharding.make_mesh(config.mesh, devices=devices)
+  batch_spec.check_divisible(config, mesh)
+  return mesh
+
+
 def plan(config, topology: tpu_topology.Topology, num_slices: int = 1,
          mfu: float = 0.4) -> dict[str, Any]:
   """Compiles ``config``'s train step for the topology; returns the report.
@@ -146,9 +165,8 @@ def plan(config, topology: tpu_topology.Topology, num_slices: int = 1,
 
   if not 0 < mfu <= 1:
     raise ValueError(f'--mfu must be in (0, 1], got {mfu}')
-  devices = tpu_topology.compile_only_devices(topology, num_slices)
-  mesh = sharding.make_mesh(config.mesh, devices=devices)
-  batch_spec.check_divisible(config, mesh)
+  mesh = target_mesh(config, topology, num_slices)
+  devices = mesh.devices.flatten()
   rules = [tuple(r) for r in config.sharding_rules]
   kind = devices[0].device_kind
   out: dict[str, Any] = dict(
@@ -355,6 +373,9 @@ def main(argv):
   try:
     topology = tpu_topology.parse_topology(_TOPOLOGY.value)
     tpu_topology.require_libtpu()
+    # A mesh or batch that cannot work is the config's error: say so in one
+    # line before minutes of building and compiling.
+    target_mesh(config, topology, _NUM_SLICES.value)
   except (ValueError, RuntimeError) as e:
     print(f'FATAL {e}', file=sys.stderr)
     raise SystemExit(2) from e
