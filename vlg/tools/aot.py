@@ -29,9 +29,10 @@ that does not split over the slice's chips: one ``FATAL`` line, status 2).
 FSDP meshes, ``model.remat=full``, ``grad_accum_steps`` 2 and 4), prints
 which fit, their memory and projected step time, and names the best: the
 fastest that fits, the earlier of the list (as given, all-data first) when
-within 2% of it. ALBEF ``base`` takes 15-18 minutes and 9-11 GB of host
-memory per compile on 2 CPU cores, ReX-VLM ``base`` more than 22 GB
-(measured table: docs/results.md, "Planning TPU launches ahead of time").
+within 2% of it. On 2 otherwise idle CPU cores ALBEF ``base`` takes about
+4 minutes and 9-10 GB of host memory per compile, ReX-VLM ``base`` 12-15
+minutes and 22 GB to more than 24 GiB (measured table for the four base
+recipes: docs/results.md, "The four base recipes on three TPU slices").
 
 ``--topology`` takes libtpu's form ``KIND:AxB`` / ``KIND:AxBxC``
 (``v5e:16x16``, ``v5p:2x4x4``) or a slice name ``KIND-N`` (``v5e-256``,
