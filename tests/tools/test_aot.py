@@ -4,9 +4,10 @@ The compiling tests need libtpu (``requirements-tpu-aot.txt``, which
 ``.ci/run`` installs) and are skipped without it. Two compiles: tiny ALBEF
 on a v5e 2x2 slice (fits; its memory, FLOPs and report), and the same with
 a batch of 16,384 (does not fit: the command says so and exits 1). XLA's
-out-of-memory messages, its FLOP count of a loop and the choice among
-``--suggest``'s alternatives are checked without compiling; the topology
-forms in tests/tools/test_tpu_topology.py.
+out-of-memory messages, its FLOP count of a loop, the choice among
+``--suggest``'s alternatives and the one-line error for a mesh or batch the
+slice cannot take are checked without compiling; the topology forms in
+tests/tools/test_tpu_topology.py.
 """
 
 import importlib.util
