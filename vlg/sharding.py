@@ -178,6 +178,22 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 1,
   return NamedSharding(mesh, spec)
 
 
+def batch_shards() -> int:
+  """Into how many shards the ``batch`` rule splits a batch on the current
+  (abstract) mesh: 1 off-mesh, without rules, or on a mesh whose batch
+  axes have one device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or not _RULES:
+    return 1
+  axes = logical_to_spec(('batch',))[0]
+  if axes is None:
+    return 1
+  n = 1
+  for axis in (axes,) if isinstance(axes, str) else axes:
+    n *= mesh.shape[axis]
+  return n
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Constrains an activation's sharding by logical names (no-op off-mesh)."""
   mesh = jax.sharding.get_abstract_mesh()

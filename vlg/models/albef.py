@@ -169,7 +169,8 @@ class Model(nnx.Module):
 
   def fuse_cls(self, text_embeds: jax.Array, text_mask: jax.Array,
                image_embeds: jax.Array, image_mask: jax.Array | None = None,
-               *, rngs: nnx.Rngs | None = None) -> jax.Array:
+               *, rngs: nnx.Rngs | None = None,
+               image_index: jax.Array | None = None) -> jax.Array:
     """[B, Dt]: the fused [CLS] alone, equal to ``fuse(...)['fused_cls']``.
 
     The heads that read only [CLS] (ITM, boxes, MRC) take this: its last
@@ -177,11 +178,17 @@ class Model(nnx.Module):
     reads every text position), which skips that layer's projections,
     cross-attention queries and MLP for the other L − 1 positions: about
     a third of a two-layer fusion's FLOPs, exactly the same values.
-    Arguments as :meth:`fuse`.
+    Arguments as :meth:`fuse`, and ``image_index`` (int [B]): text row b
+    reads image ``image_index[b]`` of ``image_embeds`` [C, N, Dv] (and of
+    ``image_mask`` [C, N]). Every cross-attention then projects each of
+    the C images' keys and values once instead of once per row; the
+    result equals passing ``image_embeds[image_index]``. ITM's 3B rows
+    hold B distinct images, so this skips two thirds of those
+    projections.
     """
     x = self.text.fuse(text_embeds, text_mask,
                        self.fusion_tokens(image_embeds), image_mask,
-                       rngs=rngs, cls_only=True)
+                       rngs=rngs, cls_only=True, image_index=image_index)
     return x[:, 0]
 
   def fusion_tokens(self, image_embeds: jax.Array) -> jax.Array:

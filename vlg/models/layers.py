@@ -220,7 +220,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                mask: jax.Array | None = None, *,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+               rngs: nnx.Rngs | None = None,
+               context_index: jax.Array | None = None) -> jax.Array:
     """Attends from ``x`` [B, Lq, D] to ``context`` [B, Lk, Dkv] (or ``x``).
 
     Args:
@@ -229,26 +230,40 @@ class Attention(nnx.Module):
       mask: [B, Lk] key mask, True (or nonzero) where a key is visible, or
         [B, Lq, Lk] per query row (e.g. causal); None for all visible.
       rngs: dropout randomness for the attention probabilities.
+      context_index: int [B]: query row b attends to context row
+        ``context_index[b]`` of a ``context`` [C, Lk, Dkv] with C distinct
+        rows (and a 2-D ``mask`` [C, Lk] follows the context). Keys and
+        values are projected once per distinct row and then gathered: the
+        values equal attending to ``context[context_index]``, for fewer
+        FLOPs when rows repeat (ITM's 3B rows hold B distinct images).
 
     Returns:
       [B, Lq, D] in the module's dtype.
     """
     context = x if context is None else context
-    v = sharding.constrain(self.value(context), _QKV_NAMES)
-    probs = self.probabilities(x, context, mask)
+    v = _gather_rows(sharding.constrain(self.value(context), _QKV_NAMES),
+                     context_index)
+    probs = self.probabilities(x, context, mask, context_index)
     probs = dropout(probs, self.dropout_rate, rngs).astype(v.dtype)
     y = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
     return self.out(y)
 
   def probabilities(self, x: jax.Array, context: jax.Array | None = None,
-                    mask: jax.Array | None = None) -> jax.Array:
+                    mask: jax.Array | None = None,
+                    context_index: jax.Array | None = None) -> jax.Array:
     """float32 [B, heads, Lq, Lk]: the attention probabilities of the
     queries of ``x`` over the keys of ``context`` (or ``x``), before
-    dropout; ``mask`` as in :meth:`__call__`. Probes read them (where a
-    fusion layer's text looks in the image)."""
+    dropout; ``mask`` and ``context_index`` as in :meth:`__call__`. Probes
+    read them (where a fusion layer's text looks in the image)."""
     context = x if context is None else context
     q = sharding.constrain(self.query(x), _QKV_NAMES)
-    k = sharding.constrain(self.key(context), _QKV_NAMES)
+    k = _gather_rows(sharding.constrain(self.key(context), _QKV_NAMES),
+                     context_index)
+    if mask is not None and context_index is not None:
+      if mask.ndim != 2:
+        raise ValueError('With context_index the key mask must be [C, Lk], '
+                         f'one row per context row; got {mask.shape}')
+      mask = mask[context_index]
     q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k,
                         preferred_element_type=jnp.float32)
@@ -257,6 +272,11 @@ class Attention(nnx.Module):
                  else mask.astype(bool)[:, None, None, :])
       logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(logits, axis=-1)
+
+
+def _gather_rows(x: jax.Array, index: jax.Array | None) -> jax.Array:
+  """``x[index]`` along the batch axis (``x`` itself when index is None)."""
+  return x if index is None else x[index]
 
 
 class Mlp(nnx.Module):
@@ -348,7 +368,8 @@ class BertLayer(nnx.Module):
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
                context: jax.Array | None = None,
-               context_mask: jax.Array | None = None, *,
+               context_mask: jax.Array | None = None,
+               context_index: jax.Array | None = None, *,
                rngs: nnx.Rngs | None = None,
                query_rows: int | None = None) -> jax.Array:
     """Self-attention over ``x`` with key ``mask``; cross-attends ``context``.
@@ -359,6 +380,9 @@ class BertLayer(nnx.Module):
       context: [B, N, Dc] image tokens; required iff the layer has
         cross-attention.
       context_mask: [B, N] image key mask (None: all visible).
+      context_index: int [B], row b reads image ``context_index[b]`` of a
+        ``context`` [C, N, Dc] (and ``context_mask`` [C, N]); its keys and
+        values are computed once per image (``Attention``'s argument).
       rngs: dropout randomness (None: deterministic).
       query_rows: (static) compute only the first ``query_rows`` positions'
         outputs, their self-attention still reading every key of ``x``.
@@ -376,7 +400,8 @@ class BertLayer(nnx.Module):
     if self.cross is not None:
       if context is None:
         raise ValueError('A fusion layer needs image tokens as context.')
-      c = self.cross(x, context, context_mask, rngs=rngs)
+      c = self.cross(x, context, context_mask, rngs=rngs,
+                     context_index=context_index)
       x = self.cross_norm(x + dropout(c, r, rngs))
     x = self.mlp_norm(x + dropout(self.mlp(x, rngs=rngs), r, rngs))
     return sharding.constrain(x, ('batch', 'length', 'embed'))

@@ -119,9 +119,13 @@ class TextEncoder(nnx.Module):
   def fuse(self, x: jax.Array, mask: jax.Array, image: jax.Array,
            image_mask: jax.Array | None = None, *,
            rngs: nnx.Rngs | None = None, return_layers: bool = False,
-           cls_only: bool = False
+           cls_only: bool = False, image_index: jax.Array | None = None
            ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Fusion mode on text-mode states ``x`` with image tokens ``image``.
+
+    With ``image_index`` (int [B]) text row b reads image
+    ``image_index[b]`` of ``image`` [C, N, Dv]: every cross-attention
+    projects each image's keys and values once (``BertLayer``).
 
     With ``return_layers`` (static) also returns the stack
     [fusion_layers + 1, B, L, D] of the input and every fusion layer's output.
@@ -134,7 +138,7 @@ class TextEncoder(nnx.Module):
     last = len(self.fusion) - 1
     for i, layer in enumerate(self.fusion):
       rows = 1 if cls_only and i == last else None
-      x = layers.call_block(layer, x, mask, image, image_mask,
+      x = layers.call_block(layer, x, mask, image, image_mask, image_index,
                             remat=self.remat, rngs=rngs, query_rows=rows)
       states.append(x)
     if cls_only and last < 0:

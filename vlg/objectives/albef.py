@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vlg import sharding
 from vlg.objectives import itc
 from vlg.objectives import itm
 from vlg.objectives import mlm
@@ -37,7 +38,8 @@ def momentum_outputs(model_m: nnx.Module, batch: Batch) -> dict[str, Any]:
 def albef_loss(model: nnx.Module, batch: Batch, momentum: dict[str, Any],
                queues: dict[str, jax.Array], *, rng: jax.Array,
                alpha: jax.Array, weights: dict[str, float],
-               dropout_rngs: nnx.Rngs | None = None
+               dropout_rngs: nnx.Rngs | None = None,
+               image_kv_once: bool | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted ITC + ITM + MLM of the online ``model`` on one batch.
 
@@ -52,6 +54,16 @@ def albef_loss(model: nnx.Module, batch: Batch, momentum: dict[str, Any],
     alpha: distillation weight (already ramped).
     weights: ``{'itc', 'itm', 'mlm'}`` loss weights.
     dropout_rngs: dropout randomness (None: deterministic).
+    image_kv_once: (static) how ITM's 3B rows reach their images, both
+      giving the same values. True: the fusion projects each of the B
+      images' cross-attention keys and values once and gathers them per
+      row (``Model.fuse_cls``'s ``image_index``), a third of the
+      projections. False: the image tokens are gathered to 3B rows first,
+      so each layer projects 3B images. None (default): True unless the
+      batch is split across devices, where gathering every fusion layer's
+      keys and values across devices would move 2 × fusion_layers tensors
+      the size of the image tokens instead of one
+      (``sharding.batch_shards``).
 
   Returns:
     (total loss, metrics) with ``itc_loss``, ``itm_loss``, ``mlm_loss``,
@@ -72,10 +84,17 @@ def albef_loss(model: nnx.Module, batch: Batch, momentum: dict[str, Any],
   neg_image, neg_text, neg_metrics = itm.sample_hard_negatives(
       rng, aux['sim_i2t'][:, :b], aux['sim_t2i'][:, :b], batch['image_id'])
   image_index, text_index = itm.itm_pairs(neg_image, neg_text)
-  fused_cls = model.fuse_cls(txt['text_embeds'][text_index],
-                             mask[text_index],
-                             img['image_embeds'][image_index],
-                             rngs=dropout_rngs)
+  if image_kv_once is None:
+    image_kv_once = sharding.batch_shards() == 1
+  if image_kv_once:
+    fused_cls = model.fuse_cls(txt['text_embeds'][text_index],
+                               mask[text_index], img['image_embeds'],
+                               rngs=dropout_rngs, image_index=image_index)
+  else:
+    fused_cls = model.fuse_cls(txt['text_embeds'][text_index],
+                               mask[text_index],
+                               img['image_embeds'][image_index],
+                               rngs=dropout_rngs)
   loss_itm, itm_metrics = itm.itm_loss(model.itm_logits(fused_cls),
                                        itm.itm_labels(b))
 
