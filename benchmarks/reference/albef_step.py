@@ -102,6 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument('--threads', type=int, default=2,
                  help='torch.set_num_threads (CPU).')
   p.add_argument('--device', default='cpu', help="'cpu' or 'cuda'.")
+  p.add_argument('--autocast', default='none', choices=('none', 'bfloat16'),
+                 help="'bfloat16': the forward under torch.autocast "
+                      '(float32 parameters, AdamW and backward as torch '
+                      'autocast does them), to compare with a vlg step at '
+                      'model.dtype=bfloat16; ALBEF itself trains in float32.')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--matmul_size', type=int, default=2048,
                  help='Side of the float32 matmul timed as the machine '
@@ -309,10 +314,14 @@ def run(args: argparse.Namespace, s: dict) -> dict:
         attention_mask=torch.ones(b, length, dtype=torch.long,
                                   device=device))
 
+    autocast = args.autocast == 'bfloat16'
+
     def step():
       optimizer.zero_grad()
-      loss_mlm, loss_ita, loss_itm = model(image, text, alpha=s['alpha'])
-      loss = loss_mlm + loss_ita + loss_itm
+      with torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=autocast):
+        loss_mlm, loss_ita, loss_itm = model(image, text, alpha=s['alpha'])
+        loss = loss_mlm + loss_ita + loss_itm
       loss.backward()
       optimizer.step()
       return dict(mlm=loss_mlm.item(), itc=loss_ita.item(),
@@ -339,6 +348,7 @@ def run(args: argparse.Namespace, s: dict) -> dict:
               step_s_min=min(times), step_s_max=max(times),
               steps=args.steps, warmup=args.warmup, batch=b,
               threads=torch.get_num_threads(), device=str(device),
+              autocast=args.autocast,
               losses=losses, tensors_with_grad=with_grad,
               trainable_tensors=len(trained), queue_ptr=queue_ptr,
               matmul_size=args.matmul_size,

@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from random_params import random_params  # tests/random_params.py
 from vlg import sharding
 from vlg.models import albef
 from vlg.models import create_model
@@ -59,30 +60,6 @@ _forward = jax.jit(_forward_fn, static_argnums=0)
 def _fuse(graphdef, params, text_embeds, text_mask, image_embeds, image_mask):
   return nnx.merge(graphdef, params).fuse(text_embeds, text_mask,
                                           image_embeds, image_mask)
-
-
-def random_params(make, seed=0):
-  """(graphdef, params) of ``make()`` with numpy-drawn parameter values.
-
-  Initialising through XLA costs a compilation per parameter shape (tens of
-  seconds for the tiny model on a busy 2-core CPU); tests of the forward
-  pass only need some parameters. The real initialisers are exercised by
-  :func:`test_sharded_init_and_forward_match_unsharded`.
-  """
-  with nnx.use_eager_sharding(False):
-    abstract = nnx.eval_shape(make)
-  graphdef, state = nnx.split(abstract, nnx.Param)
-  rng = np.random.RandomState(seed)
-
-  def draw(path, x):
-    name = path[-1].key
-    if name == 'temp':
-      return jnp.full(x.shape, 0.07, x.dtype)
-    v = rng.randn(*x.shape) * (0.1 if name == 'scale' else 0.05)
-    return jnp.asarray(v + (name == 'scale'), x.dtype)
-
-  pure = jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(state))
-  return graphdef, pure
 
 
 @pytest.fixture(scope='module')

@@ -142,6 +142,26 @@ def test_albef_step_refuses_missing_unknown_and_impossible(tmp_path):
                                    '--vocab_size=50']))
 
 
+def test_reference_autocast_reaches_the_script_and_is_checked(tmp_path):
+  base = bench_reference.reference_command(
+      'py', 'step.py', 'albef', 'shapes.json', 4, 1, 2, 2048)
+  assert not any(a.startswith('--autocast') for a in base)
+  cmd = bench_reference.reference_command(
+      'py', 'step.py', 'albef', 'shapes.json', 4, 1, 2, 2048,
+      autocast='bfloat16')
+  assert cmd == base + ['--autocast=bfloat16']
+  spec = importlib.util.spec_from_file_location('albef_step_ac', SCRIPT)
+  step = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(step)
+  assert step.parse_args(['--albef=x']).autocast == 'none'
+  assert step.parse_args(['--albef=x', '--autocast=bfloat16']).autocast == (
+      'bfloat16')
+  proc = subprocess.run([sys.executable, SCRIPT, '--albef=x',
+                         '--autocast=float16'],
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 2 and "invalid choice: 'float16'" in proc.stderr
+
+
 def test_albef_step_help_and_missing_clone_need_no_torch(tmp_path):
   proc = subprocess.run([sys.executable, SCRIPT, '--help'],
                         capture_output=True, text=True, timeout=60)
@@ -277,7 +297,19 @@ def test_albefs_real_step_at_tiny_shapes(tmp_path):
       matmul_size=256)
   r = bench_reference.run_reference(cmd, timeout=600)
   assert r['batch'] == 16 and r['examples_per_s'] > 0
+  assert r['autocast'] == 'none'
   # The backward reached every trainable tensor; the queue took 3 batches.
   assert r['tensors_with_grad'] == r['trainable_tensors'] > 100
   assert r['queue_ptr'] == 3 * 16
   assert set(r['losses']) == {'itc', 'itm', 'mlm'}
+  # Under torch.autocast (bfloat16) the same step trains every tensor too,
+  # with losses near float32's (same weights and inputs: the seed).
+  cmd16 = bench_reference.reference_command(
+      os.environ['VLG_REFERENCE_PYTHON'], SCRIPT,
+      os.environ['VLG_ALBEF_DIR'], str(path), steps=2, warmup=1, threads=1,
+      matmul_size=256, autocast='bfloat16')
+  r16 = bench_reference.run_reference(cmd16, timeout=600)
+  assert r16['autocast'] == 'bfloat16'
+  assert r16['tensors_with_grad'] == r16['trainable_tensors']
+  for k, v in r['losses'].items():
+    assert abs(r16['losses'][k] - v) < 0.05 * abs(v) + 1e-3, (k, v, r16)

@@ -61,13 +61,14 @@ _MATMUL = None
 _TIMEOUT = None
 _SHAPES_OUT = None
 _DEVICE = None
+_AUTOCAST = None
 
 
 def define_flags() -> None:
   """Defines the flags; called only when run as a program, so that
   tests can import several tools into one process."""
   global _CONFIG, _REFERENCE, _PYTHON, _SCRIPT, _ROUNDS, _STEPS, _WARMUP
-  global _THREADS, _MATMUL, _TIMEOUT, _SHAPES_OUT, _DEVICE
+  global _THREADS, _MATMUL, _TIMEOUT, _SHAPES_OUT, _DEVICE, _AUTOCAST
   _CONFIG = config_flags.DEFINE_config_file(
       'config', None, 'Config file, e.g. configs/albef.py:tiny.',
       lock_config=True)
@@ -86,6 +87,11 @@ def define_flags() -> None:
   _DEVICE = flags.DEFINE_string('reference_device', 'cpu',
                                  "The reference's torch device: 'cpu' or "
                                  "'cuda' (vlg runs on jax's devices).")
+  _AUTOCAST = flags.DEFINE_enum(
+      'reference_autocast', 'none', ['none', 'bfloat16'],
+      "'bfloat16' runs the reference's forward under torch.autocast, to "
+      'set beside a vlg step at --config.model.dtype=bfloat16 (ALBEF '
+      'itself trains in float32).')
   _MATMUL = flags.DEFINE_integer('matmul_size', 2048,
                                  'Side of the float32 matmul read each round.')
   _TIMEOUT = flags.DEFINE_integer('reference_timeout', 1800,
@@ -198,11 +204,13 @@ def check_reference(albef_dir: str, python: str, script: str) -> None:
 def reference_command(python: str, script: str, albef_dir: str,
                       shapes_path: str, steps: int, warmup: int,
                       threads: int, matmul_size: int,
-                      device: str = 'cpu') -> list[str]:
+                      device: str = 'cpu', autocast: str = 'none'
+                      ) -> list[str]:
   """The argv of one reference run."""
   return [python, script, f'--albef={albef_dir}', f'--shapes={shapes_path}',
           f'--steps={steps}', f'--warmup={warmup}', f'--threads={threads}',
-          f'--matmul_size={matmul_size}', f'--device={device}']
+          f'--matmul_size={matmul_size}', f'--device={device}'] + (
+              [] if autocast == 'none' else [f'--autocast={autocast}'])
 
 
 def parse_result(stdout: str) -> dict | None:
@@ -328,6 +336,7 @@ def compare(config, albef_dir: str, python: str, script: str, rounds: int,
             steps: int, warmup: int, threads: int, matmul_size: int,
             timeout: float, shapes_out: str = '', device: str = 'cpu',
             run_vlg: Callable[[], dict] | None = None,
+            autocast: str = 'none',
             emit: Callable[[str], None] = print) -> list[dict]:
   """Writes the shapes, runs the rounds, emits every line; the rows.
 
@@ -349,9 +358,12 @@ def compare(config, albef_dir: str, python: str, script: str, rounds: int,
     emit(f'shapes: {path}' + ('' if shapes_out else ' (temporary)'))
     for note in shapes['notes']:
       emit(f'note: {note}')
+    if autocast != 'none':
+      emit(f'note: the reference runs its forward under torch.autocast '
+           f'({autocast}); ALBEF itself trains in float32')
     cmd = reference_command(python, script, os.path.abspath(albef_dir),
                             path, steps, warmup, threads, matmul_size,
-                            device)
+                            device, autocast)
     rows = []
     for row in alternate(rounds, run_vlg,
                          lambda: run_reference(cmd, timeout)):
@@ -370,7 +382,7 @@ def main(argv):
     compare(_CONFIG.value, _REFERENCE.value, _PYTHON.value, _SCRIPT.value,
             _ROUNDS.value, _STEPS.value, _WARMUP.value, _THREADS.value,
             _MATMUL.value, _TIMEOUT.value, _SHAPES_OUT.value,
-            _DEVICE.value)
+            _DEVICE.value, autocast=_AUTOCAST.value)
   except (ValueError, RuntimeError) as e:
     sys.exit(f'bench_reference: {e}')
 

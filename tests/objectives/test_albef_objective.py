@@ -13,26 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from random_params import random_params  # tests/random_params.py
 from vlg import sharding
 from vlg.models import create_model
 from vlg.models import sizes
 from vlg.objectives import albef
 
 B, L, Q = 4, 10, 8
-
-
-def _params(graphdef_state):
-  """numpy-drawn parameters (no initialiser compilations)."""
-  rng = np.random.RandomState(0)
-
-  def draw(path, x):
-    name = path[-1].key
-    if name == 'temp':
-      return jnp.full(x.shape, 0.07, x.dtype)
-    v = rng.randn(*x.shape) * (0.1 if name == 'scale' else 0.05)
-    return jnp.asarray(v + (name == 'scale'), x.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, graphdef_state)
 
 
 def _batch(cfg):
@@ -53,10 +40,7 @@ def _batch(cfg):
 
 def test_itm_image_kv_once_equals_gathering_the_image_tokens():
   cfg = sizes.model_config('tiny')
-  with nnx.use_eager_sharding(False):
-    abstract = nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract, nnx.Param)
-  params = _params(nnx.to_pure_dict(state))
+  graphdef, params = random_params(lambda: create_model(cfg, nnx.Rngs(0)))
   batch = _batch(cfg)
   queues = {k: jnp.asarray(np.random.RandomState(2).randn(Q, cfg.embed_dim),
                            jnp.float32) for k in ('image', 'text')}
