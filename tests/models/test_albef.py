@@ -392,14 +392,11 @@ def test_fusion_posemb_adds_the_sincos_table_to_the_fused_tokens(tiny):
     random_params(lambda: create_model(bad, nnx.Rngs(0)))
 
 
-@pytest.mark.parametrize('remat', ['none', 'full'])
-def test_fuse_cls_equals_the_full_fusion_cls_in_values_and_gradients(
-    tiny, remat):
-  """``fuse_cls`` computes the last fusion layer's [CLS] row alone; values
-  and parameter gradients must be the full fusion's, with padded texts and
-  a partial image mask (the keys the [CLS] query reads)."""
+def _fusion_inputs(tiny, remat):
+  """The tiny model's graphdef (under ``remat``), parameters, text states
+  and mask (padded rows), image tokens and an image mask hiding part of
+  row 2's patches."""
   _, graphdef, params, batch, out = tiny
-  text, mask = np.asarray(out['text_embeds']), batch['text_mask']
   image = np.asarray(out['image_embeds'])
   image_mask = np.ones(image.shape[:2], bool)
   image_mask[2, 30:] = False
@@ -408,6 +405,18 @@ def test_fuse_cls_equals_the_full_fusion_cls_in_values_and_gradients(
       graphdef, _ = nnx.split(nnx.eval_shape(
           lambda: create_model(sizes.model_config('tiny', remat=remat),
                                nnx.Rngs(0))), nnx.Param)
+  return (graphdef, params, np.asarray(out['text_embeds']),
+          batch['text_mask'], image, image_mask)
+
+
+@pytest.mark.parametrize('remat', ['none', 'full'])
+def test_fuse_cls_equals_the_full_fusion_cls_in_values_and_gradients(
+    tiny, remat):
+  """``fuse_cls`` computes the last fusion layer's [CLS] row alone; values
+  and parameter gradients must be the full fusion's, with padded texts and
+  a partial image mask (the keys the [CLS] query reads)."""
+  graphdef, params, text, mask, image, image_mask = _fusion_inputs(
+      tiny, remat)
   weights = np.random.RandomState(1).randn(B, text.shape[-1])
 
   def loss(p, cls_only):
@@ -442,16 +451,8 @@ def test_fuse_cls_image_index_equals_gathered_images(tiny, remat):
   must equal fusing ``image_embeds[image_index]`` (ITM's 3B rows: the
   positives, a negative image per text, a negative text per image), with
   padded texts and a partial image mask."""
-  _, graphdef, params, batch, out = tiny
-  text, mask = np.asarray(out['text_embeds']), batch['text_mask']
-  image = np.asarray(out['image_embeds'])
-  image_mask = np.ones(image.shape[:2], bool)
-  image_mask[2, 30:] = False
-  if remat != 'none':
-    with nnx.use_eager_sharding(False):
-      graphdef, _ = nnx.split(nnx.eval_shape(
-          lambda: create_model(sizes.model_config('tiny', remat=remat),
-                               nnx.Rngs(0))), nnx.Param)
+  graphdef, params, text, mask, image, image_mask = _fusion_inputs(
+      tiny, remat)
   ar = np.arange(B)
   image_index = np.concatenate([ar, np.roll(ar, 1), ar]).astype(np.int32)
   text_index = np.concatenate([ar, ar, np.roll(ar, 2)]).astype(np.int32)
