@@ -195,6 +195,15 @@ def test_train_step_matches_traced_matmuls_and_xla_cost_analysis(
   assert traced == analytic['total'] + unused
 
   assert bench_figures['analytic_flops'] == analytic['total']
+  # Split across devices, ITM's 2B negative pairs project their images'
+  # keys and values again in every fusion layer.
+  m = c.model
+  tokens = 1 + (c.input.resolution // m.patch_size) ** 2
+  again = 3 * 2 * c.batch_size * m.fusion_layers * 2 * flops.dense(
+      tokens, m.vision_width, m.text_width)
+  split = flops.train_step_flops(c, batch_shards=2)
+  assert split['total'] - analytic['total'] == split['fusion'] - (
+      analytic['fusion']) == again > 0
   ratio = bench_figures['flops_per_step'] / analytic['total']
   # XLA adds elementwise work (LayerNorm, softmax, GELU, masks, AdamW's
   # ~20 FLOPs per parameter): about 10% at these widths; its count can

@@ -176,6 +176,7 @@ def plan(config, topology: tpu_topology.Topology, num_slices: int = 1,
       batch=config.batch_size)
   start = time.perf_counter()
   with jax.set_mesh(mesh), sharding.rules_context(rules):
+    batch_shards = sharding.batch_shards()
     built = train.build_step(config, mesh, rules)
     state = train_state.with_shardings(built['abstract_state'],
                                        built['shardings'])
@@ -215,7 +216,8 @@ def plan(config, topology: tpu_topology.Topology, num_slices: int = 1,
              grad_accum_steps=accum, peak_flops=peak, mfu=mfu,
              step_s=per_device / (peak * mfu))
   try:
-    out['analytic_flops'] = flops_lib.train_step_flops(config)['total']
+    out['analytic_flops'] = flops_lib.train_step_flops(
+        config, batch_shards)['total']
   except ValueError:  # A config vlg.tools.flops does not count.
     out['analytic_flops'] = None
   return out

@@ -110,6 +110,7 @@ def run(config, steps: int, warmup: int, matmul_size: int) -> dict:
     batch = pipeline.to_global(next(it), mesh, rules)
     built = train.build_step(config, mesh, rules)
     state = built['init_fn']()
+    batch_shards = sharding.batch_shards()
 
     t = time.perf_counter()
     compiled = built['train_step'].lower(state, batch).compile()
@@ -143,7 +144,7 @@ def run(config, steps: int, warmup: int, matmul_size: int) -> dict:
   peak = flops_lib.peak_bf16_flops(device_kind)
   out.update(device_kind=device_kind, peak_flops=peak)
   try:
-    analytic = flops_lib.train_step_flops(config)['total']
+    analytic = flops_lib.train_step_flops(config, batch_shards)['total']
   except ValueError as e:
     out.update(analytic_flops=None, analytic_note=str(e))
   else:

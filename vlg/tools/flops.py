@@ -13,9 +13,11 @@ left out, as in the usual MFU convention) of exactly the passes that
   with their images; MLM head on every position;
 - online model, forward and backward: ViT on B images; text encoder on the
   B captions; ITC similarities against the B + Q momentum features; fusion
-  of the 3B ITM pairs (B positives and the 2B hard negatives, each pair
-  computing its own cross-attention keys and values; the last fusion
-  layer for the [CLS] row only, ``Model.fuse_cls``); ITM head; text
+  of the 3B ITM pairs (B positives and the 2B hard negatives; the last
+  fusion layer for the [CLS] row only, ``Model.fuse_cls``; the
+  cross-attention keys and values of each of the B images computed once
+  where the batch is not split across devices, once per pair where it
+  is, as ``albef_loss`` chooses); ITM head; text
   encoder on the B masked captions; their fusion; MLM head;
 - ITC targets from the momentum features (forward only).
 
@@ -224,8 +226,15 @@ def check_supported(config: ml_collections.ConfigDict) -> None:
                      'distillation) only; loss.momentum_distill is False')
 
 
-def train_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
+def train_step_flops(config: ml_collections.ConfigDict,
+                     batch_shards: int = 1) -> dict[str, float]:
   """Model FLOPs of one training step of an ALBEF ``config`` (global batch).
+
+  Args:
+    config: an ALBEF-captions config.
+    batch_shards: into how many shards the mesh splits the batch
+      (``sharding.batch_shards()``); at 1 ITM's fusion computes each
+      image's cross-attention keys and values once, else once per pair.
 
   Returns:
     ``{'vit', 'text', 'fusion', 'heads', 'itc', 'total'}``: each stack's
@@ -248,6 +257,12 @@ def train_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
   mlm_text_fwd = text_layers(m, length)
   fuse = fusion_layers(m, length, image_tokens)
   fuse_cls = fusion_layers_cls(m, length, image_tokens)
+  # ITM's 3B pairs: with the keys and values once per image, 2B of them
+  # skip every fusion layer's key and value projections of the image.
+  itm_fuse = 3 * b * fuse_cls
+  if batch_shards == 1:
+    itm_fuse -= 2 * b * int(m.fusion_layers) * 2 * dense(image_tokens, dv,
+                                                         dt)
   mlm = mlm_head(m, length)
   sims = dense(b, e, b + q)  # One [B, E] × [E, B + Q] similarity matrix.
 
@@ -256,7 +271,7 @@ def train_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
       'vit': b * (vision_fwd + vision_train),
       'text': b * (text_fwd + mlm_text_fwd + 3 * (text_fwd + mlm_text_fwd)),
       # momentum MLM fusion; online ITM (3B pairs) and MLM (B) fusion.
-      'fusion': b * fuse + 3 * (3 * b * fuse_cls + b * fuse),
+      'fusion': b * fuse + 3 * (itm_fuse + b * fuse),
       'heads': b * mlm + 3 * (3 * b * itm_head(m) + b * mlm),
       # two momentum target matrices (forward), two online ones (×2).
       'itc': 2 * sims + 2 * 2 * sims,
@@ -268,7 +283,7 @@ def train_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
 def main(argv):
   del argv
   config = flags.FLAGS.config
-  flops = train_step_flops(config)
+  flops = train_step_flops(config, flags.FLAGS.batch_shards)
   batch = int(config.batch_size)
   for name, value in flops.items():
     print(f'{name:>6}: {value / 1e12:10.3f} TFLOP per step '
@@ -281,5 +296,9 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file(
       'config', None, 'Config file, e.g. configs/albef.py:base.',
       lock_config=True)
+  flags.DEFINE_integer(
+      'batch_shards', 1, 'Into how many shards the mesh splits the batch '
+      '(data x fsdp devices); at 1 ITM computes each image\'s keys and '
+      'values once.')
   flags.mark_flags_as_required(['config'])
   app.run(main, flags_parser=config_lib.parse_flags)
