@@ -86,15 +86,12 @@ def albef_loss(model: nnx.Module, batch: Batch, momentum: dict[str, Any],
   image_index, text_index = itm.itm_pairs(neg_image, neg_text)
   if image_kv_once is None:
     image_kv_once = sharding.batch_shards() == 1
-  if image_kv_once:
-    fused_cls = model.fuse_cls(txt['text_embeds'][text_index],
-                               mask[text_index], img['image_embeds'],
-                               rngs=dropout_rngs, image_index=image_index)
-  else:
-    fused_cls = model.fuse_cls(txt['text_embeds'][text_index],
-                               mask[text_index],
-                               img['image_embeds'][image_index],
-                               rngs=dropout_rngs)
+  images, per_row = img['image_embeds'], image_index
+  if not image_kv_once:
+    images, per_row = images[image_index], None
+  fused_cls = model.fuse_cls(txt['text_embeds'][text_index],
+                             mask[text_index], images, rngs=dropout_rngs,
+                             image_index=per_row)
   loss_itm, itm_metrics = itm.itm_loss(model.itm_logits(fused_cls),
                                        itm.itm_labels(b))
 
