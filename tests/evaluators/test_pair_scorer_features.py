@@ -60,9 +60,9 @@ def _spy(monkeypatch, scorer):
   runners = {'image_text_scores': scorer.runner,
              **(scorer._feature_runners or {})}
   for name, runner in runners.items():
-    def run(params, n, build_rows, _name=name, _run=runner.run):
+    def run(params, n, build_rows, _name=name, _run=runner.run, **kwargs):
       calls.append((_name, n))
-      return _run(params, n, build_rows)
+      return _run(params, n, build_rows, **kwargs)
     monkeypatch.setattr(runner, 'run', run)
   return calls
 

@@ -108,7 +108,9 @@ def test_pair_scorer_independent_of_batch_and_devices(tmp_path, mesh_sizes,
   # Reference: one row at a time, no mesh.
   ref = []
   for im, t in zip(images, texts):
-    b = scorer._local_batch([im], [t], range(1), 1)
+    ids, mask = common.encode_texts(tok, [t], 8, 30)
+    b = {'image': scorer.load_image(im)[None], 'text_ids': ids,
+         'text_mask': mask}
     ref.append(float(_fake_predict(params, b)['itm'][0]))
   np.testing.assert_allclose(got['itm'], ref, rtol=1e-6)
   assert got['itm'].shape == (10,)

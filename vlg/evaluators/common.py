@@ -12,13 +12,11 @@ The scorer an evaluator gets is a :class:`PairScorer` over the
 ``make_scorer(predict_fns, tokenizer, *, mesh, rules, **settings)`` (retrieval
 needs feature-level functions, RefCOCOg ``predict_box``).
 
-:class:`BatchRunner` runs one jitted predict function over a stream of rows:
-it pads the stream to a multiple of the global batch with a ``_mask`` so
-every host runs the same number of steps, builds each process's local rows
-and stitches them into global arrays over the mesh. :class:`PairScorer` uses
-it for (image file, text) pairs: it loads every distinct image once and
-tokenises with the training tokenizer. Every row is computed independently,
-so results do not depend on the batch size or device count.
+:class:`PairScorer` scores (image file, text) pairs through
+``batching.BatchRunner`` (batched, padded, texts cut to their batch's
+longest): it loads every distinct image once and tokenises with the
+training tokenizer. Every row is computed independently, so results do not
+depend on the batch size or device count.
 
 Synthetic sets: ``synthetic=True`` in an eval's config makes the factory
 write every synthetic benchmark set once (``vlg.synthetic.benchmarks.
@@ -41,7 +39,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -50,61 +48,15 @@ import numpy as np
 from scipy import stats
 from PIL import Image
 
-from vlg import sharding
 from vlg.data import ops
-from vlg.data import pipeline
 from vlg.data import tokenizer as tokenizer_lib
+from vlg.evaluators import batching
 from vlg.synthetic import benchmarks as synthetic_benchmarks
 
 SCORERS = ('itm', 'itc')
 # Eval options that configure the scorer rather than the evaluator.
 SCORER_SETTINGS = ('resolution', 'max_text_len', 'batch_size', 'max_words')
 SYNTHETIC_PLACEHOLDER = '{synthetic}'
-
-RowBuilder = Callable[[Sequence[int]], dict[str, np.ndarray]]
-
-
-class BatchRunner:
-  """Runs a jitted ``predict_fn(params, batch)`` over rows ``0..n-1``."""
-
-  def __init__(self, predict_fn, *, batch_size: int, mesh, rules):
-    self.batch_size, self.mesh, self.rules = batch_size, mesh, rules
-    n = mesh.shape['data'] * mesh.shape['fsdp']
-    if batch_size % max(n, 1) or batch_size % jax.process_count():
-      raise ValueError(f'eval batch_size {batch_size} must divide over '
-                       f'{n} data shards and {jax.process_count()} processes')
-    self._fn = jax.jit(predict_fn, out_shardings=sharding.replicated(mesh))
-
-  def run(self, params, n: int, build_rows: RowBuilder
-          ) -> dict[str, np.ndarray]:
-    """Returns the predict function's outputs for rows ``0..n-1``.
-
-    Args:
-      params: the model parameters.
-      n: the number of rows.
-      build_rows: maps row indices (this process's share of one global
-        batch; padding rows are given as index 0) to a dict of numpy arrays
-        with those rows stacked.
-
-    Returns:
-      Each output of the predict function, concatenated over the rows
-      (``[n, ...]``); an empty dict when ``n == 0``.
-    """
-    bs = self.batch_size
-    total = -(-n // bs) * bs
-    pc, pi = jax.process_count(), jax.process_index()
-    local = bs // pc
-    out: dict[str, list[np.ndarray]] = {}
-    for start in range(0, total, bs):
-      rows = range(start + pi * local, start + (pi + 1) * local)
-      batch = dict(build_rows([r if r < n else 0 for r in rows]))
-      batch['_mask'] = np.asarray([int(r < n) for r in rows], np.int32)
-      res = jax.device_get(self._fn(
-          params, pipeline.to_global(batch, self.mesh, self.rules)))
-      for k, v in res.items():
-        out.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v)[:n] for k, v in out.items()}
-
 
 class ImageCache:
   """Loads each image file once, square-resized to ``resolution``."""
@@ -176,14 +128,16 @@ class PairScorer:
     self.resolution, self.max_text_len = resolution, max_text_len
     self.max_words = max_words
     self.batch_size, self.mesh, self.rules = batch_size, mesh, rules
-    self.runner = BatchRunner(predict_fn, batch_size=batch_size, mesh=mesh,
-                              rules=rules)
+    self.runner = batching.BatchRunner(predict_fn, batch_size=batch_size,
+                                       mesh=mesh, rules=rules)
     self.load_image = ImageCache(resolution)
     self._feature_runners = None
     if feature_fns is not None:
       self._feature_runners = {
-          name: BatchRunner(feature_fns[name], batch_size=batch_size,
-                            mesh=mesh, rules=rules) for name in FEATURE_FNS}
+          name: batching.BatchRunner(feature_fns[name],
+                                     batch_size=batch_size, mesh=mesh,
+                                     rules=rules)
+          for name in FEATURE_FNS}
 
   def score(self, params, images: Sequence[str | np.ndarray],
             texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -196,8 +150,13 @@ class PairScorer:
         all(isinstance(i, str) for i in images) and
         len(set(images)) <= self.DISTINCT_IMAGES_FOR_FEATURES * n):
       return self._score_from_features(params, images, texts)
+    ids, masks = encode_texts(self.tokenizer, texts, self.max_text_len,
+                              self.max_words)
     return self.runner.run(
-        params, n, lambda rows: self._local_batch(images, texts, rows, n))
+        params, n, lambda rows: {
+            'image': np.stack([self.load_image(images[r]) for r in rows]),
+            'text_ids': ids[rows], 'text_mask': masks[rows]},
+        text_lengths=batching.text_lengths(masks))
 
   def _score_from_features(self, params, images: Sequence[str],
                            texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -221,29 +180,21 @@ class PairScorer:
               [self.load_image(image_keys[i]) for i in picked])})
       ids, masks = encode_texts(self.tokenizer, text_keys,
                                 self.max_text_len, self.max_words)
+      lengths = batching.text_lengths(masks)
       txt = runners['text_features'].run(
           params, len(text_keys),
           lambda picked: {'text_ids': ids[picked],
-                          'text_mask': masks[picked]})
+                          'text_mask': masks[picked]}, text_lengths=lengths)
       fused = runners['itm_from_embeds'].run(
           params, len(rows), lambda picked: {
               'image_embeds': img['image_embeds'][img_idx[picked]],
               'text_embeds': txt['text_embeds'][txt_idx[picked]],
-              'text_mask': masks[txt_idx[picked]]})
+              'text_mask': masks[txt_idx[picked]]},
+          text_lengths=lengths[txt_idx])
       itm[rows] = fused['itm']
       itc[rows] = np.sum(img['image_feat'][img_idx].astype(np.float32) *
                          txt['text_feat'][txt_idx].astype(np.float32), -1)
     return {'itm': itm, 'itc': itc}
-
-  def _local_batch(self, images, texts, rows, n) -> dict[str, np.ndarray]:
-    rows = list(rows)
-    valid = [int(r < n) for r in rows]
-    rows = [r if r < n else 0 for r in rows]  # Padding repeats row 0.
-    ids, masks = encode_texts(self.tokenizer, [texts[r] for r in rows],
-                              self.max_text_len, self.max_words)
-    return {'image': np.stack([self.load_image(images[r]) for r in rows]),
-            'text_ids': ids, 'text_mask': masks,
-            '_mask': np.asarray(valid, np.int32)}
 
 
 class Results(dict):

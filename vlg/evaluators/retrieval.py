@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from vlg import benchmarks
+from vlg.evaluators import batching
 from vlg.evaluators import common
 
 KS = (1, 5, 10)
@@ -50,8 +51,8 @@ class RetrievalScorer:
                max_text_len: int, batch_size: int, mesh, rules,
                max_words: int = 30):
     def runner(name):
-      return common.BatchRunner(predict_fns[name], batch_size=batch_size,
-                                mesh=mesh, rules=rules)
+      return batching.BatchRunner(predict_fns[name], batch_size=batch_size,
+                                  mesh=mesh, rules=rules)
     self.tokenizer, self.max_text_len = tokenizer, max_text_len
     self.max_words = max_words
     self.load_image = common.ImageCache(resolution)
@@ -71,7 +72,8 @@ class RetrievalScorer:
     ids, masks = common.encode_texts(self.tokenizer, texts,
                                      self.max_text_len, self.max_words)
     out = self._texts.run(params, len(texts), lambda rows: {
-        'text_ids': ids[rows], 'text_mask': masks[rows]})
+        'text_ids': ids[rows], 'text_mask': masks[rows]},
+        text_lengths=batching.text_lengths(masks))
     out['text_mask'] = masks
     return out
 
@@ -83,7 +85,8 @@ class RetrievalScorer:
     out = self._itm.run(params, len(pairs), lambda rows: {
         'image_embeds': image_embeds[pairs[rows, 0]],
         'text_embeds': text_embeds[pairs[rows, 1]],
-        'text_mask': text_mask[pairs[rows, 1]]})
+        'text_mask': text_mask[pairs[rows, 1]]},
+        text_lengths=batching.text_lengths(text_mask)[pairs[:, 1]])
     return out.get('itm_logit', np.zeros(0, np.float32))
 
 

@@ -46,7 +46,7 @@ from flax import nnx
 from vlg import restore
 from vlg.data import batch_truth
 from vlg.data import ops
-from vlg.evaluators import common as eval_common
+from vlg.evaluators import batching
 from vlg.models import albef
 from vlg.objectives import boxes
 from vlg.synthetic import language
@@ -156,7 +156,7 @@ def fit_model(model: albef.Model, world_cfg: world.WorldConfig, tokenizer,
     mean_box = np.broadcast_to(train.boxes.mean(0), held_out.boxes.shape)
     mean_box_iou = float(box_ious(mean_box, held_out.boxes).mean())
     trainer = twin_fit.TwinFit(model, lr=lr, steps=steps, loss=box_loss)
-    runner = eval_common.BatchRunner(
+    runner = batching.BatchRunner(
         lambda params, batch: {'box': predict_boxes(
             nnx.merge(trainer.graphdef, params, trainer.rest),
             batch['image'], batch['text_ids'], batch['text_mask'])},

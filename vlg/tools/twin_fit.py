@@ -61,7 +61,7 @@ from vlg import train_state
 from vlg import vision_pretrain
 from vlg.analysis import significance
 from vlg.data import batch_truth
-from vlg.evaluators import common as eval_common
+from vlg.evaluators import batching
 from vlg.evaluators import synthetic as synthetic_evals
 from vlg.models import albef
 from vlg.tools import twin_probe
@@ -166,8 +166,8 @@ class TwinFit:
   def scorer(self, mesh, rules, batch_size: int) -> twin_probe.RowScorer:
     """A ``twin_probe.twin_metrics`` scorer of the current parameters over
     pre-embedded tokens (the rows' ``image`` are image tokens), batched and
-    padded by ``evaluators.common.BatchRunner``; returns {'itm': scores}."""
-    runner = eval_common.BatchRunner(
+    padded by ``evaluators.batching.BatchRunner``; returns {'itm': scores}."""
+    runner = batching.BatchRunner(
         lambda params, batch: {'itm': match_scores(
             nnx.merge(self.graphdef, params, self.rest), batch['image'],
             batch['text_ids'], batch['text_mask'])},
@@ -180,7 +180,7 @@ def tower_tokens(model: albef.Model, *, mesh, rules, batch_size: int
   """A function from images [n, R, R, 3] to the frozen tower's tokens
   [n, 1 + N, Dv] (one compiled tower pass, batched and padded)."""
   graphdef, state = nnx.split(model)
-  runner = eval_common.BatchRunner(
+  runner = batching.BatchRunner(
       lambda s, batch: {'tokens': nnx.merge(graphdef, s).embed_image(
           batch['image'])['image_embeds']},
       batch_size=batch_size, mesh=mesh, rules=rules)

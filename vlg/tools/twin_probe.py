@@ -138,7 +138,7 @@ def twin_metrics(score_rows: RowScorer, twins: Twins) -> dict[str, float]:
 
   ``score_rows(n, build_rows)`` scores rows ``0..n-1`` (``image``,
   ``text_ids``, ``text_mask``) and returns per-row scores: the run's
-  ``image_text_scores`` through ``evaluators.common.BatchRunner.run``
+  ``image_text_scores`` through ``evaluators.batching.BatchRunner.run``
   with bound params, as ``vlg.tools.validate`` passes it.
   """
   n = len(twins.edits)
@@ -173,7 +173,7 @@ def binding_metrics(predict_rows: RowScorer, twins: Twins,
   Args:
     predict_rows: ``(n, build_rows) → {'mlm_ids': [n, L]}``, the MLM
       head's argmax ids for rows ``0..n-1`` (``image``, ``text_ids``,
-      ``text_mask``), e.g. through ``evaluators.common.BatchRunner.run``.
+      ``text_mask``), e.g. through ``evaluators.batching.BatchRunner.run``.
     twins: the held-out pairs.
     colour_ids: the tokenizer's ids of the colour words
       (``word_probe.class_token_ids(tok)['colour']``).

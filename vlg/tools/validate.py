@@ -114,7 +114,7 @@ from vlg import train_state
 from vlg import writers
 from vlg.data import batch_truth
 from vlg.data import pipeline
-from vlg.evaluators import common as eval_common
+from vlg.evaluators import batching
 from vlg.objectives import itc
 from vlg.objectives import itm as itm_lib
 from vlg.objectives import pairs
@@ -359,8 +359,8 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
     predict = make_mlm_predict_fn(run.graphdef)
     if pairs_of_twins is not None:
       twin_scores, twin_mlm = (
-          eval_common.BatchRunner(f, batch_size=batch_size, mesh=run.mesh,
-                                  rules=run.rules)
+          batching.BatchRunner(f, batch_size=batch_size, mesh=run.mesh,
+                               rules=run.rules)
           for f in (run.predict_fns['image_text_scores'],
                     _mlm_rows(predict)))
     class_ids = word_probe.class_token_ids(run.tokenizer)
@@ -409,7 +409,7 @@ def validate(workdir: str, *, steps: Sequence[int] = (), batches: int = 8,
 
 def _mlm_rows(predict):
   """``predict`` (:func:`make_mlm_predict_fn`'s) as a batch-dict function
-  for ``evaluators.common.BatchRunner``: one masking of each row's text,
+  for ``evaluators.batching.BatchRunner``: one masking of each row's text,
   ``{'mlm_ids': [B, L]}``."""
   def rows(params, batch):
     return {'mlm_ids': predict(params, batch['image'],
