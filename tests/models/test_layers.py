@@ -107,6 +107,23 @@ def test_bfloat16_compute_keeps_float32_params():
   assert jax.eval_shape(lambda x: ln(d(x)), x).dtype == jnp.bfloat16
 
 
+def test_gelu_is_the_exact_erf_gelu_in_value_and_gradient():
+  """Against a float64 re-derivation: x Phi(x), derivative Phi(x) + x phi(x)."""
+  from scipy import special
+  x = np.concatenate([np.linspace(-9, 9, 301), [0.0, -1e-3, 1e-3]])
+  phi = np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi)
+  cdf = 0.5 * (1 + special.erf(x / np.sqrt(2)))
+  xf = jnp.asarray(x, jnp.float32)
+  value = jax.jit(layers.gelu)(xf)
+  grad = jax.jit(jax.vmap(jax.grad(layers.gelu)))(xf)
+  np.testing.assert_allclose(value, x * cdf, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(grad, cdf + x * phi, rtol=1e-5, atol=1e-6)
+  # jax.nn.gelu's erfc form: the same function to float32 rounding.
+  np.testing.assert_allclose(value, jax.nn.gelu(xf, approximate=False),
+                             atol=1e-6)
+  assert layers.gelu(xf.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def test_layer_norm_matches_numpy():
   ln = build(lambda r: layers.LayerNorm(D, eps=1e-12, rngs=r))
   ln.scale[...] = np.arange(1.0, D + 1, dtype=np.float32)

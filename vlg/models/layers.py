@@ -114,8 +114,17 @@ def call_block(block: nnx.Module, *args, remat: str = 'none',
 
 
 def gelu(x: jax.Array) -> jax.Array:
-  """The exact (erf) GELU of BERT and timm's ViT."""
-  return jax.nn.gelu(x, approximate=False)
+  """The exact (erf) GELU of BERT and timm's ViT: ``x (1/2 + erf(x/sqrt 2)/2)``,
+  PyTorch's and HuggingFace BERT's formula.
+
+  ``jax.nn.gelu(approximate=False)`` evaluates ``erfc`` instead, which is
+  more accurate far in the left tail (values differ by < 1e-6) but on XLA's
+  CPU backend 3x slower forward and 1.7x slower backward; written this way
+  the GELUs' share of the tiny ViT's forward fell from a sixth.
+  """
+  half = jnp.asarray(0.5, x.dtype)
+  return x * (half + half * jax.lax.erf(
+      x * jnp.asarray(0.7071067811865476, x.dtype)))
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
