@@ -254,8 +254,8 @@ class Attention(nnx.Module):
                      context_index)
     probs = self.probabilities(x, context, mask, context_index)
     probs = dropout(probs, self.dropout_rate, rngs).astype(v.dtype)
-    y = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
-    return self.out(y)
+    y = jnp.einsum('bhqk,bhkd->bhqd', probs, _heads_first(v))
+    return self.out(jnp.transpose(y, (0, 2, 1, 3)))
 
   def probabilities(self, x: jax.Array, context: jax.Array | None = None,
                     mask: jax.Array | None = None,
@@ -274,13 +274,21 @@ class Attention(nnx.Module):
                          f'one row per context row; got {mask.shape}')
       mask = mask[context_index]
     q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k,
+    logits = jnp.einsum('bhqd,bhkd->bhqk', _heads_first(q), _heads_first(k),
                         preferred_element_type=jnp.float32)
     if mask is not None:
       visible = (mask.astype(bool)[:, None] if mask.ndim == 3
                  else mask.astype(bool)[:, None, None, :])
       logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(logits, axis=-1)
+
+
+def _heads_first(x: jax.Array) -> jax.Array:
+  """[B, L, heads, kv] → [B, heads, L, kv]: both attention products then
+  contract with (batch, head) leading, which XLA's CPU backend runs as
+  plain batched matmuls (the head-interleaved einsums were 1.3–1.9x slower
+  forward at the tiny model's 65 tokens and 4 heads)."""
+  return jnp.transpose(x, (0, 2, 1, 3))
 
 
 def _gather_rows(x: jax.Array, index: jax.Array | None) -> jax.Array:
