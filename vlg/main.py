@@ -10,6 +10,9 @@ Running the same command again resumes from the last checkpoint in
 ``--workdir``. Multi-process jobs: see ``launch/README.md``; a process of
 one that fails prints its error and exits at once, and the others, whose
 collectives lose it, follow (:func:`_exit_now`) instead of hanging.
+Compiled programs are kept in JAX's persistent compilation cache, so a
+resumed or repeated run loads them instead of compiling again
+(``vlg/compilation_cache.py``; ``VLG_COMPILATION_CACHE=off`` turns it off).
 """
 
 import logging
@@ -21,6 +24,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vlg import compilation_cache
 from vlg import config_lib
 from vlg import huge_pages
 
@@ -62,6 +66,7 @@ def main(argv):
   logging.info('JAX %s, process %d/%d, %d local / %d global devices',
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+  compilation_cache.enable()
   from vlg import train  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

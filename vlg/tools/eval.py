@@ -18,6 +18,9 @@ re-evaluates; the later record wins in ``writers.metric_curves``).
 (e.g. a benchmark path that moved); an unknown field is an error.
 Checkpoints are read onto a mesh over the devices available here, whatever
 mesh the run was trained on (``vlg.restore``).
+Compiled programs are kept in JAX's persistent compilation cache
+(``vlg/compilation_cache.py``), so a second evaluation, or one after
+training, loads the programs training compiled.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vlg import compilation_cache
 from vlg import restore
 from vlg import writers
 
@@ -261,6 +265,7 @@ def main(argv):
     steps = [int(s) for s in _STEPS.value]
   except ValueError as e:
     raise app.UsageError(f'--steps must be integers: {_STEPS.value}') from e
+  compilation_cache.enable()
   evaluate_workdir(_WORKDIR.value, evals=evals, names=_EVALS.value,
                    steps=steps, overrides=_OVERRIDES, force=_FORCE.value)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 import ml_collections
 
 from vlg import checkpointing
+from vlg import compilation_cache
 from vlg import recipes
 from vlg.projects.study import results as results_lib
 from vlg.synthetic import world
@@ -367,8 +368,5 @@ def run_study(out: str, *, models: Sequence[str], seeds: int,
 
 def enable_compilation_cache(directory: str) -> None:
   """JAX's persistent compilation cache in ``directory``, every entry kept
-  (a tiny model compiles in seconds, below JAX's default thresholds)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_compilation_cache_dir', directory)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  (``vlg.compilation_cache.use_directory``)."""
+  compilation_cache.use_directory(directory)
