@@ -9,13 +9,14 @@
 # worker's home), PYTHON (default python3), SYNC=1 (first copy this tree to
 # every worker and pip install requirements.txt there), DETACH=1 (run under
 # nohup, logging to ~/vlg_train.log on each worker, so a dropped ssh
-# session does not kill the job).
+# session does not kill the job), VLG_COMPILATION_CACHE (passed on to every
+# worker: a gs:// directory lets a resumed job load its compiled step).
 # Each worker runs `python -m vlg.main --distributed`:
 # jax.distributed.initialize() finds the other hosts from the TPU metadata.
 # Re-running the same command resumes from the last checkpoint in WORKDIR.
 set -euo pipefail
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,15p' "$0"; exit 0
+  sed -n '2,17p' "$0"; exit 0
 fi
 for var in TPU_NAME ZONE PROJECT CONFIG WORKDIR; do
   if [[ -z "${!var:-}" ]]; then
@@ -39,7 +40,13 @@ if [[ "${SYNC:-0}" == "1" ]]; then
   rm -f "$archive"
 fi
 
-train="cd $(printf '%q' "$repo_dir") && $python -m vlg.main \
+# The compilation cache's directory (launch/README.md) travels to every
+# worker when it is set here.
+cache_env=""
+if [[ -n "${VLG_COMPILATION_CACHE:-}" ]]; then
+  cache_env="VLG_COMPILATION_CACHE=$(printf '%q' "$VLG_COMPILATION_CACHE") "
+fi
+train="cd $(printf '%q' "$repo_dir") && $cache_env$python -m vlg.main \
 --config=$(printf '%q' "$CONFIG") --workdir=$(printf '%q' "$WORKDIR") \
 --distributed"
 for arg in "$@"; do train+=" $(printf '%q' "$arg")"; done
