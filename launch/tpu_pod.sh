@@ -16,7 +16,7 @@
 # Re-running the same command resumes from the last checkpoint in WORKDIR.
 set -euo pipefail
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,17p' "$0"; exit 0
+  sed -n '2,16p' "$0"; exit 0
 fi
 for var in TPU_NAME ZONE PROJECT CONFIG WORKDIR; do
   if [[ -z "${!var:-}" ]]; then
