@@ -44,3 +44,17 @@ def test_a_mesh_over_two_slices_puts_the_slices_on_the_data_axis():
     assert {d.slice_index for d in row.ravel()} == {slice_index}
   with pytest.raises(ValueError, match=r'spans 2 slices.*multiple of 2'):
     sharding.make_mesh((1, -1, 1), devices=devices)
+
+
+def test_data_shards_counts_the_devices_a_batch_splits_over():
+  devices = sharding.mesh_devices(8)
+  assert sharding.data_shards(
+      sharding.make_mesh((2, 2, 2), devices=devices)) == 4
+  assert sharding.data_shards(
+      sharding.make_mesh((1, 1, 8), devices=devices)) == 1
+  mesh = sharding.make_mesh((-1, 1, 1), devices=devices)
+  assert sharding.data_shards(mesh) == 8
+  # What the batch rule splits a batch into on that mesh, by the rules.
+  with jax.set_mesh(mesh), sharding.rules_context(
+      [('batch', ('data', 'fsdp'))]):
+    assert sharding.batch_shards() == sharding.data_shards(mesh)

@@ -186,7 +186,7 @@ def eval_defaults(run: Run) -> dict[str, Any]:
   """
   c = run.config
   batch = int(c.get('eval_batch_size', c.batch_size))
-  shards = run.mesh.shape['data'] * run.mesh.shape['fsdp']
+  shards = sharding.data_shards(run.mesh)
   multiple = math.lcm(shards, jax.process_count())
   batch = -(-batch // multiple) * multiple
   return dict(resolution=int(c.input.resolution),

@@ -178,6 +178,13 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 1,
   return NamedSharding(mesh, spec)
 
 
+def data_shards(mesh: jax.sharding.Mesh) -> int:
+  """Into how many shards a global batch splits on ``mesh``: its ``data``
+  and ``fsdp`` axes, over which vlg's rules shard ``batch`` (a batch size
+  must divide by it)."""
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
 def batch_shards() -> int:
   """Into how many shards the ``batch`` rule splits a batch on the current
   (abstract) mesh: 1 off-mesh, without rules, or on a mesh whose batch

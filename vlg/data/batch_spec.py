@@ -79,7 +79,7 @@ def check_divisible(config: ml_collections.ConfigDict, mesh) -> None:
   Raises:
     ValueError: naming the batch size that does not.
   """
-  data_shards = mesh.shape['data'] * mesh.shape['fsdp']
+  data_shards = sharding.data_shards(mesh)
   accum = int(config.get('grad_accum_steps', 1))
   batch_sizes = {'batch_size': config.batch_size}
   batch_sizes.update({f'input.parts.{k}.batch_size': v.batch_size for k, v in

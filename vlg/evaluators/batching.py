@@ -68,7 +68,7 @@ class BatchRunner:
 
   def __init__(self, predict_fn, *, batch_size: int, mesh, rules):
     self.batch_size, self.mesh, self.rules = batch_size, mesh, rules
-    n = mesh.shape['data'] * mesh.shape['fsdp']
+    n = sharding.data_shards(mesh)
     if batch_size % max(n, 1) or batch_size % jax.process_count():
       raise ValueError(f'eval batch_size {batch_size} must divide over '
                        f'{n} data shards and {jax.process_count()} processes')
