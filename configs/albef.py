@@ -10,9 +10,11 @@ of training compute, ~11 minutes on a 2-core CPU whose float32 matmul
 reads ~200 GFLOP/s. Expected (measured runs in docs/results.md): held-out
 ITM accuracy / AUROC on uniform negatives ~0.85 / ~0.97 at the end
 (prior 0.667; ``python -m vlg.tools.validate``); synthetic retrieval R@1
-30-40x its 0.02 chance level, SVO- and VALSE-style accuracies more than 3
-binomial SDs above chance; VSR-style at chance and Winoground-style below
-it (the ITM head reads captions as bags of words), as for the papers' own
+25-40x its 0.02 chance level, SVO-style accuracy 5-7 binomial SDs above
+chance and VALSE-style 2-6 (runs on different CPUs differ: XLA's float
+rounding differs between instruction sets); VSR-style at chance and
+Winoground-style below it (the ITM head reads captions as bags of
+words), as for the papers' own
 models (``python -m vlg.tools.skills --workdir=...``). ITC's logged loss
 rises while the queue fills (its softmax gains B columns a step) before it
 falls. ``train/fn_itm_neg_share`` logs how many drawn ITM negatives are in
