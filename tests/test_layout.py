@@ -23,7 +23,8 @@ PACKAGE = 'vlg'
 LAYERS = (
     # Leaf utilities: no other vlg import.
     ('vlg.sharding', 'vlg.config_lib', 'vlg.writers', 'vlg.optim',
-     'vlg.checkpointing', 'vlg.predict', 'vlg.huge_pages'),
+     'vlg.checkpointing', 'vlg.predict', 'vlg.huge_pages',
+     'vlg.compilation_cache'),
     # The built-in synthetic world, then its benchmark writers.
     ('vlg.synthetic',),
     ('vlg.synthetic.benchmarks',),

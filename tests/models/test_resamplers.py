@@ -240,9 +240,11 @@ def test_qformer_matches_float64_reference_in_every_mode():
       np.testing.assert_allclose(got['resampler_text'], ref_t, atol=2e-4,
                                  err_msg=mode)
       np.testing.assert_array_equal(got['text_mask'], mask)
-  # The decoder's query rows are the image pass's (ITG reuses them).
+  # The decoder's query rows are the image pass's (ITG reuses them), up to
+  # float32 rounding: the two modes are separate XLA programs, which read
+  # up to 1.2e-6 apart on an AVX2 CPU.
   np.testing.assert_allclose(out['decoder']['resampler_queries'],
-                             out['image']['resampler_queries'], atol=1e-6)
+                             out['image']['resampler_queries'], atol=1e-5)
 
 
 def test_taps_and_keys_per_mode():
