@@ -27,7 +27,8 @@ def _tpu_pod_command(tmp_path, **env_updates) -> str:
 def test_tpu_pod_runs_main_on_every_worker(tmp_path):
   command = _tpu_pod_command(tmp_path)
   assert 'python3 -m vlg.main --config=configs/albef.py:base' in command
-  assert '--workdir=gs://b/albef --distributed --config.total_steps=10' in command
+  assert ('--workdir=gs://b/albef --distributed --config.total_steps=10'
+          in command)
   assert 'VLG_COMPILATION_CACHE' not in command
 
 

@@ -18,11 +18,11 @@ anything (``vlg.tools.study`` keeps its own, in its output directory,
 through :func:`use_directory`); importing vlg changes nothing. The
 directory is ``$VLG_CACHE_DIR/jax`` or ``~/.cache/vlg/jax``;
 ``VLG_COMPILATION_CACHE`` names another one (a ``gs://`` path for a pod,
-whose process 0 writes the entries every process reads) or ``off``. A ``JAX_COMPILATION_CACHE_DIR``
-already set is kept. Known limit: on some Intel CPUs jax 0.10 logs an
-error for every entry it reloads (its loader takes two LLVM tuning flags
-for missing CPU features, jax-ml/jax#38445) and compiles again; turn the
-cache off there.
+whose process 0 writes the entries every process reads) or ``off``. A
+``JAX_COMPILATION_CACHE_DIR`` already set is kept. Known limit: on some
+Intel CPUs jax 0.10 logs an error for every entry it reloads (its loader
+takes two LLVM tuning flags for missing CPU features, jax-ml/jax#38445)
+and compiles again; turn the cache off there.
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ import os
 from absl import app
 from absl import flags
 
+from vlg import compilation_cache
 from vlg import huge_pages
 from vlg.projects.study import results as results_lib
 from vlg.projects.study import runs
@@ -126,7 +127,7 @@ def main(argv):
   logging.getLogger('absl').setLevel(logging.WARNING)
   out = _OUT.value
   if _COMPILATION_CACHE.value:
-    runs.enable_compilation_cache(os.path.join(out, 'cache', 'jax'))
+    compilation_cache.use_directory(os.path.join(out, 'cache', 'jax'))
   steps = runs.run_steps(_MODELS.value, _PRESET.value, _STEPS.value)
   result = runs.run_study(out, models=_MODELS.value, seeds=_SEEDS.value,
                           steps=steps, eval_every=_EVAL_EVERY.value,

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 import ml_collections
 
 from vlg import checkpointing
-from vlg import compilation_cache
 from vlg import recipes
 from vlg.projects.study import results as results_lib
 from vlg.synthetic import world
@@ -364,9 +363,3 @@ def run_study(out: str, *, models: Sequence[str], seeds: int,
         'curves.png')
   return dict(trained=trained, skipped=skipped, interrupted=interrupted,
               results=results)
-
-
-def enable_compilation_cache(directory: str) -> None:
-  """JAX's persistent compilation cache in ``directory``, every entry kept
-  (``vlg.compilation_cache.use_directory``)."""
-  compilation_cache.use_directory(directory)
