@@ -163,6 +163,17 @@ def test_bad_topology_on_the_command_line_is_one_clear_error():
   assert 'Traceback' not in proc.stderr
 
 
+@pytest.mark.parametrize('mfu', ['0', '1.5', '-0.2'])
+def test_an_mfu_outside_zero_to_one_is_one_clear_error(mfu):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vlg.tools.aot',
+       '--config=configs/albef.py:tiny', '--topology=v5e:2x2', f'--mfu={mfu}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert f'FATAL --mfu must be in (0, 1], got {float(mfu)}' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
 @needs_libtpu
 @pytest.mark.parametrize('override, expected', [
     ('--config.batch_size=6',

@@ -141,6 +141,12 @@ def target_mesh(config, topology: tpu_topology.Topology,
   return mesh
 
 
+def check_mfu(mfu: float) -> None:
+  """Raises ValueError unless ``mfu`` is a utilisation in (0, 1]."""
+  if not 0 < mfu <= 1:
+    raise ValueError(f'--mfu must be in (0, 1], got {mfu}')
+
+
 def plan(config, topology: tpu_topology.Topology, num_slices: int = 1,
          mfu: float = 0.4) -> dict[str, Any]:
   """Compiles ``config``'s train step for the topology; returns the report.
@@ -164,8 +170,7 @@ def plan(config, topology: tpu_topology.Topology, num_slices: int = 1,
   from vlg.data import batch_spec  # pylint: disable=g-import-not-at-top
   from vlg.tools import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
-  if not 0 < mfu <= 1:
-    raise ValueError(f'--mfu must be in (0, 1], got {mfu}')
+  check_mfu(mfu)
   mesh = target_mesh(config, topology, num_slices)
   devices = mesh.devices.flatten()
   rules = [tuple(r) for r in config.sharding_rules]
@@ -374,6 +379,7 @@ def main(argv):
   del argv
   config, mfu = _CONFIG.value, _MFU.value
   try:
+    check_mfu(mfu)
     topology = tpu_topology.parse_topology(_TOPOLOGY.value)
     tpu_topology.require_libtpu()
     # A mesh or batch that cannot work is the config's error: say so in one
