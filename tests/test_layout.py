@@ -21,7 +21,10 @@ PACKAGE = 'vlg'
 # Lowest first. A unit imports only itself and units of lower layers, so
 # no two units of one layer import each other.
 LAYERS = (
-    # Leaf utilities: no other vlg import.
+    # Where vlg's rebuildable caches live (the compilation cache's and the
+    # synthetic benchmark sets' folder).
+    ('vlg.cache_root',),
+    # Leaf utilities: no other vlg import but the cache folder.
     ('vlg.sharding', 'vlg.config_lib', 'vlg.writers', 'vlg.optim',
      'vlg.checkpointing', 'vlg.predict', 'vlg.huge_pages',
      'vlg.compilation_cache'),

@@ -31,6 +31,8 @@ import logging
 import os
 from collections.abc import Mapping
 
+from vlg import cache_root
+
 ENV = 'VLG_COMPILATION_CACHE'
 OFF = ('off', '0', 'none', 'false', 'no')
 
@@ -42,9 +44,7 @@ def cache_dir(environ: Mapping[str, str] = os.environ) -> str | None:
     return None
   if setting:
     return setting
-  root = environ.get('VLG_CACHE_DIR') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'vlg')
-  return os.path.join(root, 'jax')
+  return os.path.join(cache_root.cache_root(environ), 'jax')
 
 
 def use_directory(directory: str) -> None:

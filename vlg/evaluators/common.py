@@ -48,6 +48,7 @@ import numpy as np
 from scipy import stats
 from PIL import Image
 
+from vlg import cache_root
 from vlg.data import ops
 from vlg.data import tokenizer as tokenizer_lib
 from vlg.evaluators import batching
@@ -271,8 +272,7 @@ def synthetic_root(resolution: int, seed: int = 0, num: int = 200,
   folder beside the final one and renamed into place, so a crash never
   leaves a half-written set where a later run would trust it.
   """
-  cache_dir = cache_dir or os.environ.get('VLG_CACHE_DIR') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'vlg')
+  cache_dir = cache_dir or cache_root.cache_root()
   parent = os.path.join(cache_dir, 'synthetic_benchmarks')
   version = synthetic_benchmarks.VERSION
   final = os.path.join(parent,
