@@ -41,6 +41,30 @@ def _lines(path):
     return f.read().splitlines()
 
 
+def test_split_host_cpu_adds_the_device_count_once():
+  env = {}
+  assert eval_tool.split_host_cpu(env, 2)
+  assert env['XLA_FLAGS'] == '--xla_force_host_platform_device_count=2'
+  env = {'XLA_FLAGS': '--xla_cpu_use_onednn=false'}
+  assert eval_tool.split_host_cpu(env, 4)
+  assert env['XLA_FLAGS'] == ('--xla_cpu_use_onednn=false '
+                              '--xla_force_host_platform_device_count=4')
+  mine = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  assert not eval_tool.split_host_cpu(mine, 2)
+  assert mine == {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  one = {}
+  assert not eval_tool.split_host_cpu(one, 1) and one == {}
+
+
+def test_each_host_device_gets_the_runs_eval_batch(workdir):
+  config = eval_tool.restore.load_config(workdir)
+  batch = int(config.get('eval_batch_size', config.batch_size))
+  assert eval_tool.per_device_batch_override(workdir, ['seed=3'], 2) == [
+      'seed=3', f'eval_batch_size={2 * batch}']
+  assert eval_tool.per_device_batch_override(
+      workdir, ['eval_batch_size=8'], 2) == ['eval_batch_size=8']
+
+
 def test_evaluates_missing_pairs_then_nothing(workdir, fast_compile):
   trained = writers.metric_curves(workdir)
   assert sorted(trained['valse/acc_r']) == [6]
@@ -106,17 +130,32 @@ def test_override_config_types_and_unknown_fields():
     eval_tool.override_config(config, ['batch_size=big'])
 
 
-def test_command_line_help_and_resumed_run(workdir):
-  env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO))
+def test_command_line_help_and_resumed_run(workdir, fast_compile):
+  # The session's 8 fake devices taken out of XLA_FLAGS: the command splits
+  # the CPU into --cpu_devices itself.
+  xla_flags = ' '.join(f for f in os.environ.get('XLA_FLAGS', '').split()
+                       if not f.startswith(eval_tool.HOST_DEVICES_FLAG))
+  env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO),
+             XLA_FLAGS=xla_flags)
   out = subprocess.run(
       [sys.executable, '-m', 'vlg.tools.eval', f'--workdir={workdir}',
-       '--evals=valse', '--config.evals.valse.batch_size=16'],
+       '--evals=valse', '--config.evals.valse.batch_size=16',
+       '--cpu_devices=2'],
       capture_output=True, text=True, env=env, cwd=REPO, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
+  assert 'CPU split into 2 host devices' in out.stdout, out.stdout
+  assert "onto mesh {'data': 2," in out.stderr, out.stderr[-2000:]
   # Training evaluated step 6; the command adds step 3 and nothing else.
   assert ("evals ['valse']; 1 (step, eval) pair(s) to run, 1 already"
           in out.stdout), out.stdout
-  assert sorted(writers.metric_curves(workdir)['valse/acc_r']) == [3, 6]
+  curves = writers.metric_curves(workdir)
+  assert sorted(curves['valse/acc_r']) == [3, 6]
+  # The same scores on this session's 8-device mesh at another batch.
+  here = eval_tool.evaluate_workdir(workdir, names=['valse'], steps=[3],
+                                    force=True, log=lambda line: None)
+  for key, value in here[(3, 'valse')].items():
+    if key != 'seconds':
+      assert curves[f'valse/{key}'][3] == pytest.approx(value, abs=1e-6), key
   helped = subprocess.run([sys.executable, '-m', 'vlg.tools.eval', '--help'],
                           capture_output=True, text=True, env=env, cwd=REPO,
                           check=False)
