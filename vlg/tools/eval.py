@@ -25,9 +25,10 @@ training, loads the programs training compiled.
 On a CPU the command splits the processor into ``--cpu_devices`` host
 devices (default 2) and gives each the run's evaluation batch, so two
 batches run side by side instead of one program's operations sharing the
-cores: on a 2-core CPU a round of the tiny run's synthetic sets took
-about 1.3x less time (docs/results.md). The scores do not depend on the
-devices or the batch. ``--cpu_devices=1`` keeps one device; an
+cores: on a 2-core CPU a warm round of the tiny run's synthetic sets ran
+1.27x faster (median of nine alternating pairs, docs/results.md). The
+scores do not depend on the devices or the batch. ``--cpu_devices=1``
+keeps one device; an
 ``XLA_FLAGS`` that already sets ``--xla_force_host_platform_device_count``
 is kept, and so is an explicit ``--config.eval_batch_size``.
 """
