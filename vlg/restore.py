@@ -177,6 +177,11 @@ def load_tokenizer(workdir: str, config: ml_collections.ConfigDict
   return tokenizer_lib.load(path)
 
 
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+  """The run's evaluation batch: ``eval_batch_size``, else its train batch."""
+  return int(config.get('eval_batch_size', config.batch_size))
+
+
 def eval_defaults(run: Run) -> dict[str, Any]:
   """Evaluator defaults as in training, the batch fitted to this mesh.
 
@@ -185,7 +190,7 @@ def eval_defaults(run: Run) -> dict[str, Any]:
   mesh; it is rounded up to the next multiple (scores do not depend on it).
   """
   c = run.config
-  batch = int(c.get('eval_batch_size', c.batch_size))
+  batch = eval_batch_size(c)
   shards = sharding.data_shards(run.mesh)
   multiple = math.lcm(shards, jax.process_count())
   batch = -(-batch // multiple) * multiple

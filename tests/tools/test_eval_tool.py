@@ -59,10 +59,12 @@ def test_split_host_cpu_adds_the_device_count_once():
 def test_each_host_device_gets_the_runs_eval_batch(workdir):
   config = eval_tool.restore.load_config(workdir)
   batch = int(config.get('eval_batch_size', config.batch_size))
-  assert eval_tool.per_device_batch_override(workdir, ['seed=3'], 2) == [
-      'seed=3', f'eval_batch_size={2 * batch}']
-  assert eval_tool.per_device_batch_override(
-      workdir, ['eval_batch_size=8'], 2) == ['eval_batch_size=8']
+  scaled = eval_tool.override_config(config, ['seed=3'])
+  eval_tool.scale_eval_batch(scaled, ['seed=3'], 2)
+  assert scaled.eval_batch_size == 2 * batch and scaled.seed == 3
+  mine = eval_tool.override_config(config, ['eval_batch_size=8'])
+  eval_tool.scale_eval_batch(mine, ['eval_batch_size=8'], 2)
+  assert mine.eval_batch_size == 8
 
 
 def test_evaluates_missing_pairs_then_nothing(workdir, fast_compile):

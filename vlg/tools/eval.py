@@ -28,9 +28,9 @@ batches run side by side instead of one program's operations sharing the
 cores: on a 2-core CPU a warm round of the tiny run's synthetic sets ran
 1.27x faster (median of nine alternating pairs, docs/results.md). The
 scores do not depend on the devices or the batch. ``--cpu_devices=1``
-keeps one device; an
-``XLA_FLAGS`` that already sets ``--xla_force_host_platform_device_count``
-is kept, and so is an explicit ``--config.eval_batch_size``.
+keeps one device; an ``XLA_FLAGS`` that already sets
+``--xla_force_host_platform_device_count`` is kept, and so is an explicit
+``--config.eval_batch_size``.
 """
 
 from __future__ import annotations
@@ -176,7 +176,8 @@ def evaluate_workdir(workdir: str, *,
                      evals: ml_collections.ConfigDict | None = None,
                      names: Sequence[str] = (), steps: Sequence[int] = (),
                      overrides: Sequence[str] = (), force: bool = False,
-                     mesh=None, log: Callable[[str], None] = print
+                     mesh=None, batch_devices: int = 1,
+                     log: Callable[[str], None] = print
                      ) -> dict[tuple[int, str], dict[str, float]]:
   """Evaluates the kept checkpoints of ``workdir``; see the module doc.
 
@@ -188,6 +189,8 @@ def evaluate_workdir(workdir: str, *,
     overrides: ``field.path=value`` overrides of the run's config.
     force: re-evaluate pairs already in ``metrics.jsonl``.
     mesh: target mesh (default: over every device, ``restore.default_mesh``).
+    batch_devices: devices that each take a batch of the run's eval batch
+      size (:func:`scale_eval_batch`); 1 keeps the run's batch.
     log: called with each progress line.
 
   Returns:
@@ -200,6 +203,8 @@ def evaluate_workdir(workdir: str, *,
                      f'{workdir}; kept steps: {kept}')
   steps = sorted(set(steps)) if steps else kept
   config = override_config(restore.load_config(workdir), overrides)
+  if batch_devices > 1:
+    scale_eval_batch(config, overrides, batch_devices)
   if evals is None:
     evals = config.get('evals') or ml_collections.ConfigDict()
   evals = select_evals(evals, names)
@@ -270,15 +275,12 @@ def split_host_cpu(environ: dict[str, str], devices: int) -> bool:
   return True
 
 
-def per_device_batch_override(workdir: str, overrides: Sequence[str],
-                              devices: int) -> list[str]:
-  """``overrides`` plus ``eval_batch_size=`` the run's eval batch times
-  ``devices``, unless the overrides set it already."""
-  if any(o.startswith('eval_batch_size=') for o in overrides):
-    return list(overrides)
-  config = override_config(restore.load_config(workdir), overrides)
-  batch = int(config.get('eval_batch_size', config.batch_size))
-  return [*overrides, f'eval_batch_size={batch * devices}']
+def scale_eval_batch(config: ml_collections.ConfigDict,
+                     overrides: Sequence[str], devices: int) -> None:
+  """Sets ``config.eval_batch_size`` to the run's eval batch times
+  ``devices`` (one such batch a host device), unless ``overrides`` set it."""
+  if not any(o.startswith('eval_batch_size=') for o in overrides):
+    config.eval_batch_size = restore.eval_batch_size(config) * devices
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -308,17 +310,17 @@ def main(argv):
     steps = [int(s) for s in _STEPS.value]
   except ValueError as e:
     raise app.UsageError(f'--steps must be integers: {_STEPS.value}') from e
-  overrides = list(_OVERRIDES)
-  if split_host_cpu(os.environ, _CPU_DEVICES.value):
-    if (jax.default_backend() == 'cpu' and
-        jax.device_count() == _CPU_DEVICES.value):
-      overrides = per_device_batch_override(_WORKDIR.value, overrides,
-                                            _CPU_DEVICES.value)
-      print(f'CPU split into {_CPU_DEVICES.value} host devices '
-            '(--cpu_devices=1 keeps one)', flush=True)
+  batch_devices = 1
+  if (split_host_cpu(os.environ, _CPU_DEVICES.value) and
+      jax.default_backend() == 'cpu' and
+      jax.device_count() == _CPU_DEVICES.value):
+    batch_devices = _CPU_DEVICES.value
+    print(f'CPU split into {batch_devices} host devices '
+          '(--cpu_devices=1 keeps one)', flush=True)
   compilation_cache.enable()
   evaluate_workdir(_WORKDIR.value, evals=evals, names=_EVALS.value,
-                   steps=steps, overrides=overrides, force=_FORCE.value)
+                   steps=steps, overrides=_OVERRIDES, force=_FORCE.value,
+                   batch_devices=batch_devices)
 
 
 if __name__ == '__main__':
