@@ -177,11 +177,6 @@ def load_tokenizer(workdir: str, config: ml_collections.ConfigDict
   return tokenizer_lib.load(path)
 
 
-def eval_batch_size(config: ml_collections.ConfigDict) -> int:
-  """The run's evaluation batch: ``eval_batch_size``, else its train batch."""
-  return int(config.get('eval_batch_size', config.batch_size))
-
-
 def eval_defaults(run: Run) -> dict[str, Any]:
   """Evaluator defaults as in training, the batch fitted to this mesh.
 
@@ -189,14 +184,11 @@ def eval_defaults(run: Run) -> dict[str, Any]:
   the mesh the run was restored onto, which may differ from the training
   mesh; it is rounded up to the next multiple (scores do not depend on it).
   """
-  c = run.config
-  batch = eval_batch_size(c)
+  defaults = eval_common.run_defaults(run.config)
   shards = sharding.data_shards(run.mesh)
   multiple = math.lcm(shards, jax.process_count())
-  batch = -(-batch // multiple) * multiple
-  return dict(resolution=int(c.input.resolution),
-              max_text_len=int(c.get('eval_max_text_len', 30)),
-              batch_size=batch)
+  defaults['batch_size'] = -(-defaults['batch_size'] // multiple) * multiple
+  return defaults
 
 
 def build_evaluators(run: Run, evals: ml_collections.ConfigDict | dict

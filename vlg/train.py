@@ -372,10 +372,7 @@ def _train_and_evaluate(config, workdir, mesh, on_step) -> dict[str, float]:
           built['graphdef'],
           box_head=bool(config.model.get('box_head', False))),
       tokenizer=tokenizer, mesh=mesh, rules=rules,
-      defaults=dict(resolution=int(config.input.resolution),
-                    max_text_len=int(config.get('eval_max_text_len', 30)),
-                    batch_size=int(config.get('eval_batch_size',
-                                              config.batch_size))))
+      defaults=eval_common.run_defaults(config))
 
   def run_evals(step, force=False):
     """Runs the evaluators due at ``step`` under ``config.eval_failure``."""

@@ -323,6 +323,15 @@ def _plain(value: Any) -> Any:
   return value
 
 
+def run_defaults(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """A run's scorer defaults for :func:`from_config`: the input resolution,
+  ``eval_max_text_len`` (30 tokens) and ``eval_batch_size``, else the train
+  batch."""
+  return dict(resolution=int(config.input.resolution),
+              max_text_len=int(config.get('eval_max_text_len', 30)),
+              batch_size=int(config.get('eval_batch_size', config.batch_size)))
+
+
 def from_config(evals: ml_collections.ConfigDict, *, predict_fns, tokenizer,
                 mesh, rules, defaults: dict[str, Any]) -> dict[str, Any]:
   """Builds ``{name: (evaluator, log_steps)}`` from ``config.evals``.
@@ -337,7 +346,8 @@ def from_config(evals: ml_collections.ConfigDict, *, predict_fns, tokenizer,
     tokenizer: the training tokenizer.
     mesh: the device mesh.
     rules: the logical sharding rules.
-    defaults: ``resolution``, ``max_text_len`` and ``batch_size``.
+    defaults: ``resolution``, ``max_text_len`` and ``batch_size``
+      (:func:`run_defaults`).
 
   Returns:
     The evaluators and their ``log_steps``, by name.

@@ -50,6 +50,7 @@ from ml_collections import config_flags
 from vlg import compilation_cache
 from vlg import restore
 from vlg import writers
+from vlg.evaluators import common as eval_common
 
 _WORKDIR = None
 _EVALS = None
@@ -280,7 +281,8 @@ def scale_eval_batch(config: ml_collections.ConfigDict,
   """Sets ``config.eval_batch_size`` to the run's eval batch times
   ``devices`` (one such batch a host device), unless ``overrides`` set it."""
   if not any(o.startswith('eval_batch_size=') for o in overrides):
-    config.eval_batch_size = restore.eval_batch_size(config) * devices
+    config.eval_batch_size = (
+        eval_common.run_defaults(config)['batch_size'] * devices)
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
