@@ -15,7 +15,12 @@ padding rows, whose outputs the caller drops).
 - ``itm_from_embeds`` (``image_embeds``, ``text_embeds``, ``text_mask``):
   the fusion layers and ITM head on precomputed embeddings: ``itm_logit``
   (the "match" logit, which ALBEF's retrieval ranks by) and ``itm`` (its
-  probability). Retrieval re-scores its top-k candidates with it.
+  probability). Retrieval re-scores its top-k candidates with it. With G
+  images [G, 1 + N, Dv] and R G text rows [R G, L, Dt] (R > 1, read from
+  the shapes), text rows ``g R .. g R + R - 1`` are scored against image
+  g, whose cross-attention keys and values are then computed once, and
+  both outputs are [G, R] (a batch of G groups, as the caller's runner
+  counts rows).
 - ``predict_box`` (``image``, ``text_ids``, ``text_mask``; models with a box
   head only): ``box`` [B, 4], normalised (cx, cy, w, h) of the region the
   text names, from the fused [CLS] (X-VLM).
@@ -45,9 +50,11 @@ def make_predict_fns(graphdef, *, box_head: bool = False
     The predict functions by name (module docstring).
   """
 
-  def itm_outputs(model, image_embeds, text_embeds, text_mask):
+  def itm_outputs(model, image_embeds, text_embeds, text_mask,
+                  rows_per_image=1):
     logits = model.itm_logits(
-        model.fuse_cls(text_embeds, text_mask, image_embeds)
+        model.fuse_cls(text_embeds, text_mask, image_embeds,
+                       rows_per_image=rows_per_image)
     ).astype(jnp.float32)
     return {'itm_logit': logits[:, 1],
             'itm': jax.nn.softmax(logits, axis=-1)[:, 1]}
@@ -74,8 +81,13 @@ def make_predict_fns(graphdef, *, box_head: bool = False
     return {'text_feat': txt['text_feat'], 'text_embeds': txt['text_embeds']}
 
   def itm_from_embeds(params, batch):
-    return itm_outputs(nnx.merge(graphdef, params), batch['image_embeds'],
-                       batch['text_embeds'], batch['text_mask'])
+    images, rows = batch['image_embeds'].shape[0], batch['text_embeds'].shape[0]
+    per_image = rows // images if images else 1
+    out = itm_outputs(nnx.merge(graphdef, params), batch['image_embeds'],
+                      batch['text_embeds'], batch['text_mask'], per_image)
+    if per_image == 1:
+      return out
+    return {k: v.reshape(images, per_image) for k, v in out.items()}
 
   fns = {'image_text_scores': image_text_scores,
          'image_features': image_features, 'text_features': text_features,

@@ -1,6 +1,7 @@
 """Retrieval: hand-worked recalls, two-stage ranking vs brute-force numpy,
 the evaluator over meshes and batch sizes, paragraphs, missing images."""
 
+import functools
 import json
 import math
 import os
@@ -12,11 +13,15 @@ import pytest
 from PIL import Image
 
 from vlg import benchmarks
+from vlg import predict
 from vlg import sharding
+from vlg import train_state
 from vlg.data import tokenizer as tok_lib
 from vlg.evaluators import common
 from vlg.evaluators import retrieval
 from vlg.synthetic import benchmarks as synthetic_benchmarks
+
+from test_train import shrunk_model_setup
 
 
 def test_metrics_hand_worked():
@@ -127,11 +132,15 @@ def _text_features(params, batch):
 
 
 def _itm_from_embeds(params, batch):
+  # The predict contract (vlg/predict.py): R times as many text rows as
+  # images score R texts against each image, outputs [images, R].
+  rows = batch['text_embeds'].shape[0] // batch['image_embeds'].shape[0]
   m = batch['text_mask'].astype(jnp.float32)[..., None]
   pooled = (batch['text_embeds'] * m).sum(1) / m.sum(1)
-  img = batch['image_embeds'].mean(1)
+  img = jnp.repeat(batch['image_embeds'].mean(1), rows, axis=0)
   logit = jnp.sum(jnp.cos(5 * img * pooled * params['w']), -1)
-  return {'itm_logit': logit, 'itm': jax.nn.sigmoid(logit)}
+  out = {'itm_logit': logit, 'itm': jax.nn.sigmoid(logit)}
+  return out if rows == 1 else {k: v.reshape(-1, rows) for k, v in out.items()}
 
 
 FNS = {'image_features': _image_features, 'text_features': _text_features,
@@ -165,13 +174,86 @@ def _make(tok, mesh_sizes, batch_size):
       resolution=8, max_text_len=8, batch_size=batch_size)
 
 
+def test_group_pairs_puts_each_pair_once_with_its_key():
+  keys = np.array([3, 1, 3, 3, 1, 0, 3, 3])
+  groups, valid = retrieval.group_pairs(keys, 4)
+  assert groups.shape == valid.shape == (4, 4)
+  assert sorted(groups[valid].tolist()) == list(range(8))
+  for g, v in zip(groups, valid):
+    assert len(set(keys[g])) == 1  # One key a group.
+    assert (g[~v] == g[v][-1]).all()  # Filled by repeating the last pair.
+  assert groups[valid].tolist() == [5, 1, 4, 0, 2, 3, 6, 7]
+  empty, none = retrieval.group_pairs(np.zeros(0, int), 4)
+  assert empty.shape == none.shape == (0, 4)
+
+
+def test_choose_rows_weighs_padding_and_width_against_image_tokens():
+  # 48 short captions an image, 65 image tokens: groups of 16 cost
+  # 3 (16 * 16 + 65/7) against 48 (16 + 65/7) one pair a row.
+  keys, widths = np.repeat([0, 1], 48), np.full(96, 16)
+  assert retrieval.choose_rows(keys, widths, 65, (2, 4, 8, 16)) == 16
+  assert retrieval.choose_rows(keys, widths, 65, (2, 4)) == 4
+  assert retrieval.choose_rows(keys, widths, 65, ()) == 1
+  # Five paragraphs of 64 tokens an image: padding a group costs more
+  # than the image's keys and values save.
+  keys, widths = np.repeat([0, 1], 5), np.full(10, 64)
+  assert retrieval.choose_rows(keys, widths, 65, (2, 4, 8, 16)) == 1
+  # A base model's 257 image tokens make groups of two worth it: 3 (128 +
+  # 257/7) a key against 5 (64 + 257/7).
+  assert retrieval.choose_rows(keys, widths, 257, (2, 4, 8, 16)) == 2
+  assert retrieval.choose_rows(np.zeros(0), np.zeros(0), 65, (2,)) == 1
+
+
+def test_model_itm_in_image_groups_equals_one_pair_a_row(fast_compile):
+  """The shrunk tiny model: re-scoring in groups of one image and width
+  (batch 16) gives each pair's logit as fusing it alone (batch 3, one pair
+  a row), texts of mixed lengths."""
+  c, mesh, rules, graphdef, specs = shrunk_model_setup()
+  full, res = 24, int(c.input.resolution)
+  rng = np.random.default_rng(4)
+  with jax.set_mesh(mesh):
+    params = train_state.init_params(c.model, 0, sharding.named(mesh, specs))
+    fns = predict.make_predict_fns(graphdef)
+    images = rng.integers(0, 256, (3, res, res, 3), np.uint8)
+    lengths = rng.integers(2, full + 1, 40)
+    mask = (np.arange(full) < lengths[:, None]).astype(np.int32)
+    ids = rng.integers(5, int(c.model.vocab_size), (40, full)) * mask
+    img = jax.jit(fns['image_features'])(params, {'image': images})
+    txt = jax.jit(fns['text_features'])(params, {'text_ids': ids,
+                                                 'text_mask': mask})
+    embeds = (np.asarray(img['image_embeds']), np.asarray(txt['text_embeds']),
+              mask)
+    scorers = [retrieval.RetrievalScorer(fns, None, resolution=res,
+                                         max_text_len=full, batch_size=b,
+                                         mesh=mesh, rules=rules)
+               for b in (16, 3)]
+    assert sorted(scorers[0]._grouped) == [2, 4, 8, 16]
+    assert not scorers[1]._grouped
+    used = []
+    for size, runner in scorers[0]._grouped.items():
+      runner.run = functools.partial(
+          lambda run, size, *a, **k: used.append(size) or run(*a, **k),
+          runner.run, size)
+    every = np.stack(np.meshgrid(np.arange(3), np.arange(40),
+                                 indexing='ij'), -1).reshape(-1, 2)
+    few = every[rng.permutation(len(every))[:30]]  # ~10 pairs an image.
+    for pairs in (every, few):
+      grouped, alone = (s.itm_logits(params, *embeds, pairs) for s in scorers)
+      np.testing.assert_allclose(grouped, alone, rtol=1e-5, atol=1e-5)
+      assert np.ptp(alone) > 0  # Not vacuous: the pairs differ.
+    assert used and min(used) > 1  # Every pair with its image: grouped.
+
+
 def test_evaluator_matches_brute_force_and_is_mesh_independent(karpathy):
   root, path, tok = karpathy
   params = {'w': jnp.float32(1.5)}
   results = []
+  # Batch 3 and batch 8 over 8 devices fuse one pair a row; batch 16 over
+  # 4 data shards fuses groups of 4 texts with one image.
   for mesh_sizes, batch_size in [((1, 1, 1), 3), ((8, 1, 1), 8),
                                  ((2, 2, 2), 16)]:
     mesh, scorer = _make(tok, mesh_sizes, batch_size)
+    assert max(scorer._grouped, default=1) == (4 if batch_size == 16 else 1)
     with jax.set_mesh(mesh):
       ev = retrieval.Evaluator(scorer, file=path, image_root=root, k_test=4)
       results.append(ev.run(params))

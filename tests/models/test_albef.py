@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from random_params import random_params  # tests/random_params.py
+from vlg import predict
 from vlg import sharding
 from vlg.models import albef
 from vlg.models import create_model
@@ -483,6 +484,53 @@ def test_fuse_cls_image_index_equals_gathered_images(tiny, remat):
       keys_seen += 1
       assert np.abs(g).max() > 0, name  # Not vacuous: the keys learn.
   assert keys_seen == 2  # Both fusion layers' cross-attention key kernels.
+
+
+@pytest.mark.parametrize('rows', [2, 4])
+def test_fuse_cls_rows_per_image_equals_repeated_images(tiny, rows):
+  """With ``rows_per_image`` R, text rows g R .. g R + R - 1 share image g
+  (keys and values projected once, queries of the R rows attended as one
+  sequence); values and parameter gradients must equal fusing each image
+  repeated R times, with padded texts and a partial image mask."""
+  graphdef, params, text, mask, image, image_mask = _fusion_inputs(
+      tiny, 'none')
+  text_index = np.arange(B * rows) % B  # Each image reads R texts.
+  weights = np.random.RandomState(3).randn(B * rows, text.shape[-1])
+
+  def loss(p, grouped):
+    model = nnx.merge(graphdef, p)
+    t, m = text[text_index], mask[text_index]
+    if grouped:
+      cls = model.fuse_cls(t, m, image, image_mask, rows_per_image=rows)
+    else:
+      cls = model.fuse_cls(t, m, np.repeat(image, rows, axis=0),
+                           np.repeat(image_mask, rows, axis=0))
+    return jnp.sum(cls * weights), cls
+
+  (_, ref), g_ref = jax.jit(jax.value_and_grad(
+      lambda p: loss(p, False), has_aux=True))(params)
+  (_, got), g_got = jax.jit(jax.value_and_grad(
+      lambda p: loss(p, True), has_aux=True))(params)
+  assert got.shape == (B * rows, text.shape[-1])
+  np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-5)
+  flat_got = dict(jax.tree_util.tree_leaves_with_path(g_got))
+  for path, g in jax.tree_util.tree_leaves_with_path(g_ref):
+    np.testing.assert_allclose(flat_got[path], g, atol=2e-5, rtol=1e-4,
+                               err_msg=jax.tree_util.keystr(path))
+  # The predict function reads R from the shapes and returns [G, R].
+  fns = predict.make_predict_fns(graphdef)
+  out = jax.jit(fns['itm_from_embeds'])(params, {
+      'image_embeds': image, 'text_embeds': text[text_index],
+      'text_mask': mask[text_index]})
+  each = jax.jit(fns['itm_from_embeds'])(params, {
+      'image_embeds': np.repeat(image, rows, axis=0),
+      'text_embeds': text[text_index], 'text_mask': mask[text_index]})
+  assert out['itm_logit'].shape == (B, rows)
+  np.testing.assert_allclose(out['itm_logit'].reshape(-1), each['itm_logit'],
+                             atol=2e-5)
+  with pytest.raises(ValueError, match='rows_per_image=3'):
+    nnx.merge(graphdef, params).fuse_cls(
+        text[text_index], mask[text_index], image, rows_per_image=3)
 
 
 def test_image_index_needs_a_per_image_mask(tiny):

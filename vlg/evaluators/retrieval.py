@@ -14,7 +14,12 @@ retrieval IR) the top ``k_test`` candidates by similarity (clamped to the
 number of candidates) are re-scored with the ITM head's "match" logit
 (``itm_from_embeds`` on the stored embeddings; a pair that is a candidate in
 both directions is fused once) and ranked; candidates outside the top k rank
-below every re-scored one. With ``scorer_name='itc'`` the similarity alone
+below every re-scored one. Where it saves work (:func:`choose_rows`:
+short texts, many pairs an image) the re-scored pairs run in groups of R
+texts of one width with one image (:func:`group_pairs`; R up to
+:data:`ROWS_PER_IMAGE`), so the fusion's cross-attention projects each
+image's keys and values once a group instead of once a pair; the scores
+equal per-pair fusion to float rounding. With ``scorer_name='itc'`` the similarity alone
 ranks (no ITM stage).
 
 Metrics: ``tr_r1/5/10`` (an image hits at K if any of its texts is among its
@@ -34,14 +39,24 @@ import math
 import time
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 from vlg import benchmarks
+from vlg import sharding
 from vlg.evaluators import batching
 from vlg.evaluators import common
 
 KS = (1, 5, 10)
 FORMATS = ('karpathy', 'paragraphs')
+# The most texts fused with one image in a call (a power of two). On the
+# tiny model, a batch of 32 pairs of 16-token texts: 8.1 ms as 32 images,
+# 6.2 ms as 8 images x 4, 5.7 ms as 2 x 16 (docs/results.md).
+ROWS_PER_IMAGE = 16
+# A BERT fusion layer with a 4x MLP spends about 7x the FLOPs on a text
+# token (its self-attention projections, cross-attention query and output,
+# MLP) as on one image token's cross-attention keys and values.
+TEXT_TOKEN_COST = 7.0
 
 
 class RetrievalScorer:
@@ -50,10 +65,18 @@ class RetrievalScorer:
   def __init__(self, predict_fns, tokenizer, *, resolution: int,
                max_text_len: int, batch_size: int, mesh, rules,
                max_words: int = 30):
-    def runner(name):
-      return batching.BatchRunner(predict_fns[name], batch_size=batch_size,
+    def runner(name, size=batch_size):
+      return batching.BatchRunner(predict_fns[name], batch_size=size,
                                   mesh=mesh, rules=rules)
     self.tokenizer, self.max_text_len = tokenizer, max_text_len
+    # Groups of R pairs must split over the shards like single rows: R
+    # divides each shard's (and process's) share of the batch.
+    share = batch_size // math.lcm(sharding.data_shards(mesh),
+                                   jax.process_count())
+    self._grouped = {
+        r: runner('itm_from_embeds', batch_size // r)
+        for r in (2 ** i for i in range(1, ROWS_PER_IMAGE.bit_length()))
+        if share % r == 0}
     self.max_words = max_words
     self.load_image = common.ImageCache(resolution)
     self._images = runner('image_features')
@@ -81,13 +104,87 @@ class RetrievalScorer:
                  text_embeds: np.ndarray, text_mask: np.ndarray,
                  pairs: np.ndarray) -> np.ndarray:
     """ITM "match" logits of the (image index, text index) rows of
-    ``pairs`` [P, 2]."""
-    out = self._itm.run(params, len(pairs), lambda rows: {
-        'image_embeds': image_embeds[pairs[rows, 0]],
-        'text_embeds': text_embeds[pairs[rows, 1]],
-        'text_mask': text_mask[pairs[rows, 1]]},
-        text_lengths=batching.text_lengths(text_mask)[pairs[:, 1]])
-    return out.get('itm_logit', np.zeros(0, np.float32))
+    ``pairs`` [P, 2], fused one pair a row or in groups of one image and
+    one text width, whichever :func:`choose_rows` estimates cheaper."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    lengths = batching.text_lengths(text_mask)[pairs[:, 1]]
+    full = text_mask.shape[1]
+    widths = np.array([batching.trimmed_width(w, full)
+                       for w in range(full + 1)])[lengths]
+    keys = pairs[:, 0] * (full + 1) + widths  # One image, one width.
+    rows = choose_rows(keys, widths, image_embeds.shape[1], self._grouped)
+    if rows == 1:
+      out = self._itm.run(params, len(pairs), lambda b: {
+          'image_embeds': image_embeds[pairs[b, 0]],
+          'text_embeds': text_embeds[pairs[b, 1]],
+          'text_mask': text_mask[pairs[b, 1]]}, text_lengths=lengths)
+      return out.get('itm_logit', np.zeros(0, np.float32))
+    groups, valid = group_pairs(keys, rows)
+    texts = pairs[groups, 1]
+
+    def build(b):
+      t = texts[b].reshape(-1)
+      return {'image_embeds': image_embeds[pairs[groups[b, 0], 0]],
+              'text_embeds': text_embeds[t], 'text_mask': text_mask[t]}
+
+    out = self._grouped[rows].run(params, len(groups), build,
+                                  text_lengths=lengths[groups].max(axis=1))
+    logits = np.zeros(len(pairs), np.float32)
+    logits[groups[valid]] = out['itm_logit'][valid]
+    return logits
+
+
+def choose_rows(keys: np.ndarray, widths: np.ndarray, image_tokens: int,
+                allowed) -> int:
+  """The group size (1: one pair a row) with the least estimated fusion
+  work for pairs grouped by ``keys`` (one image and one text width a key).
+
+  Work is counted in text tokens through a fusion layer: a pair of width
+  w costs w plus its image's keys and values, ``image_tokens`` /
+  :data:`TEXT_TOKEN_COST`; a group of R costs R w plus one image's keys and
+  values, and a key's last group is padded up to R. Short texts against
+  many image tokens (captions) favour groups; long ones (paragraphs) do
+  not.
+
+  Args:
+    keys: [P] the group key of each pair.
+    widths: [P] each pair's text width (equal within a key).
+    image_tokens: tokens an image gives the cross-attention.
+    allowed: the group sizes the batch allows (besides 1).
+  """
+  if not len(keys):
+    return 1
+  _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+  width, kv = widths[first], image_tokens / TEXT_TOKEN_COST
+  best, least = 1, float(np.sum(counts * (width + kv)))
+  for rows in sorted(allowed):
+    work = float(np.sum(-(-counts // rows) * (rows * width + kv)))
+    if work < least:
+      best, least = rows, work
+  return best
+
+
+def group_pairs(keys: np.ndarray, rows: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Pairs in groups of ``rows`` with one key (an image and a text width).
+
+  Returns:
+    ``groups`` [G, rows]: pair indices, one key a group; a key's last group
+    is filled up by repeating its last pair. ``valid`` [G, rows]: False on
+    those repeats. Every pair is in exactly one valid slot.
+  """
+  keys = np.asarray(keys)
+  order = np.argsort(keys, kind='stable')
+  starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
+  groups, valid = [], []
+  for run in np.split(order, starts[1:]) if len(order) else []:
+    fill = -len(run) % rows
+    groups.append(np.concatenate([run, np.repeat(run[-1:], fill)]))
+    valid.append(np.arange(len(run) + fill) < len(run))
+  if not groups:
+    return np.zeros((0, rows), np.int64), np.zeros((0, rows), bool)
+  return (np.concatenate(groups).reshape(-1, rows),
+          np.concatenate(valid).reshape(-1, rows))
 
 
 def make_scorer(predict_fns, tokenizer, *, mesh, rules,

@@ -170,7 +170,8 @@ class Model(nnx.Module):
   def fuse_cls(self, text_embeds: jax.Array, text_mask: jax.Array,
                image_embeds: jax.Array, image_mask: jax.Array | None = None,
                *, rngs: nnx.Rngs | None = None,
-               image_index: jax.Array | None = None) -> jax.Array:
+               image_index: jax.Array | None = None,
+               rows_per_image: int = 1) -> jax.Array:
     """[B, Dt]: the fused [CLS] alone, equal to ``fuse(...)['fused_cls']``.
 
     The heads that read only [CLS] (ITM, boxes, MRC) take this: its last
@@ -184,11 +185,22 @@ class Model(nnx.Module):
     the C images' keys and values once instead of once per row; the
     result equals passing ``image_embeds[image_index]``. ITM's 3B rows
     hold B distinct images, so this skips two thirds of those
-    projections.
+    projections. ``rows_per_image`` R (static): text rows ``g R .. g R +
+    R - 1`` of [G R, L, Dt] all read image g of ``image_embeds`` [G, N,
+    Dv]; its keys and values are projected once, with no gather, and the
+    result equals passing each image repeated R times (retrieval's
+    re-ranking scores many texts against each image).
     """
+    if (image_index is None and
+        image_embeds.shape[0] * rows_per_image != text_embeds.shape[0]):
+      raise ValueError(
+          f'fuse_cls: {text_embeds.shape[0]} text rows are not '
+          f'rows_per_image={rows_per_image} for each of '
+          f'{image_embeds.shape[0]} images')
     x = self.text.fuse(text_embeds, text_mask,
                        self.fusion_tokens(image_embeds), image_mask,
-                       rngs=rngs, cls_only=True, image_index=image_index)
+                       rngs=rngs, cls_only=True, image_index=image_index,
+                       rows_per_image=rows_per_image)
     return x[:, 0]
 
   def fusion_tokens(self, image_embeds: jax.Array) -> jax.Array:

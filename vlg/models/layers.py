@@ -291,6 +291,17 @@ def _heads_first(x: jax.Array) -> jax.Array:
   return jnp.transpose(x, (0, 2, 1, 3))
 
 
+def _group_rows(x: jax.Array, rows: int) -> jax.Array:
+  """[G R, L, D] → [G, R L, D]: each group of ``rows`` consecutive rows as
+  one sequence (``x`` itself for one row)."""
+  if rows == 1:
+    return x
+  if rows < 1 or x.shape[0] % rows:
+    raise ValueError(f'rows_per_context={rows} does not divide the '
+                     f'{x.shape[0]} rows')
+  return x.reshape((x.shape[0] // rows, rows * x.shape[1]) + x.shape[2:])
+
+
 def _gather_rows(x: jax.Array, index: jax.Array | None) -> jax.Array:
   """``x[index]`` along the batch axis (``x`` itself when index is None)."""
   return x if index is None else x[index]
@@ -388,7 +399,8 @@ class BertLayer(nnx.Module):
                context_mask: jax.Array | None = None,
                context_index: jax.Array | None = None, *,
                rngs: nnx.Rngs | None = None,
-               query_rows: int | None = None) -> jax.Array:
+               query_rows: int | None = None,
+               rows_per_context: int = 1) -> jax.Array:
     """Self-attention over ``x`` with key ``mask``; cross-attends ``context``.
 
     Args:
@@ -407,6 +419,15 @@ class BertLayer(nnx.Module):
         self-attention's keys and values, so these rows equal the full
         layer's first rows; a last layer read only at [CLS] (ITM, boxes,
         MRC) needs ``query_rows=1`` and skips the rest of its work.
+      rows_per_context: (static) R: rows ``g R .. g R + R - 1`` of ``x``
+        [G R, L, D] all read context row g of ``context`` [G, N, Dc] (and
+        ``context_mask`` [G, N]). Cross-attention treats every query
+        position alone, so it runs on the R rows' positions as one
+        sequence of R L queries over the shared keys and values, which are
+        projected once per context row; the values equal attending to each
+        row's context repeated R times. Re-scoring many texts against one
+        image (retrieval) then skips all but one of the image's key and
+        value projections, without a gather.
 
     Returns:
       [B, L, D] hidden states in the module's dtype ([B, query_rows, D]
@@ -417,9 +438,9 @@ class BertLayer(nnx.Module):
     if self.cross is not None:
       if context is None:
         raise ValueError('A fusion layer needs image tokens as context.')
-      c = self.cross(x, context, context_mask, rngs=rngs,
-                     context_index=context_index)
-      x = self.cross_norm(x + dropout(c, r, rngs))
+      c = self.cross(_group_rows(x, rows_per_context), context,
+                     context_mask, rngs=rngs, context_index=context_index)
+      x = self.cross_norm(x + dropout(c.reshape(x.shape), r, rngs))
     x = self.mlp_norm(x + dropout(self.mlp(x, rngs=rngs), r, rngs))
     return sharding.constrain(x, ('batch', 'length', 'embed'))
 

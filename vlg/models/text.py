@@ -119,13 +119,18 @@ class TextEncoder(nnx.Module):
   def fuse(self, x: jax.Array, mask: jax.Array, image: jax.Array,
            image_mask: jax.Array | None = None, *,
            rngs: nnx.Rngs | None = None, return_layers: bool = False,
-           cls_only: bool = False, image_index: jax.Array | None = None
+           cls_only: bool = False, image_index: jax.Array | None = None,
+           rows_per_image: int = 1
            ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Fusion mode on text-mode states ``x`` with image tokens ``image``.
 
     With ``image_index`` (int [B]) text row b reads image
     ``image_index[b]`` of ``image`` [C, N, Dv]: every cross-attention
-    projects each image's keys and values once (``BertLayer``).
+    projects each image's keys and values once (``BertLayer``). With
+    ``rows_per_image`` R (static) rows ``g R .. g R + R - 1`` of ``x``
+    [G R, L, D] read image g of ``image`` [G, N, Dv], whose keys and values
+    each cross-attention also projects once (``BertLayer``'s
+    ``rows_per_context``).
 
     With ``return_layers`` (static) also returns the stack
     [fusion_layers + 1, B, L, D] of the input and every fusion layer's output.
@@ -139,7 +144,8 @@ class TextEncoder(nnx.Module):
     for i, layer in enumerate(self.fusion):
       rows = 1 if cls_only and i == last else None
       x = layers.call_block(layer, x, mask, image, image_mask, image_index,
-                            remat=self.remat, rngs=rngs, query_rows=rows)
+                            remat=self.remat, rngs=rngs, query_rows=rows,
+                            rows_per_context=rows_per_image)
       states.append(x)
     if cls_only and last < 0:
       x = x[:, :1]
