@@ -1,7 +1,6 @@
 """Retrieval: hand-worked recalls, two-stage ranking vs brute-force numpy,
 the evaluator over meshes and batch sizes, paragraphs, missing images."""
 
-import functools
 import json
 import math
 import os
@@ -227,13 +226,12 @@ def test_model_itm_in_image_groups_equals_one_pair_a_row(fast_compile):
                                          max_text_len=full, batch_size=b,
                                          mesh=mesh, rules=rules)
                for b in (16, 3)]
-    assert sorted(scorers[0]._grouped) == [2, 4, 8, 16]
-    assert not scorers[1]._grouped
+    assert scorers[0]._group_sizes == (2, 4, 8, 16)
+    assert not scorers[1]._group_sizes
     used = []
-    for size, runner in scorers[0]._grouped.items():
-      runner.run = functools.partial(
-          lambda run, size, *a, **k: used.append(size) or run(*a, **k),
-          runner.run, size)
+    make = scorers[0]._group_runner
+    scorers[0]._group_runner = lambda rows, *a: used.append(rows) or make(
+        rows, *a)
     every = np.stack(np.meshgrid(np.arange(3), np.arange(40),
                                  indexing='ij'), -1).reshape(-1, 2)
     few = every[rng.permutation(len(every))[:30]]  # ~10 pairs an image.
@@ -242,6 +240,12 @@ def test_model_itm_in_image_groups_equals_one_pair_a_row(fast_compile):
       np.testing.assert_allclose(grouped, alone, rtol=1e-5, atol=1e-5)
       assert np.ptp(alone) > 0  # Not vacuous: the pairs differ.
     assert used and min(used) > 1  # Every pair with its image: grouped.
+    # A call of groups holds no more token rows than a batch of 16 single
+    # pairs at the full width, and no fewer pairs.
+    tokens = embeds[0].shape[1]
+    for rows, groups in scorers[0]._group_runners:
+      assert groups * rows >= 16
+      assert groups * (rows * full + tokens) <= 16 * (full + tokens)
 
 
 def test_evaluator_matches_brute_force_and_is_mesh_independent(karpathy):
@@ -253,7 +257,8 @@ def test_evaluator_matches_brute_force_and_is_mesh_independent(karpathy):
   for mesh_sizes, batch_size in [((1, 1, 1), 3), ((8, 1, 1), 8),
                                  ((2, 2, 2), 16)]:
     mesh, scorer = _make(tok, mesh_sizes, batch_size)
-    assert max(scorer._grouped, default=1) == (4 if batch_size == 16 else 1)
+    assert max(scorer._group_sizes, default=1) == (
+        4 if batch_size == 16 else 1)
     with jax.set_mesh(mesh):
       ev = retrieval.Evaluator(scorer, file=path, image_root=root, k_test=4)
       results.append(ev.run(params))

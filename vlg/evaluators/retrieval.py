@@ -71,12 +71,13 @@ class RetrievalScorer:
     self.tokenizer, self.max_text_len = tokenizer, max_text_len
     # Groups of R pairs must split over the shards like single rows: R
     # divides each shard's (and process's) share of the batch.
-    share = batch_size // math.lcm(sharding.data_shards(mesh),
-                                   jax.process_count())
-    self._grouped = {
-        r: runner('itm_from_embeds', batch_size // r)
-        for r in (2 ** i for i in range(1, ROWS_PER_IMAGE.bit_length()))
-        if share % r == 0}
+    self._split = math.lcm(sharding.data_shards(mesh), jax.process_count())
+    self._group_sizes = tuple(
+        r for r in (2 ** i for i in range(1, ROWS_PER_IMAGE.bit_length()))
+        if (batch_size // self._split) % r == 0)
+    self._group_runners = {}
+    self._runner = runner
+    self.batch_size = batch_size
     self.max_words = max_words
     self.load_image = common.ImageCache(resolution)
     self._images = runner('image_features')
@@ -112,7 +113,7 @@ class RetrievalScorer:
     widths = np.array([batching.trimmed_width(w, full)
                        for w in range(full + 1)])[lengths]
     keys = pairs[:, 0] * (full + 1) + widths  # One image, one width.
-    rows = choose_rows(keys, widths, image_embeds.shape[1], self._grouped)
+    rows = choose_rows(keys, widths, image_embeds.shape[1], self._group_sizes)
     if rows == 1:
       out = self._itm.run(params, len(pairs), lambda b: {
           'image_embeds': image_embeds[pairs[b, 0]],
@@ -127,11 +128,27 @@ class RetrievalScorer:
       return {'image_embeds': image_embeds[pairs[groups[b, 0], 0]],
               'text_embeds': text_embeds[t], 'text_mask': text_mask[t]}
 
-    out = self._grouped[rows].run(params, len(groups), build,
-                                  text_lengths=lengths[groups].max(axis=1))
+    runner = self._group_runner(rows, image_embeds.shape[1], full)
+    out = runner.run(params, len(groups), build,
+                     text_lengths=lengths[groups].max(axis=1))
     logits = np.zeros(len(pairs), np.float32)
     logits[groups[valid]] = out['itm_logit'][valid]
     return logits
+
+
+  def _group_runner(self, rows: int, image_tokens: int, width: int
+                    ) -> batching.BatchRunner:
+    """The runner of ``rows``-pair groups, as many a call as hold about the
+    activations of a batch of single pairs at the full text ``width``
+    (groups of R need R width + ``image_tokens`` token rows against
+    R (width + image_tokens)); fewer, larger calls cost less per pair."""
+    scale = (width + image_tokens) / (width + image_tokens / rows)
+    groups = self.batch_size // rows
+    groups = max(int(groups * scale) // self._split * self._split, groups)
+    if (rows, groups) not in self._group_runners:
+      self._group_runners[rows, groups] = self._runner('itm_from_embeds',
+                                                       groups)
+    return self._group_runners[rows, groups]
 
 
 def choose_rows(keys: np.ndarray, widths: np.ndarray, image_tokens: int,
