@@ -239,7 +239,9 @@ def test_model_itm_in_image_groups_equals_one_pair_a_row(fast_compile):
       grouped, alone = (s.itm_logits(params, *embeds, pairs) for s in scorers)
       np.testing.assert_allclose(grouped, alone, rtol=1e-5, atol=1e-5)
       assert np.ptp(alone) > 0  # Not vacuous: the pairs differ.
-    assert used and min(used) > 1  # Every pair with its image: grouped.
+    # Every pair with its image: grouped; the size chosen at the first
+    # call is kept for the fewer pairs of the second.
+    assert len(used) == 2 and used[0] == used[1] > 1
     # A call of groups holds no more token rows than a batch of 16 single
     # pairs at the full width, and no fewer pairs.
     tokens = embeds[0].shape[1]

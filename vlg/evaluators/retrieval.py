@@ -76,6 +76,7 @@ class RetrievalScorer:
         r for r in (2 ** i for i in range(1, ROWS_PER_IMAGE.bit_length()))
         if (batch_size // self._split) % r == 0)
     self._group_runners = {}
+    self._rows = None  # The group size, chosen at the first re-ranking.
     self._runner = runner
     self.batch_size = batch_size
     self.max_words = max_words
@@ -106,14 +107,20 @@ class RetrievalScorer:
                  pairs: np.ndarray) -> np.ndarray:
     """ITM "match" logits of the (image index, text index) rows of
     ``pairs`` [P, 2], fused one pair a row or in groups of one image and
-    one text width, whichever :func:`choose_rows` estimates cheaper."""
+    one text width, whichever :func:`choose_rows` estimates cheaper for
+    the first call's pairs; later calls keep that choice, so a round
+    compiles no new shapes where the pairs' spread shifts (a step-1 and a
+    step-2 round of the tiny run chose 1 and 2 for paragraphs)."""
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     lengths = batching.text_lengths(text_mask)[pairs[:, 1]]
     full = text_mask.shape[1]
     widths = np.array([batching.trimmed_width(w, full)
                        for w in range(full + 1)])[lengths]
     keys = pairs[:, 0] * (full + 1) + widths  # One image, one width.
-    rows = choose_rows(keys, widths, image_embeds.shape[1], self._group_sizes)
+    if self._rows is None:  # Chosen once: a new size would compile anew.
+      self._rows = choose_rows(keys, widths, image_embeds.shape[1],
+                               self._group_sizes)
+    rows = self._rows
     if rows == 1:
       out = self._itm.run(params, len(pairs), lambda b: {
           'image_embeds': image_embeds[pairs[b, 0]],
