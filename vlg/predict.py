@@ -81,8 +81,8 @@ def make_predict_fns(graphdef, *, box_head: bool = False
     return {'text_feat': txt['text_feat'], 'text_embeds': txt['text_embeds']}
 
   def itm_from_embeds(params, batch):
-    images, rows = batch['image_embeds'].shape[0], batch['text_embeds'].shape[0]
-    per_image = rows // images if images else 1
+    images = batch['image_embeds'].shape[0]
+    per_image = batch['text_embeds'].shape[0] // images if images else 1
     out = itm_outputs(nnx.merge(graphdef, params), batch['image_embeds'],
                       batch['text_embeds'], batch['text_mask'], per_image)
     if per_image == 1:

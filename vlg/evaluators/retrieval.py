@@ -14,13 +14,13 @@ retrieval IR) the top ``k_test`` candidates by similarity (clamped to the
 number of candidates) are re-scored with the ITM head's "match" logit
 (``itm_from_embeds`` on the stored embeddings; a pair that is a candidate in
 both directions is fused once) and ranked; candidates outside the top k rank
-below every re-scored one. Where it saves work (:func:`choose_rows`:
-short texts, many pairs an image) the re-scored pairs run in groups of R
-texts of one width with one image (:func:`group_pairs`; R up to
+below every re-scored one. Where it saves work (:func:`choose_rows`: short
+texts, many pairs an image) the re-scored pairs run in groups of R texts of
+one width with one image (:func:`group_pairs`; R up to
 :data:`ROWS_PER_IMAGE`), so the fusion's cross-attention projects each
 image's keys and values once a group instead of once a pair; the scores
-equal per-pair fusion to float rounding. With ``scorer_name='itc'`` the similarity alone
-ranks (no ITM stage).
+equal per-pair fusion to float rounding. With ``scorer_name='itc'`` the
+similarity alone ranks (no ITM stage).
 
 Metrics: ``tr_r1/5/10`` (an image hits at K if any of its texts is among its
 top K), ``ir_r1/5/10`` (a text hits if its image is), ``r_mean`` (their
@@ -141,7 +141,6 @@ class RetrievalScorer:
     logits = np.zeros(len(pairs), np.float32)
     logits[groups[valid]] = out['itm_logit'][valid]
     return logits
-
 
   def _group_runner(self, rows: int, image_tokens: int, width: int
                     ) -> batching.BatchRunner:
