@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from typing import Any
 
@@ -34,6 +33,7 @@ from vlg import predict
 from vlg import sharding
 from vlg import train_state
 from vlg.data import tokenizer as tokenizer_lib
+from vlg.evaluators import batching
 from vlg.evaluators import common as eval_common
 
 PyTree = Any
@@ -185,8 +185,7 @@ def eval_defaults(run: Run) -> dict[str, Any]:
   mesh; it is rounded up to the next multiple (scores do not depend on it).
   """
   defaults = eval_common.run_defaults(run.config)
-  shards = sharding.data_shards(run.mesh)
-  multiple = math.lcm(shards, jax.process_count())
+  multiple = batching.batch_multiple(run.mesh)
   defaults['batch_size'] = -(-defaults['batch_size'] // multiple) * multiple
   return defaults
 

@@ -25,6 +25,7 @@ rounding:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -63,15 +64,22 @@ def trimmed_width(length: int, full: int) -> int:
   return full
 
 
+def batch_multiple(mesh) -> int:
+  """What an evaluation batch on ``mesh`` must be a multiple of: its data
+  shards (``sharding.data_shards``) and the processes, each of which
+  builds its own share of the rows."""
+  return math.lcm(sharding.data_shards(mesh), jax.process_count())
+
+
 class BatchRunner:
   """Runs a jitted ``predict_fn(params, batch)`` over rows ``0..n-1``."""
 
   def __init__(self, predict_fn, *, batch_size: int, mesh, rules):
     self.batch_size, self.mesh, self.rules = batch_size, mesh, rules
-    n = sharding.data_shards(mesh)
-    if batch_size % max(n, 1) or batch_size % jax.process_count():
+    if batch_size % batch_multiple(mesh):
       raise ValueError(f'eval batch_size {batch_size} must divide over '
-                       f'{n} data shards and {jax.process_count()} processes')
+                       f'{sharding.data_shards(mesh)} data shards and '
+                       f'{jax.process_count()} processes')
     self._fn = jax.jit(predict_fn, out_shardings=sharding.replicated(mesh))
 
   def run(self, params, n: int, build_rows: RowBuilder,

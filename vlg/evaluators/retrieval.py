@@ -39,11 +39,9 @@ import math
 import time
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
 from vlg import benchmarks
-from vlg import sharding
 from vlg.evaluators import batching
 from vlg.evaluators import common
 
@@ -71,7 +69,7 @@ class RetrievalScorer:
     self.tokenizer, self.max_text_len = tokenizer, max_text_len
     # Groups of R pairs must split over the shards like single rows: R
     # divides each shard's (and process's) share of the batch.
-    self._split = math.lcm(sharding.data_shards(mesh), jax.process_count())
+    self._split = batching.batch_multiple(mesh)
     self._group_sizes = tuple(
         r for r in (2 ** i for i in range(1, ROWS_PER_IMAGE.bit_length()))
         if (batch_size // self._split) % r == 0)
