@@ -11,11 +11,14 @@ padding rows, whose outputs the caller drops).
 - ``image_features`` (``image``): ``image_feat`` [B, E] and
   ``image_embeds`` [B, 1 + N, Dv], for retrieval's similarity matrix.
 - ``text_features`` (``text_ids``, ``text_mask``): ``text_feat`` [B, E]
-  and ``text_embeds`` [B, L, Dt].
-- ``itm_from_embeds`` (``image_embeds``, ``text_embeds``, ``text_mask``):
-  the fusion layers and ITM head on precomputed embeddings: ``itm_logit``
-  (the "match" logit, which ALBEF's retrieval ranks by) and ``itm`` (its
-  probability). Retrieval re-scores its top-k candidates with it. With G
+  and ``fusion_text`` [B, L, Dt], the text's states after the fusion's
+  first block (``Model.fusion_text``: the first fusion layer's
+  self-attention, which reads the text alone), so a text fused with many
+  images runs that block once.
+- ``itm_from_embeds`` (``image_embeds``, ``fusion_text``, ``text_mask``):
+  the rest of the fusion and the ITM head on precomputed states:
+  ``itm_logit`` (the "match" logit, which ALBEF's retrieval ranks by) and
+  ``itm`` (its probability). Retrieval re-scores its top-k candidates with it. With G
   images [G, 1 + N, Dv] and R G text rows [R G, L, Dt] (R > 1, read from
   the shapes), text rows ``g R .. g R + R - 1`` are scored against image
   g, whose cross-attention keys and values are then computed once, and
@@ -51,10 +54,11 @@ def make_predict_fns(graphdef, *, box_head: bool = False
   """
 
   def itm_outputs(model, image_embeds, text_embeds, text_mask,
-                  rows_per_image=1):
+                  rows_per_image=1, self_attended=False):
     logits = model.itm_logits(
         model.fuse_cls(text_embeds, text_mask, image_embeds,
-                       rows_per_image=rows_per_image)
+                       rows_per_image=rows_per_image,
+                       self_attended=self_attended)
     ).astype(jnp.float32)
     return {'itm_logit': logits[:, 1],
             'itm': jax.nn.softmax(logits, axis=-1)[:, 1]}
@@ -76,15 +80,18 @@ def make_predict_fns(graphdef, *, box_head: bool = False
             'image_embeds': img['image_embeds']}
 
   def text_features(params, batch):
-    txt = nnx.merge(graphdef, params).embed_text(batch['text_ids'],
-                                                 batch['text_mask'])
-    return {'text_feat': txt['text_feat'], 'text_embeds': txt['text_embeds']}
+    model = nnx.merge(graphdef, params)
+    txt = model.embed_text(batch['text_ids'], batch['text_mask'])
+    return {'text_feat': txt['text_feat'],
+            'fusion_text': model.fusion_text(txt['text_embeds'],
+                                             batch['text_mask'])}
 
   def itm_from_embeds(params, batch):
     images = batch['image_embeds'].shape[0]
-    per_image = batch['text_embeds'].shape[0] // images if images else 1
+    per_image = batch['fusion_text'].shape[0] // images if images else 1
     out = itm_outputs(nnx.merge(graphdef, params), batch['image_embeds'],
-                      batch['text_embeds'], batch['text_mask'], per_image)
+                      batch['fusion_text'], batch['text_mask'], per_image,
+                      self_attended=True)
     if per_image == 1:
       return out
     return {k: v.reshape(images, per_image) for k, v in out.items()}

@@ -114,11 +114,11 @@ def test_model_scores_and_embeddings_equal_at_the_full_width(fast_compile):
   np.testing.assert_allclose(text['text_feat'], ref_text['text_feat'],
                              rtol=1e-5, atol=1e-6)
   real = masks.astype(bool)
-  np.testing.assert_allclose(text['text_embeds'][real],
-                             np.asarray(ref_text['text_embeds'])[real],
+  np.testing.assert_allclose(text['fusion_text'][real],
+                             np.asarray(ref_text['fusion_text'])[real],
                              rtol=1e-5, atol=1e-5)
   # Sorted by length, the batches of two are cut to 8, 8 and 16 tokens;
   # the positions beyond a batch's cut come back as zeros.
-  assert not text['text_embeds'][:, 16:].any()
-  assert not text['text_embeds'][lengths <= 7, 8:].any()
-  assert text['text_embeds'][lengths > 7, 8:16].all(axis=-1).any()
+  assert not text['fusion_text'][:, 16:].any()
+  assert not text['fusion_text'][lengths <= 7, 8:].any()
+  assert text['fusion_text'][lengths > 7, 8:16].all(axis=-1).any()

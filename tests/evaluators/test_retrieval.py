@@ -127,15 +127,15 @@ def _text_features(params, batch):
   m = batch['text_mask'].astype(jnp.float32)[..., None]
   pooled = (embeds * m).sum(1) / m.sum(1)
   return {'text_feat': _l2(pooled @ _P + 0.1 * params['w']),
-          'text_embeds': embeds}
+          'fusion_text': embeds}
 
 
 def _itm_from_embeds(params, batch):
   # The predict contract (vlg/predict.py): R times as many text rows as
   # images score R texts against each image, outputs [images, R].
-  rows = batch['text_embeds'].shape[0] // batch['image_embeds'].shape[0]
+  rows = batch['fusion_text'].shape[0] // batch['image_embeds'].shape[0]
   m = batch['text_mask'].astype(jnp.float32)[..., None]
-  pooled = (batch['text_embeds'] * m).sum(1) / m.sum(1)
+  pooled = (batch['fusion_text'] * m).sum(1) / m.sum(1)
   img = jnp.repeat(batch['image_embeds'].mean(1), rows, axis=0)
   logit = jnp.sum(jnp.cos(5 * img * pooled * params['w']), -1)
   out = {'itm_logit': logit, 'itm': jax.nn.sigmoid(logit)}
@@ -220,7 +220,7 @@ def test_model_itm_in_image_groups_equals_one_pair_a_row(fast_compile):
     img = jax.jit(fns['image_features'])(params, {'image': images})
     txt = jax.jit(fns['text_features'])(params, {'text_ids': ids,
                                                  'text_mask': mask})
-    embeds = (np.asarray(img['image_embeds']), np.asarray(txt['text_embeds']),
+    embeds = (np.asarray(img['image_embeds']), np.asarray(txt['fusion_text']),
               mask)
     scorers = [retrieval.RetrievalScorer(fns, None, resolution=res,
                                          max_text_len=full, batch_size=b,
@@ -279,7 +279,7 @@ def test_evaluator_matches_brute_force_and_is_mesh_independent(karpathy):
   ii, tt = np.meshgrid(np.arange(n), np.arange(m), indexing='ij')
   itm = np.asarray(_itm_from_embeds(params, {
       'image_embeds': img['image_embeds'][ii.ravel()],
-      'text_embeds': txt['text_embeds'][tt.ravel()],
+      'fusion_text': txt['fusion_text'][tt.ravel()],
       'text_mask': mask[tt.ravel()]})['itm_logit']).reshape(n, m)
   tr, ir = _reference_recalls(sim, itm, data.txt2img, 4)
   for k in (1, 5, 10):

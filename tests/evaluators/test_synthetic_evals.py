@@ -189,7 +189,7 @@ def test_every_synthetic_set_end_to_end_tiny_model(tmp_path, fast_compile):
                                                  'text_mask': mask})
     itm = jax.jit(fns['itm_from_embeds'])(params, {
         'image_embeds': img['image_embeds'],
-        'text_embeds': txt['text_embeds'], 'text_mask': mask})
+        'fusion_text': txt['fusion_text'], 'text_mask': mask})
     box = jax.jit(fns['predict_box'])(params, {
         'image': images, 'text_ids': ids, 'text_mask': mask})['box']
   np.testing.assert_allclose(itm['itm'], pair['itm'], rtol=1e-5, atol=1e-6)

@@ -517,18 +517,57 @@ def test_fuse_cls_rows_per_image_equals_repeated_images(tiny, rows):
              and 'key' in jax.tree_util.keystr(path))
   # The predict function reads R from the shapes and returns [G, R].
   fns = predict.make_predict_fns(graphdef)
+  states = nnx.merge(graphdef, params).fusion_text(text, mask)[text_index]
   out = jax.jit(fns['itm_from_embeds'])(params, {
-      'image_embeds': image, 'text_embeds': text[text_index],
+      'image_embeds': image, 'fusion_text': states,
       'text_mask': mask[text_index]})
   each = jax.jit(fns['itm_from_embeds'])(params, {
       'image_embeds': np.repeat(image, rows, axis=0),
-      'text_embeds': text[text_index], 'text_mask': mask[text_index]})
+      'fusion_text': states, 'text_mask': mask[text_index]})
   assert out['itm_logit'].shape == (B, rows)
   np.testing.assert_allclose(out['itm_logit'].reshape(-1), each['itm_logit'],
                              atol=2e-5)
   with pytest.raises(ValueError, match='rows_per_image=3'):
     nnx.merge(graphdef, params).fuse_cls(
         text[text_index], mask[text_index], image, rows_per_image=3)
+
+
+@pytest.mark.parametrize('remat', ['none', 'full'])
+def test_fuse_cls_from_fusion_text_equals_fuse_cls(tiny, remat):
+  """``fusion_text`` runs the first fusion layer's self-attention on the
+  text alone; ``fuse_cls(..., self_attended=True)`` continuing from it
+  must give ``fuse_cls``'s values and parameter gradients, with padded
+  texts and a partial image mask, each text's states used for two images
+  (retrieval computes them once a text)."""
+  graphdef, params, text, mask, image, image_mask = _fusion_inputs(
+      tiny, remat)
+  ar = np.arange(B)
+  image_index = np.concatenate([ar, np.roll(ar, 1)]).astype(np.int32)
+  text_index = np.concatenate([ar, ar]).astype(np.int32)
+  weights = np.random.RandomState(3).randn(2 * B, text.shape[-1])
+
+  def loss(p, split):
+    model = nnx.merge(graphdef, p)
+    t, m = text, mask
+    if split:
+      states = model.fusion_text(t, m)[text_index]
+      cls = model.fuse_cls(states, m[text_index], image[image_index],
+                           image_mask[image_index], self_attended=True)
+    else:
+      cls = model.fuse_cls(t[text_index], m[text_index], image[image_index],
+                           image_mask[image_index])
+    return jnp.sum(cls * weights), cls
+
+  _, flat_ref = _same_values_and_grads(loss, params)
+  # Not vacuous: the self-attention that moved out of the pair still learns.
+  first = [np.abs(g).max() for p, g in flat_ref
+           if "['fusion'][0]['attn']" in jax.tree_util.keystr(p)
+           and 'kernel' in jax.tree_util.keystr(p)]
+  assert len(first) == 4 and min(first) > 0
+  model = nnx.merge(graphdef, params)
+  states = np.asarray(model.fusion_text(text, mask))
+  assert states.shape == text.shape
+  assert not np.allclose(states, text)  # The block did run.
 
 
 def test_image_index_needs_a_per_image_mask(tiny):

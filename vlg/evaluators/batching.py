@@ -40,9 +40,9 @@ RowBuilder = Callable[[Sequence[int]], dict[str, np.ndarray]]
 # text, at most the full width).
 TEXT_WIDTHS = (8, 16, 32, 64, 128, 256, 512)
 # Inputs whose axis 1 is the text position, cut together.
-TEXT_INPUTS = ('text_ids', 'text_mask', 'text_embeds')
+TEXT_INPUTS = ('text_ids', 'text_mask', 'text_embeds', 'fusion_text')
 # Outputs whose axis 1 is the text position, padded back with zeros.
-TEXT_OUTPUTS = ('text_embeds',)
+TEXT_OUTPUTS = ('text_embeds', 'fusion_text')
 
 
 def text_lengths(masks: np.ndarray) -> np.ndarray:

@@ -189,7 +189,7 @@ class PairScorer:
       fused = runners['itm_from_embeds'].run(
           params, len(rows), lambda picked: {
               'image_embeds': img['image_embeds'][img_idx[picked]],
-              'text_embeds': txt['text_embeds'][txt_idx[picked]],
+              'fusion_text': txt['fusion_text'][txt_idx[picked]],
               'text_mask': masks[txt_idx[picked]]},
           text_lengths=lengths[txt_idx])
       itm[rows] = fused['itm']

@@ -91,7 +91,8 @@ class RetrievalScorer:
 
   def text_features(self, params, texts: Sequence[str]
                     ) -> dict[str, np.ndarray]:
-    """``text_feat`` [M, E], ``text_embeds`` [M, L, Dt], ``text_mask``."""
+    """``text_feat`` [M, E], ``fusion_text`` [M, L, Dt] (the states
+    :meth:`itm_logits` fuses, ``vlg.predict``), ``text_mask``."""
     ids, masks = common.encode_texts(self.tokenizer, texts,
                                      self.max_text_len, self.max_words)
     out = self._texts.run(params, len(texts), lambda rows: {
@@ -101,7 +102,7 @@ class RetrievalScorer:
     return out
 
   def itm_logits(self, params, image_embeds: np.ndarray,
-                 text_embeds: np.ndarray, text_mask: np.ndarray,
+                 fusion_text: np.ndarray, text_mask: np.ndarray,
                  pairs: np.ndarray) -> np.ndarray:
     """ITM "match" logits of the (image index, text index) rows of
     ``pairs`` [P, 2], fused one pair a row or in groups of one image and
@@ -122,7 +123,7 @@ class RetrievalScorer:
     if rows == 1:
       out = self._itm.run(params, len(pairs), lambda b: {
           'image_embeds': image_embeds[pairs[b, 0]],
-          'text_embeds': text_embeds[pairs[b, 1]],
+          'fusion_text': fusion_text[pairs[b, 1]],
           'text_mask': text_mask[pairs[b, 1]]}, text_lengths=lengths)
       return out.get('itm_logit', np.zeros(0, np.float32))
     groups, valid = group_pairs(keys, rows)
@@ -131,7 +132,7 @@ class RetrievalScorer:
     def build(b):
       t = texts[b].reshape(-1)
       return {'image_embeds': image_embeds[pairs[groups[b, 0], 0]],
-              'text_embeds': text_embeds[t], 'text_mask': text_mask[t]}
+              'fusion_text': fusion_text[t], 'text_mask': text_mask[t]}
 
     runner = self._group_runner(rows, image_embeds.shape[1], full)
     out = runner.run(params, len(groups), build,
@@ -390,7 +391,7 @@ def evaluate(scorer: RetrievalScorer, params,
   else:
     score_i2t, score_t2i = two_stage_scores(
         sim, k_test, lambda pairs: scorer.itm_logits(
-            params, img['image_embeds'], txt['text_embeds'],
+            params, img['image_embeds'], txt['fusion_text'],
             txt['text_mask'], pairs))
   timings['rank_s'] = time.perf_counter() - t
   return metrics(score_i2t, score_t2i, txt2img, num_in_file)

@@ -171,7 +171,8 @@ class Model(nnx.Module):
                image_embeds: jax.Array, image_mask: jax.Array | None = None,
                *, rngs: nnx.Rngs | None = None,
                image_index: jax.Array | None = None,
-               rows_per_image: int = 1) -> jax.Array:
+               rows_per_image: int = 1,
+               self_attended: bool = False) -> jax.Array:
     """[B, Dt]: the fused [CLS] alone, equal to ``fuse(...)['fused_cls']``.
 
     The heads that read only [CLS] (ITM, boxes, MRC) take this: its last
@@ -189,7 +190,9 @@ class Model(nnx.Module):
     R - 1`` of [G R, L, Dt] all read image g of ``image_embeds`` [G, N,
     Dv]; its keys and values are projected once, with no gather, and the
     result equals passing each image repeated R times (retrieval's
-    re-ranking scores many texts against each image).
+    re-ranking scores many texts against each image). With
+    ``self_attended`` (static) ``text_embeds`` is :meth:`fusion_text`'s
+    output, computed once for a text fused with many images.
     """
     if (image_index is None and
         image_embeds.shape[0] * rows_per_image != text_embeds.shape[0]):
@@ -200,8 +203,19 @@ class Model(nnx.Module):
     x = self.text.fuse(text_embeds, text_mask,
                        self.fusion_tokens(image_embeds), image_mask,
                        rngs=rngs, cls_only=True, image_index=image_index,
-                       rows_per_image=rows_per_image)
+                       rows_per_image=rows_per_image,
+                       self_attended=self_attended)
     return x[:, 0]
+
+  def fusion_text(self, text_embeds: jax.Array, text_mask: jax.Array
+                  ) -> jax.Array:
+    """[B, L, Dt]: the fusion's first block, the self-attention of the
+    first fusion layer, which reads the text alone (no image, no dropout).
+    ``fuse_cls(fusion_text(t, m), m, image, self_attended=True)`` equals
+    ``fuse_cls(t, m, image)``; retrieval's re-ranking fuses each text with
+    up to ``k_test`` images and so runs this block once a text, not once a
+    pair."""
+    return self.text.fusion_text(text_embeds, text_mask)
 
   def fusion_tokens(self, image_embeds: jax.Array) -> jax.Array:
     """The image tokens [B, 1 + N, Dv] as the fusion reads them: with

@@ -400,7 +400,8 @@ class BertLayer(nnx.Module):
                context_index: jax.Array | None = None, *,
                rngs: nnx.Rngs | None = None,
                query_rows: int | None = None,
-               rows_per_context: int = 1) -> jax.Array:
+               rows_per_context: int = 1,
+               self_attended: bool = False) -> jax.Array:
     """Self-attention over ``x`` with key ``mask``; cross-attends ``context``.
 
     Args:
@@ -428,13 +429,20 @@ class BertLayer(nnx.Module):
         row's context repeated R times. Re-scoring many texts against one
         image (retrieval) then skips all but one of the image's key and
         value projections, without a gather.
+      self_attended: (static) ``x`` is already :meth:`self_attend`'s output
+        for this layer, whose self-attention is then skipped. In a first
+        fusion layer that block reads the text alone, so a text fused with
+        many images (retrieval's re-ranking) can run it once.
 
     Returns:
       [B, L, D] hidden states in the module's dtype ([B, query_rows, D]
       with ``query_rows``).
     """
     r = self.dropout_rate
-    x = self._self_attention(x, mask, rngs, query_rows)
+    if self_attended:
+      x = x if query_rows is None else x[:, :query_rows]
+    else:
+      x = self.self_attend(x, mask, rngs=rngs, query_rows=query_rows)
     if self.cross is not None:
       if context is None:
         raise ValueError('A fusion layer needs image tokens as context.')
@@ -444,11 +452,11 @@ class BertLayer(nnx.Module):
     x = self.mlp_norm(x + dropout(self.mlp(x, rngs=rngs), r, rngs))
     return sharding.constrain(x, ('batch', 'length', 'embed'))
 
-  def _self_attention(self, x: jax.Array, mask: jax.Array | None,
-                      rngs: nnx.Rngs | None,
-                      query_rows: int | None = None) -> jax.Array:
-    """LN(q + SelfAttn(q over the keys of x)), q the first ``query_rows``
-    rows of ``x`` (all of them when None)."""
+  def self_attend(self, x: jax.Array, mask: jax.Array | None = None, *,
+                  rngs: nnx.Rngs | None = None,
+                  query_rows: int | None = None) -> jax.Array:
+    """The layer's first block, LN(q + SelfAttn(q over the keys of x)), q
+    the first ``query_rows`` rows of ``x`` (all of them when None)."""
     q = x
     if query_rows is not None:
       q = x[:, :query_rows]
@@ -466,5 +474,5 @@ class BertLayer(nnx.Module):
     layer's input ``x``, attends in ``context`` (no dropout)."""
     if self.cross is None:
       raise ValueError('This layer has no cross-attention.')
-    return self.cross.probabilities(self._self_attention(x, mask, None),
+    return self.cross.probabilities(self.self_attend(x, mask),
                                     context, context_mask)

@@ -120,7 +120,7 @@ class TextEncoder(nnx.Module):
            image_mask: jax.Array | None = None, *,
            rngs: nnx.Rngs | None = None, return_layers: bool = False,
            cls_only: bool = False, image_index: jax.Array | None = None,
-           rows_per_image: int = 1
+           rows_per_image: int = 1, self_attended: bool = False
            ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Fusion mode on text-mode states ``x`` with image tokens ``image``.
 
@@ -136,6 +136,8 @@ class TextEncoder(nnx.Module):
     [fusion_layers + 1, B, L, D] of the input and every fusion layer's output.
     With ``cls_only`` (static) the last layer computes the [CLS] row alone
     (``BertLayer``'s ``query_rows=1``) and the result is [B, 1, D].
+    With ``self_attended`` (static) ``x`` is :meth:`fusion_text`'s output
+    and the first layer starts at its cross-attention.
     """
     if cls_only and return_layers:
       raise ValueError('fuse: cls_only and return_layers exclude each other')
@@ -145,11 +147,21 @@ class TextEncoder(nnx.Module):
       rows = 1 if cls_only and i == last else None
       x = layers.call_block(layer, x, mask, image, image_mask, image_index,
                             remat=self.remat, rngs=rngs, query_rows=rows,
-                            rows_per_context=rows_per_image)
+                            rows_per_context=rows_per_image,
+                            self_attended=self_attended and i == 0)
       states.append(x)
     if cls_only and last < 0:
       x = x[:, :1]
     return (x, jnp.stack(states)) if return_layers else x
+
+  def fusion_text(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    """The part of the fusion that reads the text alone: the first fusion
+    layer's self-attention block on text-mode states ``x`` [B, L, D] (``x``
+    itself when there are no fusion layers). :meth:`fuse` with
+    ``self_attended`` continues from it."""
+    if not len(self.fusion):
+      return x
+    return self.fusion[0].self_attend(x, mask)
 
   def mlm_logits(self, x: jax.Array) -> jax.Array:
     """[B, L, D] fused states → [B, L, V] logits (decoder tied to words)."""
