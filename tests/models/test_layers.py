@@ -153,6 +153,41 @@ def test_attention_matches_reference_with_mask():
   assert not np.allclose(apply(attn, x, ctx2, mask)[0], y[0])
 
 
+def _folded(module, *args, **kwargs):
+  """``module(*args, fold=True, **kwargs)`` under ``jax.jit``."""
+  graphdef, state = nnx.split(module)
+  return jax.jit(lambda st, a, k: nnx.merge(graphdef, st)(
+      *a, fold=True, **k))(state, args, kwargs)
+
+
+@pytest.mark.parametrize('per_query', [False, True])
+def test_folded_attention_matches_reference(per_query):
+  """``fold=True`` never forms keys and values; its output must be the
+  float64 attention of the module's parameters, with a key mask (one per
+  row, or one per query) and with rows reading context rows by index."""
+  attn = build(lambda r: layers.Attention(D, HEADS, kv_dim=CTX, rngs=r))
+  x, ctx = _randn(3, 2, D), _randn(3, 7, CTX, seed=1)
+  mask = np.ones((3, 7), bool)
+  mask[0, 3:] = False
+  if per_query:
+    mask = np.repeat(mask[:, None], 2, axis=1)
+    mask[1, 0, :5] = False  # The two queries of row 1 see different keys.
+    ref = np.stack([_ref_attention(attn, x[:, q:q + 1], ctx, mask[:, q])[:, 0]
+                    for q in range(2)], axis=1)
+  else:
+    ref = _ref_attention(attn, x, ctx, mask)
+  y = _folded(attn, x, ctx, mask)
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(y, apply(attn, x, ctx, mask), rtol=1e-5,
+                             atol=1e-5)
+  if not per_query:  # Rows 0, 2, 0 read context rows 2, 0, 2.
+    index = np.array([2, 0, 2])
+    np.testing.assert_allclose(
+        _folded(attn, x, ctx, mask, context_index=index),
+        _ref_attention(attn, x, ctx[index], mask[index]),
+        rtol=1e-4, atol=1e-5)
+
+
 def test_attention_fully_masked_query_rows_stay_finite():
   attn = build(lambda r: layers.Attention(D, HEADS, rngs=r))
   mask = np.array([[0, 0, 0, 0], [1, 1, 0, 0]])

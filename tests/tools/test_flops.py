@@ -101,16 +101,25 @@ def test_block_counts_match_the_traced_layers():
   assert _traced_dots(lambda x, c: fusion(x, None, c), x, image) == (
       flops.attention(5, 5, 8, 8) + flops.attention(5, 7, 8, 12) +
       flops.mlp(5, 8, 16))
-  # The [CLS]-only last layer of Model.fuse_cls.
+  # The [CLS]-only last layer of Model.fuse_cls: one query, fewer than a
+  # head's 4 dims, so both attentions fold (no keys or values).
   assert _traced_dots(lambda x, c: fusion(x, None, c, query_rows=1),
                       x, image) == (
-      flops.attention(1, 5, 8, 8) + flops.attention(1, 7, 8, 12) +
-      flops.mlp(1, 8, 16))
+      flops.folded_attention(1, 5, 8, 8, 2) +
+      flops.folded_attention(1, 7, 8, 12, 2) + flops.mlp(1, 8, 16))
+  # With image_index each image's keys and values are projected once.
+  index = jnp.array([0, 0, 0])
+  assert _traced_dots(lambda x, c: fusion(x, None, c, context_index=index),
+                      jnp.ones((3, 5, 8)), image) == (
+      3 * flops.attention(5, 5, 8, 8) + 3 * flops.attention(5, 7, 8, 12) +
+      3 * flops.mlp(5, 8, 16) - 2 * 2 * flops.dense(7, 12, 8))
   m = ml_collections.ConfigDict(dict(text_width=8, vision_width=12,
-                                     text_mlp=16, fusion_layers=3))
+                                     text_mlp=16, fusion_layers=3,
+                                     text_heads=2))
   assert flops.fusion_layers_cls(m, 5, 7) == (
-      2 * flops.fusion_layers(m, 5, 7) // 3 + flops.attention(1, 5, 8, 8) +
-      flops.attention(1, 7, 8, 12) + flops.mlp(1, 8, 16))
+      2 * flops.fusion_layers(m, 5, 7) // 3 +
+      flops.folded_attention(1, 5, 8, 8, 2) +
+      flops.folded_attention(1, 7, 8, 12, 2) + flops.mlp(1, 8, 16))
 
 
 def test_conv_stem_count_matches_the_traced_stem():
@@ -143,7 +152,7 @@ def tiny_flops_config():
   c = albef_config.get_config('tiny')
   c.model.update(image_size=48, patch_size=8, vision_width=64,
                  vision_depth=1, vision_heads=2, vision_mlp=256,
-                 text_width=64, text_layers=1, fusion_layers=1, text_heads=2,
+                 text_width=64, text_layers=1, fusion_layers=2, text_heads=2,
                  text_mlp=256, embed_dim=32, vocab_size=128)
   c.input.resolution = 48
   c.input.data.synthetic.world = dict(resolution=48)
@@ -196,10 +205,10 @@ def test_train_step_matches_traced_matmuls_and_xla_cost_analysis(
 
   assert bench_figures['analytic_flops'] == analytic['total']
   # Split across devices, ITM's 2B negative pairs project their images'
-  # keys and values again in every fusion layer.
+  # keys and values again in every fusion layer but the folded last.
   m = c.model
   tokens = 1 + (c.input.resolution // m.patch_size) ** 2
-  again = 3 * 2 * c.batch_size * m.fusion_layers * 2 * flops.dense(
+  again = 3 * 2 * c.batch_size * (m.fusion_layers - 1) * 2 * flops.dense(
       tokens, m.vision_width, m.text_width)
   split = flops.train_step_flops(c, batch_shards=2)
   assert split['total'] - analytic['total'] == split['fusion'] - (

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlg import sharding
+from vlg.models import attention_math
 
 Initializer = Callable[..., jax.Array]
 Names = tuple[str | None, ...]
@@ -230,7 +231,8 @@ class Attention(nnx.Module):
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                mask: jax.Array | None = None, *,
                rngs: nnx.Rngs | None = None,
-               context_index: jax.Array | None = None) -> jax.Array:
+               context_index: jax.Array | None = None,
+               fold: bool = False) -> jax.Array:
     """Attends from ``x`` [B, Lq, D] to ``context`` [B, Lk, Dkv] (or ``x``).
 
     Args:
@@ -245,10 +247,16 @@ class Attention(nnx.Module):
         values are projected once per distinct row and then gathered: the
         values equal attending to ``context[context_index]``, for fewer
         FLOPs when rows repeat (ITM's 3B rows hold B distinct images).
+      fold: (static) never project the keys and values
+        (``attention_math.folded_attention``: the same values, cheaper when
+        the queries are fewer than ``head_dim``).
 
     Returns:
       [B, Lq, D] in the module's dtype.
     """
+    if fold:
+      return self._folded(x, x if context is None else context, mask, rngs,
+                          context_index)
     context = x if context is None else context
     v = _gather_rows(sharding.constrain(self.value(context), _QKV_NAMES),
                      context_index)
@@ -256,6 +264,20 @@ class Attention(nnx.Module):
     probs = dropout(probs, self.dropout_rate, rngs).astype(v.dtype)
     y = jnp.einsum('bhqk,bhkd->bhqd', probs, _heads_first(v))
     return self.out(jnp.transpose(y, (0, 2, 1, 3)))
+
+  def _folded(self, x: jax.Array, context: jax.Array,
+              mask: jax.Array | None, rngs: nnx.Rngs | None,
+              context_index: jax.Array | None) -> jax.Array:
+    """:meth:`__call__` with ``fold`` (``attention_math.folded_attention``)."""
+    q = sharding.constrain(self.query(x), _QKV_NAMES)
+    q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
+    b = lambda dense: None if dense.bias is None else dense.bias[...]
+    y = attention_math.folded_attention(
+        q, _gather_rows(context, context_index), self.key.kernel[...],
+        b(self.key), self.value.kernel[...], b(self.value),
+        _context_mask(mask, context_index),
+        lambda p: dropout(p, self.dropout_rate, rngs))
+    return self.out(y)
 
   def probabilities(self, x: jax.Array, context: jax.Array | None = None,
                     mask: jax.Array | None = None,
@@ -268,19 +290,23 @@ class Attention(nnx.Module):
     q = sharding.constrain(self.query(x), _QKV_NAMES)
     k = _gather_rows(sharding.constrain(self.key(context), _QKV_NAMES),
                      context_index)
-    if mask is not None and context_index is not None:
-      if mask.ndim != 2:
-        raise ValueError('With context_index the key mask must be [C, Lk], '
-                         f'one row per context row; got {mask.shape}')
-      mask = mask[context_index]
     q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
     logits = jnp.einsum('bhqd,bhkd->bhqk', _heads_first(q), _heads_first(k),
                         preferred_element_type=jnp.float32)
-    if mask is not None:
-      visible = (mask.astype(bool)[:, None] if mask.ndim == 3
-                 else mask.astype(bool)[:, None, None, :])
-      logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(logits, axis=-1)
+    return attention_math.masked_softmax(
+        logits, _context_mask(mask, context_index))
+
+
+def _context_mask(mask: jax.Array | None, context_index: jax.Array | None
+                  ) -> jax.Array | None:
+  """The key mask of each query row: ``mask[context_index]`` when rows read
+  context rows by index (the mask must then be [C, Lk])."""
+  if mask is None or context_index is None:
+    return mask
+  if mask.ndim != 2:
+    raise ValueError('With context_index the key mask must be [C, Lk], '
+                     f'one row per context row; got {mask.shape}')
+  return mask[context_index]
 
 
 def _heads_first(x: jax.Array) -> jax.Array:
@@ -419,7 +445,9 @@ class BertLayer(nnx.Module):
         Every position's output depends on the others only through the
         self-attention's keys and values, so these rows equal the full
         layer's first rows; a last layer read only at [CLS] (ITM, boxes,
-        MRC) needs ``query_rows=1`` and skips the rest of its work.
+        MRC) needs ``query_rows=1`` and skips the rest of its work; its
+        attentions then never form keys and values (``Attention``'s
+        ``fold``).
       rows_per_context: (static) R: rows ``g R .. g R + R - 1`` of ``x``
         [G R, L, D] all read context row g of ``context`` [G, N, Dc] (and
         ``context_mask`` [G, N]). Cross-attention treats every query
@@ -447,7 +475,8 @@ class BertLayer(nnx.Module):
       if context is None:
         raise ValueError('A fusion layer needs image tokens as context.')
       c = self.cross(_group_rows(x, rows_per_context), context,
-                     context_mask, rngs=rngs, context_index=context_index)
+                     context_mask, rngs=rngs, context_index=context_index,
+                     fold=self._fold(query_rows, rows_per_context))
       x = self.cross_norm(x + dropout(c.reshape(x.shape), r, rngs))
     x = self.mlp_norm(x + dropout(self.mlp(x, rngs=rngs), r, rngs))
     return sharding.constrain(x, ('batch', 'length', 'embed'))
@@ -463,8 +492,17 @@ class BertLayer(nnx.Module):
       if mask is not None and mask.ndim == 3:
         mask = mask[:, :query_rows]
     return self.attn_norm(q + dropout(
-        self.attn(q, context=x, mask=mask, rngs=rngs), self.dropout_rate,
-        rngs))
+        self.attn(q, context=x, mask=mask, rngs=rngs,
+                  fold=self._fold(query_rows)), self.dropout_rate, rngs))
+
+  def _fold(self, query_rows: int | None, rows_per_context: int = 1
+            ) -> bool:
+    """Whether attention from ``query_rows`` positions of
+    ``rows_per_context`` rows at a time skips forming keys and values
+    (``Attention``'s ``fold``): when those queries are fewer than a
+    head's width, as for a last layer read only at [CLS]."""
+    return (query_rows is not None and
+            query_rows * rows_per_context < self.attn.head_dim)
 
   def cross_attention_probs(self, x: jax.Array, mask: jax.Array | None,
                             context: jax.Array,

@@ -121,6 +121,17 @@ def attention(q_len: int, kv_len: int, width: int, kv_width: int) -> int:
   return projections + scores_and_sum
 
 
+def folded_attention(q_len: int, kv_len: int, width: int, kv_width: int,
+                     heads: int) -> int:
+  """:func:`attention` as ``Attention(..., fold=True)`` runs it
+  (``vlg.models.attention_math``): no key or value projections; each
+  query mapped to ``kv_width`` and back through the value kernel, the
+  scores (plus the key bias term) and weighted sum at ``kv_width`` per
+  head. Per example."""
+  return (2 * dense(q_len, width, width) + 2 * dense(q_len, width, kv_width)
+          + 2 * (2 * heads * q_len * kv_len * kv_width) + 2 * q_len * width)
+
+
 def mlp(length: int, width: int, hidden: int) -> int:
   """Dense → GELU → Dense. Per example."""
   return dense(length, width, hidden) + dense(length, hidden, width)
@@ -170,9 +181,15 @@ def fusion_layer(m: ml_collections.ConfigDict, length: int,
   """One fusion layer for one (text, image) pair: self-attention of
   ``queries`` rows (all ``length`` when None) over the text's ``length``
   keys, cross-attention over the image tokens (keys and values computed
-  from that pair's tokens), MLP on the query rows."""
+  from that pair's tokens), MLP on the query rows. Fewer queries than a
+  head's width fold both attentions (``BertLayer``: no keys or values)."""
   dt, dv = int(m.text_width), int(m.vision_width)
   rows = length if queries is None else queries
+  if queries is not None and queries < dt // int(m.text_heads):
+    heads = int(m.text_heads)
+    return (folded_attention(rows, length, dt, dt, heads) +
+            folded_attention(rows, image_tokens, dt, dv, heads) +
+            mlp(rows, dt, int(m.text_mlp)))
   return (attention(rows, length, dt, dt) +
           attention(rows, image_tokens, dt, dv) +
           mlp(rows, dt, int(m.text_mlp)))
@@ -187,8 +204,8 @@ def fusion_layers(m: ml_collections.ConfigDict, length: int,
 def fusion_layers_cls(m: ml_collections.ConfigDict, length: int,
                       image_tokens: int) -> int:
   """One pair through the fusion layers as ``Model.fuse_cls`` runs them:
-  all but the last in full; the last for the [CLS] query only (its keys
-  and values still from every text position and image token)."""
+  all but the last in full; the last for the [CLS] query only, its
+  attentions folded (:func:`fusion_layer`)."""
   n = int(m.fusion_layers)
   if n < 1:
     return 0
@@ -258,11 +275,12 @@ def train_step_flops(config: ml_collections.ConfigDict,
   fuse = fusion_layers(m, length, image_tokens)
   fuse_cls = fusion_layers_cls(m, length, image_tokens)
   # ITM's 3B pairs: with the keys and values once per image, 2B of them
-  # skip every fusion layer's key and value projections of the image.
+  # skip the image's key and value projections of every fusion layer but
+  # the folded last, which has none.
   itm_fuse = 3 * b * fuse_cls
   if batch_shards == 1:
-    itm_fuse -= 2 * b * int(m.fusion_layers) * 2 * dense(image_tokens, dv,
-                                                         dt)
+    projected = int(m.fusion_layers) - (1 < dt // int(m.text_heads))
+    itm_fuse -= 2 * b * max(projected, 0) * 2 * dense(image_tokens, dv, dt)
   mlm = mlm_head(m, length)
   sims = dense(b, e, b + q)  # One [B, E] × [E, B + Q] similarity matrix.
 
