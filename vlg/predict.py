@@ -18,12 +18,12 @@ padding rows, whose outputs the caller drops).
 - ``itm_from_embeds`` (``image_embeds``, ``fusion_text``, ``text_mask``):
   the rest of the fusion and the ITM head on precomputed states:
   ``itm_logit`` (the "match" logit, which ALBEF's retrieval ranks by) and
-  ``itm`` (its probability). Retrieval re-scores its top-k candidates with it. With G
-  images [G, 1 + N, Dv] and R G text rows [R G, L, Dt] (R > 1, read from
-  the shapes), text rows ``g R .. g R + R - 1`` are scored against image
-  g, whose cross-attention keys and values are then computed once, and
-  both outputs are [G, R] (a batch of G groups, as the caller's runner
-  counts rows).
+  ``itm`` (its probability). Retrieval re-scores its top-k candidates
+  with it. With G images [G, 1 + N, Dv] and R G text rows [R G, L, Dt]
+  (R > 1, read from the shapes), text rows ``g R .. g R + R - 1`` are
+  scored against image g, whose cross-attention keys and values are then
+  computed once, and both outputs are [G, R] (a batch of G groups, as the
+  caller's runner counts rows).
 - ``predict_box`` (``image``, ``text_ids``, ``text_mask``; models with a box
   head only): ``box`` [B, 4], normalised (cx, cy, w, h) of the region the
   text names, from the fused [CLS] (X-VLM).

@@ -271,10 +271,9 @@ class Attention(nnx.Module):
     """:meth:`__call__` with ``fold`` (``attention_math.folded_attention``)."""
     q = sharding.constrain(self.query(x), _QKV_NAMES)
     q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
-    b = lambda dense: None if dense.bias is None else dense.bias[...]
     y = attention_math.folded_attention(
         q, _gather_rows(context, context_index), self.key.kernel[...],
-        b(self.key), self.value.kernel[...], b(self.value),
+        _bias(self.key), self.value.kernel[...], _bias(self.value),
         _context_mask(mask, context_index),
         lambda p: dropout(p, self.dropout_rate, rngs))
     return self.out(y)
@@ -295,6 +294,11 @@ class Attention(nnx.Module):
                         preferred_element_type=jnp.float32)
     return attention_math.masked_softmax(
         logits, _context_mask(mask, context_index))
+
+
+def _bias(dense: Dense) -> jax.Array | None:
+  """A dense map's bias values, or None when it has none."""
+  return None if dense.bias is None else dense.bias[...]
 
 
 def _context_mask(mask: jax.Array | None, context_index: jax.Array | None
