@@ -58,22 +58,34 @@ def folded_attention(q: jax.Array, context: jax.Array,
     sum of projected values would be.
   """
   dtype = q.dtype
+  b, lq, heads, dh = q.shape
   context = context.astype(dtype)
-  q_in = jnp.einsum('bqhd,ehd->bhqe', q, key_kernel.astype(dtype),
+  # Every product is a batched matmul with its batch axis first (heads, or
+  # examples), the layout XLA's CPU backend runs as plain matmuls.
+  per_head = jnp.transpose(q, (2, 0, 1, 3)).reshape(heads, b * lq, dh)
+  q_in = jnp.einsum('hnd,hde->hne', per_head,
+                    jnp.transpose(key_kernel.astype(dtype), (1, 2, 0)),
                     preferred_element_type=jnp.float32).astype(dtype)
-  logits = jnp.einsum('bhqe,bke->bhqk', q_in, context,
-                      preferred_element_type=jnp.float32)
-  if key_bias is not None:
-    logits = logits + jnp.einsum(
-        'bqhd,hd->bhq', q, key_bias.astype(dtype),
-        preferred_element_type=jnp.float32)[..., None]
+  q_in = jnp.transpose(q_in.reshape(heads, b, lq, -1), (1, 0, 2, 3))
+  logits = jnp.einsum('bne,bke->bnk', q_in.reshape(b, heads * lq, -1),
+                      context, preferred_element_type=jnp.float32)
+  logits = logits.reshape(b, heads, lq, -1)
+  if key_bias is not None:  # A constant per query (elementwise, no dot).
+    logits = logits + jnp.sum(
+        q.astype(jnp.float32) * key_bias.astype(jnp.float32),
+        axis=-1).transpose(0, 2, 1)[..., None]
   probs = masked_softmax(logits, mask)
   if dropout_fn is not None:
     probs = dropout_fn(probs)
-  mixed = jnp.einsum('bhqk,bke->bqhe', probs.astype(dtype), context,
+  mixed = jnp.einsum('bnk,bke->bne',
+                     probs.astype(dtype).reshape(b, heads * lq, -1), context,
                      preferred_element_type=jnp.float32).astype(dtype)
-  y = jnp.einsum('bqhe,ehd->bqhd', mixed, value_kernel.astype(dtype),
+  mixed = jnp.transpose(mixed.reshape(b, heads, lq, -1),
+                        (1, 0, 2, 3)).reshape(heads, b * lq, -1)
+  y = jnp.einsum('hne,hed->hnd', mixed,
+                 jnp.transpose(value_kernel.astype(dtype), (1, 0, 2)),
                  preferred_element_type=jnp.float32)
+  y = jnp.transpose(y.reshape(heads, b, lq, dh), (1, 2, 0, 3))
   if value_bias is not None:  # Weighted by the probabilities' sum.
     y = y + (jnp.transpose(probs.sum(-1), (0, 2, 1))[..., None] *
              value_bias.astype(jnp.float32))

@@ -126,10 +126,9 @@ def folded_attention(q_len: int, kv_len: int, width: int, kv_width: int,
   """:func:`attention` as ``Attention(..., fold=True)`` runs it
   (``vlg.models.attention_math``): no key or value projections; each
   query mapped to ``kv_width`` and back through the value kernel, the
-  scores (plus the key bias term) and weighted sum at ``kv_width`` per
-  head. Per example."""
+  scores and weighted sum at ``kv_width`` per head. Per example."""
   return (2 * dense(q_len, width, width) + 2 * dense(q_len, width, kv_width)
-          + 2 * (2 * heads * q_len * kv_len * kv_width) + 2 * q_len * width)
+          + 2 * (2 * heads * q_len * kv_len * kv_width))
 
 
 def mlp(length: int, width: int, hidden: int) -> int:
