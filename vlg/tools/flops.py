@@ -175,6 +175,13 @@ def text_layers(m: ml_collections.ConfigDict, length: int) -> int:
   return int(m.text_layers) * layer
 
 
+def folds(m: ml_collections.ConfigDict, queries: int | None) -> bool:
+  """Whether a fusion layer computing ``queries`` rows folds its
+  attentions: fewer queries than a head's width (``BertLayer._fold``)."""
+  return (queries is not None and
+          queries < int(m.text_width) // int(m.text_heads))
+
+
 def fusion_layer(m: ml_collections.ConfigDict, length: int,
                  image_tokens: int, queries: int | None = None) -> int:
   """One fusion layer for one (text, image) pair: self-attention of
@@ -184,7 +191,7 @@ def fusion_layer(m: ml_collections.ConfigDict, length: int,
   head's width fold both attentions (``BertLayer``: no keys or values)."""
   dt, dv = int(m.text_width), int(m.vision_width)
   rows = length if queries is None else queries
-  if queries is not None and queries < dt // int(m.text_heads):
+  if folds(m, queries):
     heads = int(m.text_heads)
     return (folded_attention(rows, length, dt, dt, heads) +
             folded_attention(rows, image_tokens, dt, dv, heads) +
@@ -278,7 +285,7 @@ def train_step_flops(config: ml_collections.ConfigDict,
   # the folded last, which has none.
   itm_fuse = 3 * b * fuse_cls
   if batch_shards == 1:
-    projected = int(m.fusion_layers) - (1 < dt // int(m.text_heads))
+    projected = int(m.fusion_layers) - folds(m, 1)
     itm_fuse -= 2 * b * max(projected, 0) * 2 * dense(image_tokens, dv, dt)
   mlm = mlm_head(m, length)
   sims = dense(b, e, b + q)  # One [B, E] × [E, B + Q] similarity matrix.
