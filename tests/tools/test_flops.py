@@ -27,6 +27,8 @@ from vlg import sharding
 from vlg import train
 from vlg import train_state
 from vlg.data import batch_spec
+from vlg.models import attention
+from vlg.models import blocks
 from vlg.models import layers
 from vlg.models import vit
 from vlg.tools import bench
@@ -82,7 +84,7 @@ def test_hand_count_of_a_dense_layer_and_an_attention_block():
   rngs = nnx.Rngs(0)
   with nnx.use_eager_sharding(False):  # No mesh here.
     dense = layers.Dense(4, 5, ('embed', 'mlp'), rngs=rngs)
-    attn = layers.Attention(4, 2, kv_dim=6, rngs=rngs)
+    attn = attention.Attention(4, 2, kv_dim=6, rngs=rngs)
   assert _traced_dots(lambda x: dense(x), jnp.ones((3, 4))) == 120
   assert _traced_dots(lambda x, c: attn(x, c), jnp.ones((1, 3, 4)),
                       jnp.ones((1, 5, 6))) == 912
@@ -91,8 +93,8 @@ def test_hand_count_of_a_dense_layer_and_an_attention_block():
 def test_block_counts_match_the_traced_layers():
   rngs = nnx.Rngs(0)
   with nnx.use_eager_sharding(False):
-    block = layers.ViTBlock(8, 2, 16, eps=1e-6, rngs=rngs)
-    fusion = layers.BertLayer(8, 2, 16, eps=1e-12, context_dim=12,
+    block = blocks.ViTBlock(8, 2, 16, eps=1e-6, rngs=rngs)
+    fusion = blocks.BertLayer(8, 2, 16, eps=1e-12, context_dim=12,
                               rngs=rngs)
   x = jnp.ones((1, 5, 8))
   assert _traced_dots(lambda x: block(x), x) == (

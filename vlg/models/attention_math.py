@@ -1,4 +1,4 @@
-"""Attention arithmetic that ``layers.Attention`` runs on its projections.
+"""Attention arithmetic that ``attention.Attention`` runs on its projections.
 
 Pure functions of arrays (no modules, no parameters of their own):
 

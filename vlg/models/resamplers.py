@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from vlg import sharding
+from vlg.models import attention
 from vlg.models import layers
 from vlg.models import perceiver
 from vlg.models import text
@@ -177,10 +178,10 @@ class QFormerLayer(nnx.Module):
     self.dropout_rate = dropout_rate
     kw = dict(dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
     norm = lambda: layers.LayerNorm(dim, eps=eps, dtype=dtype, rngs=rngs)
-    self.attn = layers.Attention(dim, num_heads, **kw)
+    self.attn = attention.Attention(dim, num_heads, **kw)
     self.attn_norm = norm()
     if vision_width is not None:
-      self.cross = layers.Attention(dim, num_heads, kv_dim=vision_width, **kw)
+      self.cross = attention.Attention(dim, num_heads, kv_dim=vision_width, **kw)
       self.cross_norm = norm()
     else:
       self.cross = nnx.data(None)

@@ -21,6 +21,7 @@ import ml_collections
 from flax import nnx
 
 from vlg import sharding
+from vlg.models import blocks
 from vlg.models import layers
 
 
@@ -100,10 +101,10 @@ class TextEncoder(nnx.Module):
     heads, mlp = int(config.text_heads), int(config.text_mlp)
     self.remat = layers.check_remat(str(config.get('remat', 'none')))
     self.embeddings = TextEmbeddings(config, rngs=rngs)
-    self.layers = nnx.List([layers.BertLayer(dim, heads, mlp, **kw)
+    self.layers = nnx.List([blocks.BertLayer(dim, heads, mlp, **kw)
                             for _ in range(int(config.text_layers))])
     self.fusion = nnx.List([
-        layers.BertLayer(dim, heads, mlp, context_dim=int(config.vision_width),
+        blocks.BertLayer(dim, heads, mlp, context_dim=int(config.vision_width),
                          **kw)
         for _ in range(int(config.fusion_layers))])
     self.mlm_head = MlmHead(config, rngs=rngs)

@@ -3,7 +3,7 @@
 The Perceiver Resampler (``vlg.models.perceiver``) reads only the image, so
 its stage-1 training (docs/probing.md §6.3 item 3) needs a text model beside
 it. :class:`TextDecoder` is one BERT-style stack of post-LN layers (vlg's
-text layers' style, ``layers.BertLayer``) run in two modes that share every
+text layers' style, ``blocks.BertLayer``) run in two modes that share every
 weight, as the Q-Former's text stream does in BLIP-2:
 
 * ``'text'`` (ITC): bidirectional self-attention over the real tokens, no
@@ -43,6 +43,7 @@ import ml_collections
 from flax import nnx
 
 from vlg import sharding
+from vlg.models import attention
 from vlg.models import layers
 from vlg.models import text
 
@@ -116,10 +117,10 @@ class DecoderLayer(nnx.Module):
     self.dropout_rate = dropout_rate
     kw = dict(dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
     norm = lambda: layers.LayerNorm(dim, eps=eps, dtype=dtype, rngs=rngs)
-    self.attn = layers.Attention(dim, num_heads, **kw)
+    self.attn = attention.Attention(dim, num_heads, **kw)
     self.attn_norm = norm()
     if latent_width is not None:
-      self.cross = layers.Attention(dim, num_heads, kv_dim=latent_width, **kw)
+      self.cross = attention.Attention(dim, num_heads, kv_dim=latent_width, **kw)
       self.cross_norm = norm()
     else:
       self.cross = nnx.data(None)

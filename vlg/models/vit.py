@@ -29,6 +29,7 @@ import ml_collections
 from flax import nnx
 
 from vlg import sharding
+from vlg.models import blocks
 from vlg.models import layers
 
 
@@ -252,7 +253,7 @@ class VisionTransformer(nnx.Module):
                                        (1 + self.grid ** 2, dim),
                                        (None, 'embed'))
     self.blocks = nnx.List([
-        layers.ViTBlock(dim, int(config.vision_heads),
+        blocks.ViTBlock(dim, int(config.vision_heads),
                         int(config.vision_mlp), eps=eps,
                         dropout_rate=self.dropout_rate, dtype=self.dtype,
                         rngs=rngs)

@@ -84,7 +84,7 @@ def test_attn_pool_matches_numpy_and_ignores_padding():
     if visible.any():
       p = np.exp(logits[visible] - logits[visible].max())
       p /= p.sum()
-    else:  # No real token: uniform weights, as layers.Attention does.
+    else:  # No real token: uniform weights, as attention.Attention does.
       visible, p = np.ones(5, bool), np.full(5, 0.2)
     np.testing.assert_allclose(got[i], p @ (xi[visible] @ wv), rtol=1e-5,
                                atol=1e-5)

@@ -263,7 +263,7 @@ class AttnPool(nnx.Module):
 
   y = Σ_n softmax_n(k_n·q / √D) v_n, with k = x W_k, v = x W_v, masked
   tokens excluded (a row with no real token attends uniformly, as
-  ``layers.Attention`` does).
+  ``attention.Attention`` does).
   """
 
   def __init__(self, dim: int, *, rngs: nnx.Rngs):
