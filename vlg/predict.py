@@ -6,8 +6,9 @@ row of a batch is computed independently of the others (``_mask`` marks
 padding rows, whose outputs the caller drops).
 
 - ``image_text_scores`` (``image``, ``text_ids``, ``text_mask``): ``itm``
-  (ITM "match" probability, the default image–text score s(i, t)) and
-  ``itc`` (cosine similarity of the ITC features) of aligned rows.
+  (ITM "match" probability, the default image–text score s(i, t)),
+  ``itm_logit`` (its logit, which retrieval ranks by) and ``itc`` (cosine
+  similarity of the ITC features) of aligned rows.
 - ``image_features`` (``image``): ``image_feat`` [B, E] and
   ``image_embeds`` [B, 1 + N, Dv], for retrieval's similarity matrix.
 - ``text_features`` (``text_ids``, ``text_mask``): ``text_feat`` [B, E]
@@ -70,7 +71,7 @@ def make_predict_fns(graphdef, *, box_head: bool = False
     itm = itm_outputs(model, img['image_embeds'], txt['text_embeds'],
                       batch['text_mask'])
     return {
-        'itm': itm['itm'],
+        **itm,
         'itc': jnp.sum(img['image_feat'] * txt['text_feat'], axis=-1),
     }
 

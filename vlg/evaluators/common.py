@@ -103,7 +103,8 @@ class PairScorer:
   """Scores aligned (image file, text) rows with one predict function.
 
   With ``feature_fns`` (the :data:`FEATURE_FNS` predict functions) it
-  computes what ``image_text_scores`` computes (``itm`` and ``itc``) but
+  computes what ``image_text_scores`` computes (``itm``, ``itm_logit`` and
+  ``itc``) but
   encodes each distinct image and each distinct text of a chunk of rows
   once, then fuses the rows from the stored embeddings: VALSE scores every
   image with a caption and a foil, Winoground each image with two
@@ -125,7 +126,7 @@ class PairScorer:
   def __init__(self, predict_fn, tokenizer: tokenizer_lib.Tokenizer, *,
                resolution: int, max_text_len: int, batch_size: int, mesh,
                rules, max_words: int = 30, feature_fns=None):
-    self.tokenizer = tokenizer
+    self.predict_fn, self.tokenizer = predict_fn, tokenizer
     self.resolution, self.max_text_len = resolution, max_text_len
     self.max_words = max_words
     self.batch_size, self.mesh, self.rules = batch_size, mesh, rules
@@ -143,7 +144,8 @@ class PairScorer:
   def score(self, params, images: Sequence[str | np.ndarray],
             texts: Sequence[str]) -> dict[str, np.ndarray]:
     """Row i = (images[i], texts[i]); returns the predict fn's outputs,
-    e.g. {'itm': [N], 'itc': [N]} (an empty dict for no rows)."""
+    e.g. {'itm': [N], 'itm_logit': [N], 'itc': [N]} (an empty dict for no
+    rows)."""
     if len(images) != len(texts):
       raise ValueError('images and texts must align')
     n = len(texts)
@@ -161,13 +163,13 @@ class PairScorer:
 
   def _score_from_features(self, params, images: Sequence[str],
                            texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """``itm`` and ``itc`` of every row, each distinct image and text of a
-    chunk encoded once."""
+    """``itm``, ``itm_logit`` and ``itc`` of every row, each distinct
+    image and text of a chunk encoded once."""
     runners = self._feature_runners
     order = sorted(range(len(texts)), key=lambda r: (images[r], texts[r]))
     chunk = self.CHUNK_BATCHES * self.batch_size
-    itm = np.zeros(len(texts), np.float32)
-    itc = np.zeros(len(texts), np.float32)
+    itm, itm_logit, itc = (np.zeros(len(texts), np.float32)
+                           for _ in range(3))
     for start in range(0, len(order), chunk):
       rows = order[start:start + chunk]
       image_keys = list(dict.fromkeys(images[r] for r in rows))
@@ -192,10 +194,10 @@ class PairScorer:
               'fusion_text': txt['fusion_text'][txt_idx[picked]],
               'text_mask': masks[txt_idx[picked]]},
           text_lengths=lengths[txt_idx])
-      itm[rows] = fused['itm']
+      itm[rows], itm_logit[rows] = fused['itm'], fused['itm_logit']
       itc[rows] = np.sum(img['image_feat'][img_idx].astype(np.float32) *
                          txt['text_feat'][txt_idx].astype(np.float32), -1)
-    return {'itm': itm, 'itc': itc}
+    return {'itm': itm, 'itm_logit': itm_logit, 'itc': itc}
 
 
 class Results(dict):

@@ -66,7 +66,9 @@ class RetrievalScorer:
     def runner(name, size=batch_size):
       return batching.BatchRunner(predict_fns[name], batch_size=size,
                                   mesh=mesh, rules=rules)
-    self.tokenizer, self.max_text_len = tokenizer, max_text_len
+    self.predict_fns, self.tokenizer = predict_fns, tokenizer
+    self.resolution, self.max_text_len = resolution, max_text_len
+    self.mesh, self.rules = mesh, rules
     # Groups of R pairs must split over the shards like single rows: R
     # divides each shard's (and process's) share of the batch.
     self._split = batching.batch_multiple(mesh)

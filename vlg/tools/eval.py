@@ -285,7 +285,10 @@ def scale_eval_batch(config: ml_collections.ConfigDict,
         eval_common.run_defaults(config)['batch_size'] * devices)
 
 
-def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+def split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """``argv`` without its ``--config.<field>=<value>`` items, and those
+  items' ``<field>=<value>`` (absl knows no such flags: the config is the
+  run's own)."""
   overrides = [a[len(CONFIG_PREFIX):] for a in argv[1:]
                if a.startswith(CONFIG_PREFIX)]
   rest = [a for a in argv if not a.startswith(CONFIG_PREFIX)]
@@ -297,7 +300,7 @@ _OVERRIDES: list[str] = []
 
 def _parse_flags(argv: list[str]) -> list[str]:
   # absl knows no --config.* flags (the config is read from the workdir).
-  rest, overrides = _split_config_overrides(argv)
+  rest, overrides = split_config_overrides(argv)
   _OVERRIDES[:] = overrides
   return app.parse_flags_with_usage(rest)
 
