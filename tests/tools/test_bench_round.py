@@ -2,6 +2,9 @@
 session's tiny run (``tests/test_restore.py``), and the figures it prints."""
 
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -12,6 +15,8 @@ from test_restore import load_on_one_device
 from test_restore import trained_run
 
 pytestmark = pytest.mark.xdist_group('tiny_run')
+
+ROOT = os.path.join(os.path.dirname(__file__), '..', '..')
 
 
 def test_metric_difference_ignores_seconds_and_flags_one_sided_nan():
@@ -68,3 +73,31 @@ def test_compare_times_both_ways_with_equal_metrics(tmp_path_factory):
   assert logged[2:] == [s for s in logged[2:] if s.startswith('round ')]
   assert [s.split()[2] for s in logged[2:]] == [
       'batched:', 'loop:', 'loop:', 'batched:']  # Alternating.
+
+
+def test_command_prints_the_table(tmp_path_factory):
+  workdir, _ = trained_run(tmp_path_factory)
+  env = {**os.environ, 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': ''}  # One device: the loop scores one pair a call.
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vlg.tools.bench_round', f'--workdir={workdir}',
+       '--evals=vsr_random_dev', '--rounds=1',
+       '--config.eval_batch_size=4'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout.splitlines()
+  assert 'step 6: 1 eval(s) on 1 cpu device(s)' in out[0]
+  rows = {line.split()[0]: line.split() for line in out
+          if line.startswith(('vsr_random_dev ', 'whole round'))}
+  # Seconds are printed to 0.01 s, too coarse at these sizes to re-derive
+  # the ratio (report's test checks the arithmetic).
+  batched, looped, ratio = rows['vsr_random_dev'][1:4]
+  assert float(batched) >= 0 and float(looped) > 0
+  assert ratio.endswith('x') and float(ratio[:-1]) > 0
+  assert rows['whole'][2:5] == rows['vsr_random_dev'][1:4]
+  assert rows['vsr_random_dev'][4] == '0'  # Metrics agree.
+  bad = subprocess.run(
+      [sys.executable, '-m', 'vlg.tools.bench_round', f'--workdir={workdir}',
+       '--config.no_such_field=1'], cwd=ROOT, capture_output=True,
+      text=True, timeout=600, env=env)
+  assert bad.returncode != 0 and 'no_such_field' in bad.stderr

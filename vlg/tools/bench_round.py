@@ -176,8 +176,10 @@ def main(argv):
   run = restore.load_run(_WORKDIR.value, step=_STEP.value)
   try:
     run.config = eval_tool.override_config(run.config, _OVERRIDES)
-    evals = eval_tool.select_evals(run.config.get('evals') or {},
-                                   _EVALS.value)
+    if not run.config.get('evals'):
+      raise app.UsageError(f'{_WORKDIR.value}: the run\'s config.evals is '
+                           'empty; there is no round to time')
+    evals = eval_tool.select_evals(run.config.evals, _EVALS.value)
     print(f'{_WORKDIR.value} step {run.step}: {len(evals)} eval(s) on '
           f'{jax.device_count()} {jax.default_backend()} device(s), '
           f'{_ROUNDS.value} timed round(s) each way', flush=True)
