@@ -104,13 +104,12 @@ class PairScorer:
 
   With ``feature_fns`` (the :data:`FEATURE_FNS` predict functions) it
   computes what ``image_text_scores`` computes (``itm``, ``itm_logit`` and
-  ``itc``) but
-  encodes each distinct image and each distinct text of a chunk of rows
-  once, then fuses the rows from the stored embeddings: VALSE scores every
-  image with a caption and a foil, Winoground each image with two
-  captions, so this halves their vision encoder passes (it is used when
-  at most ``DISTINCT_IMAGES_FOR_FEATURES`` of the rows have distinct
-  images). Rows are grouped by image into chunks of ``CHUNK_BATCHES``
+  ``itc``) but encodes each distinct image and each distinct text of a
+  chunk of rows once, then fuses the rows from the stored embeddings:
+  VALSE scores every image with a caption and a foil, Winoground each
+  image with two captions, so this halves their vision encoder passes (it
+  is used when at most ``DISTINCT_IMAGES_FOR_FEATURES`` of the rows have
+  distinct images). Rows are grouped by image into chunks of ``CHUNK_BATCHES``
   batches, which bounds the embeddings held at once. Every row is still
   computed independently: the scores equal the single function's up to
   float rounding.

@@ -181,7 +181,8 @@ class QFormerLayer(nnx.Module):
     self.attn = attention.Attention(dim, num_heads, **kw)
     self.attn_norm = norm()
     if vision_width is not None:
-      self.cross = attention.Attention(dim, num_heads, kv_dim=vision_width, **kw)
+      self.cross = attention.Attention(dim, num_heads, kv_dim=vision_width,
+                                       **kw)
       self.cross_norm = norm()
     else:
       self.cross = nnx.data(None)

@@ -120,7 +120,8 @@ class DecoderLayer(nnx.Module):
     self.attn = attention.Attention(dim, num_heads, **kw)
     self.attn_norm = norm()
     if latent_width is not None:
-      self.cross = attention.Attention(dim, num_heads, kv_dim=latent_width, **kw)
+      self.cross = attention.Attention(dim, num_heads, kv_dim=latent_width,
+                                       **kw)
       self.cross_norm = norm()
     else:
       self.cross = nnx.data(None)
