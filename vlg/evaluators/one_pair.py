@@ -18,7 +18,9 @@ own (``image_text_scores``' ``itm_logit``, the logit ALBEF ranks by).
 
 Decoded image files are shared with the batched scorer
 (``common.ImageCache``), so a timed round of either side decodes nothing
-the other did not. ``python -m vlg.tools.bench_round`` times a round both
+the other did not, and the loop's calls go through the same runner
+(``batching.BatchRunner``), which prepares the next call while one
+computes: both favour the loop over a notebook's. ``python -m vlg.tools.bench_round`` times a round both
 ways; ``tests/evaluators/test_one_pair.py`` checks that the metrics agree.
 """
 
