@@ -191,12 +191,6 @@ def main(argv):
   print('\n'.join(report(result)))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  rest, overrides = eval_tool.split_config_overrides(argv)
-  _OVERRIDES[:] = overrides
-  return app.parse_flags_with_usage(rest)
-
-
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=eval_tool.config_overrides_parser(_OVERRIDES))

@@ -285,24 +285,20 @@ def scale_eval_batch(config: ml_collections.ConfigDict,
         eval_common.run_defaults(config)['batch_size'] * devices)
 
 
-def split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-  """``argv`` without its ``--config.<field>=<value>`` items, and those
-  items' ``<field>=<value>`` (absl knows no such flags: the config is the
-  run's own)."""
-  overrides = [a[len(CONFIG_PREFIX):] for a in argv[1:]
-               if a.startswith(CONFIG_PREFIX)]
-  rest = [a for a in argv if not a.startswith(CONFIG_PREFIX)]
-  return rest, overrides
+def config_overrides_parser(store: list[str]
+                            ) -> Callable[[list[str]], list[str]]:
+  """An ``app.run`` flags parser that takes the ``--config.<field>=<value>``
+  items out of ``argv`` (absl knows no such flags: the config is the run's
+  own), keeps their ``<field>=<value>`` in ``store`` and parses the rest."""
+  def parse(argv: list[str]) -> list[str]:
+    store[:] = [a[len(CONFIG_PREFIX):] for a in argv[1:]
+                if a.startswith(CONFIG_PREFIX)]
+    return app.parse_flags_with_usage(
+        [a for a in argv if not a.startswith(CONFIG_PREFIX)])
+  return parse
 
 
 _OVERRIDES: list[str] = []
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  # absl knows no --config.* flags (the config is read from the workdir).
-  rest, overrides = split_config_overrides(argv)
-  _OVERRIDES[:] = overrides
-  return app.parse_flags_with_usage(rest)
 
 
 def main(argv):
@@ -330,4 +326,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=config_overrides_parser(_OVERRIDES))
