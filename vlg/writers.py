@@ -4,6 +4,11 @@ The JSONL file holds one JSON object per write, ``{"step": s, name: value,
 ...}`` with flat metric names (``train/loss``, ``valse/acc_r``, ...), so
 colabs and analysis tools read it without TensorFlow. Only process 0 writes
 files; other processes only log (CLU's ``just_logging``).
+
+CLU's writers import TensorFlow (for TensorBoard), which takes seconds, so
+this module imports CLU only when :func:`create_writer` makes a writer: the
+tools that only read ``metrics.jsonl`` and every command's ``--help`` start
+without it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from clu import metric_writers
 
 
 def _plain(value: Any) -> Any:
@@ -32,8 +36,14 @@ def _plain(value: Any) -> Any:
   return arr.tolist()
 
 
-class JsonlWriter(metric_writers.MetricWriter):
-  """Appends ``{"step": step, **scalars}`` lines to a file."""
+class JsonlWriter:
+  """Appends ``{"step": step, **scalars}`` lines to a file.
+
+  It implements every method of CLU's ``MetricWriter`` interface (which
+  ``MultiWriter`` calls) without inheriting from it, since importing the
+  interface imports TensorFlow; ``tests/test_writers.py`` checks the two
+  stay in step.
+  """
 
   def __init__(self, path: str):
     self.path = path
@@ -77,8 +87,12 @@ class JsonlWriter(metric_writers.MetricWriter):
       self._f.close()
 
 
-def create_writer(workdir: str, process_index: int) -> metric_writers.MetricWriter:
-  """CLU default writer (TensorBoard + log) and JSONL, on process 0 only."""
+def create_writer(workdir: str, process_index: int) -> Any:
+  """CLU default writer (TensorBoard + log) and JSONL, on process 0 only.
+
+  Returns a ``clu.metric_writers.MetricWriter``.
+  """
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   clu_writer = metric_writers.create_default_writer(
       workdir, just_logging=process_index > 0, asynchronous=False)
   if process_index > 0:
