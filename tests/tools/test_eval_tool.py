@@ -152,7 +152,7 @@ def test_command_line_help_and_resumed_run(workdir, fast_compile):
           in out.stdout), out.stdout
   curves = writers.metric_curves(workdir)
   assert sorted(curves['valse/acc_r']) == [3, 6]
-  # The same scores on this session's 8-device mesh at another batch.
+  # The same scores on the test process's 8-device mesh at another batch.
   here = eval_tool.evaluate_workdir(workdir, names=['valse'], steps=[3],
                                     force=True, log=lambda line: None)
   for key, value in here[(3, 'valse')].items():
