@@ -80,6 +80,19 @@ def test_a_program_restarts_once_with_its_arguments(tmp_path, opt_out):
     assert lines == ["start  ['--flag=1']",
                      "start glibc.malloc.hugetlb=1 ['--flag=1']",
                      'running glibc.malloc.hugetlb=1']
+  # Asked only for its help, a program prints it without restarting.
+  out = subprocess.run([sys.executable, str(script), '--flag=1', '--help'],
+                       env=env, capture_output=True, text=True, check=True)
+  assert out.stdout.splitlines() == ["start  ['--flag=1', '--help']",
+                                     'running ']
+
+
+def test_help_flags_are_absls():
+  assert huge_pages.asks_for_help(['--help'])
+  assert huge_pages.asks_for_help(['--config=c.py', '-h'])
+  assert huge_pages.asks_for_help(['--helpfull'])
+  assert not huge_pages.asks_for_help([])
+  assert not huge_pages.asks_for_help(['--config.name=help', '--workdir=h'])
 
 
 def test_describe_says_on_or_off():

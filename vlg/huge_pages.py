@@ -20,7 +20,9 @@ transparent huge pages not ``never``, the tunable not yet set — and does
 nothing otherwise; the restart prints nothing (``vlg.tools.bench`` prints
 the mode it measured under). Entry points call it first thing when run as
 programs (``vlg.main``, ``vlg.tools.study``, ``vlg.tools.bench``,
-``vlg.tools.bench_reference``); importing vlg never restarts anything.
+``vlg.tools.bench_reference``); importing vlg never restarts anything,
+nor does a command asked only for its help (``--help``, ``-h``,
+``--helpfull``, …), which would import everything twice to print a page.
 ``VLG_HUGE_PAGES=0`` turns it off.
 """
 
@@ -35,6 +37,15 @@ TUNABLE = 'glibc.malloc.hugetlb'
 SETTING = f'{TUNABLE}=1'
 OPT_OUT = 'VLG_HUGE_PAGES'
 THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
+# absl's help flags, with one dash or two: the program prints and exits.
+HELP_FLAGS = frozenset(
+    dash + name for dash in ('-', '--')
+    for name in ('h', 'help', 'helpfull', 'helpshort', 'helpxml', '?'))
+
+
+def asks_for_help(args: list[str]) -> bool:
+  """Whether a command line (without the program) asks only for help."""
+  return any(arg in HELP_FLAGS for arg in args)
 
 
 def thp_mode(path: str = THP_MODE_FILE) -> str | None:
@@ -71,6 +82,8 @@ def restart_env(environ: Mapping[str, str], *, system: str, libc: str,
 def restart_with_huge_pages() -> None:
   """Re-executes this program with :data:`SETTING` where that helps (see
   the module docstring); returns (doing nothing) otherwise."""
+  if asks_for_help(sys.argv[1:]):
+    return
   env = restart_env(os.environ, system=platform.system(),
                     libc=platform.libc_ver()[0], mode=thp_mode())
   if env is None:
